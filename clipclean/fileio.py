@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(temporary_path)`` then rename the result onto ``path``: readers never see half a file."""
     path = Path(path)
@@ -19,6 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600 files; honour the umask instead
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -94,8 +94,8 @@ def make_accelerator(args: argparse.Namespace):
 def setup_logging(accelerator=None) -> None:
     level = logging.INFO if accelerator is None or accelerator.is_main_process else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("root", "httpx", "urllib3", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if noisy == "root" else logging.WARNING)
+    for noisy in ("httpx", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def resolve_resume_path(resume: str | None, output_dir: str | Path) -> str | None:

@@ -1,0 +1,535 @@
+"""Blind trigger inversion with EM: clipclean's formulation of BI-BAU's inversion (method.md section 4).
+
+This is *clipclean's formulation of BI-BAU, reconstructed from the published abstract* (arXiv 2606.14078);
+the paper's body is not available.
+
+Backdoor signature: triggered images collapse toward one point ``u`` of the embedding space (the target
+caption's embedding) whatever their content, and drift away from their own captions. With ``u`` unknown
+(untargeted), EM alternates
+
+* **E-step**: ``u = normalise(sum_i w_i g(T(x_i)))`` — the von Mises-Fisher mean of the triggered image
+  embeddings weighted by the responsibilities ``w_i = sigmoid(kappa * (cos(g(T x_i), u) - cos(g(T x_i), h(c_i))))``;
+  the posterior over named candidates (class prompts or captions) is ``softmax(s * u @ H.T)``.
+* **M-step**: ``K`` gradient steps on the MAP objective with the model frozen,
+  ``Q(phi) = mean_i log sigmoid(kappa * (cos(g(T x_i), u) - cos(g(T x_i), h(c_i))))
+  - lambda_1 |m|_1 - lambda_2 TV(p)``,
+  over a small population of trigger hypotheses (free patch/blend masks from several initialisations, an
+  additive perturbation), each under a hard mask budget that starts small and grows only while no collapse
+  is found (the minimal-trigger principle: a large mask can collapse embeddings on any model and names a
+  wrong target).
+
+The **verdict** needs no clean reference model: short *targeted* inversions toward every candidate at a small
+budget give one attack success rate per candidate; the anomaly index ``(best - median) / (1.4826 * MAD)``
+flags a backdoor when it exceeds the threshold and the best candidate agrees with the untargeted E-step.
+
+Distributed use: every statistic the E-step sums and every trigger gradient goes through ``reduce_fn``
+(set it to ``lambda t, op: accelerator.reduce(t, reduction=op)``), so all ranks hold the same ``u`` and the
+same trigger parameters.
+
+Example::
+
+    >>> inverter = BlindInversion(model, InversionConfig(), candidate_names=names, candidate_embeddings=W)
+    >>> result = inverter.fit(images, captions)        # images (N, 3, H, W) in [0, 1]
+    >>> result.verdict, result.recovered_target, result.trigger
+    ('backdoored', 'zero', PatchBlendTrigger(...))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from clipclean.models import PixelCLIP, unwrap
+from clipclean.triggers import AdditiveTrigger, PatchBlendTrigger, Trigger
+
+logger = logging.getLogger(__name__)
+
+ReduceFn = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+def no_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """The single-process reduction (identity)."""
+    return tensor
+
+
+@dataclass
+class InversionConfig:
+    """Hyper-parameters of the blind inversion (defaults tuned on tiny CLIPs, 32x32 digits).
+
+    Args:
+        rounds: EM rounds (E-step + M-step each); the trigger is warm-started across rounds.
+        steps_per_round: gradient steps ``K`` of the trigger M-step per round.
+        lr: Adam learning rate on the trigger parameters (logits for patch/blend, delta for additive).
+        kappa: vMF concentration in the likelihood.
+        mask_budgets: the growing hard bound on the mask mean (fraction of the image).
+        collapse_fraction: a collapse is "found" when at least this fraction of triggered images is closer to
+            ``u`` than to its own caption; the budget grows only while none is found.
+        lambda_mask, lambda_tv: prior weights (L1 of the mask mean, total variation of the pattern).
+        patch_hypotheses: number of free patch/blend initialisations in the population.
+        additive_eps: L-inf budget of the additive hypothesis (0 disables it).
+        verdict_budget, verdict_steps: budget and steps of the per-candidate targeted inversions.
+        anomaly_threshold: anomaly index above which a backdoor is declared.
+        max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
+        batch_size: images per M-step gradient step (per process).
+        seed: seeds trigger initialisations and the verdict's candidate sample.
+    """
+
+    rounds: int = 4
+    steps_per_round: int = 60
+    lr: float = 0.1
+    kappa: float = 10.0
+    mask_budgets: tuple[float, ...] = (0.004, 0.008, 0.016, 0.03)
+    collapse_fraction: float = 0.5
+    lambda_mask: float = 0.01
+    lambda_tv: float = 0.001
+    patch_hypotheses: int = 2
+    additive_eps: float = 8 / 255
+    verdict_budget: float = 0.004
+    verdict_steps: int = 100
+    anomaly_threshold: float = 2.0
+    max_verdict_candidates: int = 20
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.steps_per_round < 1 or self.verdict_steps < 1:
+            raise ValueError("rounds, steps_per_round and verdict_steps must be >= 1")
+        if not self.mask_budgets or any(not 0 < b <= 1 for b in self.mask_budgets):
+            raise ValueError(f"mask_budgets must be non-empty values in (0, 1], got {self.mask_budgets}")
+        if list(self.mask_budgets) != sorted(self.mask_budgets):
+            raise ValueError("mask_budgets must grow")
+        self.mask_budgets = tuple(float(b) for b in self.mask_budgets)
+        if self.patch_hypotheses < 1:
+            raise ValueError("patch_hypotheses must be >= 1")
+        if self.kappa <= 0 or self.lr <= 0:
+            raise ValueError("kappa and lr must be > 0")
+        if not 0 < self.collapse_fraction <= 1:
+            raise ValueError("collapse_fraction must be in (0, 1]")
+
+
+@dataclass
+class EStepStats:
+    """What one E-step estimated, per hypothesis ``j`` of the population (tensors of length ``P``)."""
+
+    directions: torch.Tensor  # (P, d) unit target directions u_j
+    backdoor_scores: torch.Tensor  # (P,) mean cos(g(Tx), u) - cos(g(Tx), h(c))
+    concentrations: torch.Tensor  # (P,) mean resultant length of triggered embeddings
+    hijacked_fractions: torch.Tensor  # (P,) fraction of images closer to u than to their own caption
+    responsibilities: torch.Tensor  # (P,) mean w_i
+    n_images: int
+
+
+@dataclass
+class InversionResult:
+    """The inverted trigger and everything the inversion found."""
+
+    trigger: Trigger
+    direction: torch.Tensor
+    backdoor_score: float
+    concentration: float
+    hijacked_fraction: float
+    mask_budget: float | None
+    target_candidates: list[tuple[str, float]] = field(default_factory=list)
+    recovered_target: str | None = None
+    verdict: str | None = None
+    anomaly_index: float | None = None
+    candidate_asr: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    def report(self) -> dict:
+        """JSON-ready summary (the ``inversion`` block of ``results.json``)."""
+        return {
+            "verdict": self.verdict,
+            "recovered_target": self.recovered_target,
+            "target_candidates": [[name, round(prob, 6)] for name, prob in self.target_candidates],
+            "backdoor_score": self.backdoor_score,
+            "concentration": self.concentration,
+            "hijacked_fraction": self.hijacked_fraction,
+            "anomaly_index": self.anomaly_index,
+            "candidate_asr": self.candidate_asr,
+            "mask_budget": self.mask_budget,
+            "trigger": self.trigger.describe(),
+            "history": self.history,
+        }
+
+
+def total_variation(pattern: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of a ``(C, H, W)`` tensor."""
+    return (pattern[:, 1:, :] - pattern[:, :-1, :]).abs().mean() + (
+        pattern[:, :, 1:] - pattern[:, :, :-1]
+    ).abs().mean()
+
+
+def trigger_prior(trigger: Trigger, lambda_mask: float, lambda_tv: float) -> torch.Tensor:
+    """``log p(phi)`` up to a constant (<= 0): sparsity of the mask and smoothness of the pattern."""
+    if isinstance(trigger, PatchBlendTrigger):
+        return -lambda_mask * trigger.patch_mask.mean() - lambda_tv * total_variation(trigger.patch_pattern)
+    return torch.zeros((), device=next(trigger.parameters()).device)
+
+
+def cycle(batches: Iterable) -> Iterator:
+    """Iterate over ``batches`` forever (re-iterating a loader starts a new epoch)."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the inversion data is empty")
+
+
+def anomaly_index(values: Sequence[float]) -> tuple[float, int]:
+    """``((max - median) / (1.4826 * MAD), argmax)`` — the Neural-Cleanse anomaly index of the largest value."""
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    median = tensor.median()
+    mad = (tensor - median).abs().median()
+    best = int(tensor.argmax())
+    spread = 1.4826 * mad
+    if spread < 1e-6:  # most candidates identical: fall back to a small floor so the index stays finite
+        spread = torch.tensor(max(float(spread), 0.01))
+    return float((tensor[best] - median) / spread), best
+
+
+class BlindInversion:
+    """EM blind inversion of a CLIP backdoor trigger (untargeted, or targeted with ``target_caption``).
+
+    Args:
+        model: the (possibly backdoored) :class:`PixelCLIP`; it is only read, never updated.
+        config: :class:`InversionConfig`.
+        candidate_names: names of the target candidates (class names, captions) used to *name* the recovered
+            target and for the verdict; optional for the E-step itself.
+        candidate_embeddings: ``(C, d)`` unit embeddings of the candidates (e.g. zero-shot class embeddings).
+        target_caption: targeted mode: ``u = h(target_caption)`` is fixed instead of estimated.
+        reduce_fn: ``reduce_fn(tensor, op)`` with ``op`` in ``{"sum", "mean"}``: the cross-process reduction.
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        model: PixelCLIP,
+        config: InversionConfig | None = None,
+        candidate_names: Sequence[str] | None = None,
+        candidate_embeddings: torch.Tensor | None = None,
+        target_caption: str | None = None,
+        reduce_fn: ReduceFn = no_reduce,
+        progress: bool = False,
+    ) -> None:
+        self.model = unwrap(model)
+        self.config = config or InversionConfig()
+        if (candidate_names is None) != (candidate_embeddings is None):
+            raise ValueError("give candidate_names and candidate_embeddings together")
+        if candidate_embeddings is not None and len(candidate_names) != candidate_embeddings.shape[0]:
+            raise ValueError("candidate_names and candidate_embeddings must have the same length")
+        self.candidate_names = list(candidate_names) if candidate_names is not None else None
+        self.candidate_embeddings = candidate_embeddings
+        self.reduce_fn = reduce_fn
+        self.progress = progress
+        self.device = self.model.device
+        image_size = self.model.image_size
+        self.budget_level = 0
+        budget = self.config.mask_budgets[0]
+        self.population: list[Trigger] = [
+            PatchBlendTrigger.free(image_size, mask_budget=budget, seed=self.config.seed * 101 + j).to(self.device)
+            for j in range(self.config.patch_hypotheses)
+        ]
+        if self.config.additive_eps > 0:
+            self.population.append(
+                AdditiveTrigger.random(image_size, eps=self.config.additive_eps, seed=self.config.seed * 101 + 97).to(
+                    self.device
+                )
+            )
+        self.optimizers = [torch.optim.Adam(trigger.parameters(), lr=self.config.lr) for trigger in self.population]
+        self.target_direction = None
+        if target_caption is not None:
+            with torch.no_grad():
+                self.target_direction = self.model.encode_text([target_caption]).float()[0]
+        self.directions: torch.Tensor | None = None
+        self.last_stats: EStepStats | None = None
+        self.history: list[dict] = []
+
+    # ---- shared pieces ------------------------------------------------------------------------------
+    def _text_features(self, captions: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.encode_text(list(captions)).float()
+
+    def _triggered_features(self, trigger: Trigger, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(trigger.apply(images)).float()
+
+    @property
+    def mask_budget(self) -> float:
+        return self.config.mask_budgets[self.budget_level]
+
+    def _set_budget(self, level: int) -> None:
+        self.budget_level = level
+        for trigger in self.population:
+            if isinstance(trigger, PatchBlendTrigger):
+                trigger.mask_budget = self.mask_budget
+
+    # ---- E-step -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def e_step(self, batches: Iterable[tuple[torch.Tensor, Sequence[str]]]) -> EStepStats:
+        """Estimate the target direction of every hypothesis from ``(images, captions)`` batches."""
+        previous = self.directions
+        population = len(self.population)
+        embed_dim = self.model.embed_dim
+        sums = torch.zeros(population, embed_dim, device=self.device)
+        weight_sums = torch.zeros(population, device=self.device)
+        resultant = torch.zeros(population, embed_dim, device=self.device)
+        margin_parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(population)]
+        count = torch.zeros((), device=self.device)
+        for images, captions in batches:
+            images = images.to(self.device)
+            text = self._text_features(captions)
+            count += images.shape[0]
+            for j, trigger in enumerate(self.population):
+                features = self._triggered_features(trigger, images)
+                if self.target_direction is not None:
+                    direction = self.target_direction
+                elif previous is not None:
+                    direction = previous[j]
+                else:
+                    direction = None
+                if direction is None:
+                    weights = torch.ones(images.shape[0], device=self.device)
+                else:
+                    own = (features * text).sum(-1)
+                    weights = torch.sigmoid(self.config.kappa * (features @ direction - own))
+                sums[j] += (weights[:, None] * features).sum(0)
+                weight_sums[j] += weights.sum()
+                resultant[j] += features.sum(0)
+                margin_parts[j].append((features, text))
+        sums, weight_sums = self.reduce_fn(sums, "sum"), self.reduce_fn(weight_sums, "sum")
+        resultant, count = self.reduce_fn(resultant, "sum"), self.reduce_fn(count, "sum")
+        if float(count) == 0:
+            raise ValueError("the E-step saw no images")
+        if self.target_direction is not None:
+            directions = self.target_direction[None].expand(population, -1).clone()
+        else:
+            directions = F.normalize(sums, dim=-1)
+        scores = torch.zeros(population, device=self.device)
+        hijacked = torch.zeros(population, device=self.device)
+        for j in range(population):
+            for features, text in margin_parts[j]:
+                margin = features @ directions[j] - (features * text).sum(-1)
+                scores[j] += margin.sum()
+                hijacked[j] += (margin > 0).float().sum()
+        scores, hijacked = self.reduce_fn(scores, "sum") / count, self.reduce_fn(hijacked, "sum") / count
+        stats = EStepStats(
+            directions=directions,
+            backdoor_scores=scores,
+            concentrations=resultant.norm(dim=-1) / count,
+            hijacked_fractions=hijacked,
+            responsibilities=weight_sums / count,
+            n_images=int(count),
+        )
+        self.directions = directions
+        self.last_stats = stats
+        return stats
+
+    # ---- M-step -------------------------------------------------------------------------------------
+    def objective(self, trigger: Trigger, images: torch.Tensor, text: torch.Tensor, direction: torch.Tensor):
+        """``Q(phi)`` on one batch: mean log-likelihood of hijacking plus the log-prior (to maximise)."""
+        features = self._triggered_features(trigger, images)
+        margin = features @ direction - (features * text).sum(-1)
+        likelihood = F.logsigmoid(self.config.kappa * margin).mean()
+        return likelihood + trigger_prior(trigger, self.config.lambda_mask, self.config.lambda_tv)
+
+    def m_step(self, batches: Iterator[tuple[torch.Tensor, Sequence[str]]], steps: int | None = None) -> dict:
+        """``steps`` projected gradient-ascent steps of every hypothesis on ``Q`` (model frozen)."""
+        if self.directions is None:
+            raise RuntimeError("run e_step before m_step")
+        steps = steps or self.config.steps_per_round
+        requires_grad = [p.requires_grad for p in self.model.parameters()]
+        self.model.requires_grad_(False)
+        objectives = torch.zeros(len(self.population))
+        try:
+            for _ in tqdm(range(steps), desc="trigger M-step", disable=not self.progress, leave=False):
+                images, captions = next(batches)
+                images = images.to(self.device)
+                text = self._text_features(captions)
+                for j, (trigger, optimizer) in enumerate(zip(self.population, self.optimizers)):
+                    optimizer.zero_grad(set_to_none=True)
+                    value = self.objective(trigger, images, text, self.directions[j])
+                    (-value).backward()
+                    for parameter in trigger.parameters():
+                        if parameter.grad is not None:
+                            parameter.grad = self.reduce_fn(parameter.grad, "mean")
+                    optimizer.step()
+                    trigger.project_()
+                    objectives[j] = float(self.reduce_fn(value.detach(), "mean"))
+        finally:
+            for parameter, flag in zip(self.model.parameters(), requires_grad):
+                parameter.requires_grad_(flag)
+        return {"objective": objectives.tolist()}
+
+    # ---- orchestration ------------------------------------------------------------------------------
+    def best_hypothesis(self) -> int:
+        """Index of the hypothesis with the highest backdoor score in the last E-step."""
+        if self.last_stats is None:
+            raise RuntimeError("run e_step first")
+        return int(self.last_stats.backdoor_scores.argmax())
+
+    def grow_budget_if_no_collapse(self) -> bool:
+        """Raise the mask budget one level if no hypothesis collapses the embeddings; True if it grew."""
+        stats = self.last_stats
+        found = bool((stats.hijacked_fractions >= self.config.collapse_fraction).any())
+        if not found and self.budget_level + 1 < len(self.config.mask_budgets):
+            self._set_budget(self.budget_level + 1)
+            return True
+        return False
+
+    def name_candidates(self, direction: torch.Tensor, top: int = 5) -> list[tuple[str, float]]:
+        """Posterior ``q(k) = softmax(s * u @ H.T)`` over the candidates, top ``top`` entries."""
+        if self.candidate_embeddings is None:
+            return []
+        logits = self.model.logit_scale.detach().float() * (self.candidate_embeddings.to(direction) @ direction)
+        probabilities = logits.softmax(-1)
+        order = probabilities.argsort(descending=True)[:top]
+        return [(self.candidate_names[int(k)], float(probabilities[k])) for k in order]
+
+    def run_em(self, batches: Iterable[tuple[torch.Tensor, Sequence[str]]], e_step_batches: int = 4) -> EStepStats:
+        """``config.rounds`` EM rounds over ``batches`` (cycled); returns the last E-step's statistics."""
+        stream = cycle(batches)
+        stats = self.e_step(next(stream) for _ in range(e_step_batches))
+        for round_index in range(self.config.rounds):
+            self.m_step(stream)
+            stats = self.e_step(next(stream) for _ in range(e_step_batches))
+            best = self.best_hypothesis()
+            entry = {
+                "round": round_index,
+                "mask_budget": self.mask_budget,
+                "best_hypothesis": best,
+                "backdoor_scores": [round(float(v), 4) for v in stats.backdoor_scores],
+                "hijacked_fractions": [round(float(v), 4) for v in stats.hijacked_fractions],
+            }
+            if self.candidate_names is not None:
+                entry["top_candidate"] = self.name_candidates(stats.directions[best], top=1)[0]
+            self.history.append(entry)
+            logger.info("inversion round %d: %s", round_index, entry)
+            if round_index + 1 < self.config.rounds:
+                self.grow_budget_if_no_collapse()
+        return stats
+
+    def verdict(
+        self, batches: Iterable[tuple[torch.Tensor, Sequence[str]]], untargeted_winner: int | None
+    ) -> tuple[float, dict[str, float], int]:
+        """Targeted inversions toward the candidates at a small budget; returns (anomaly index, ASRs, best)."""
+        if self.candidate_embeddings is None:
+            raise ValueError("the verdict needs candidate names and embeddings")
+        total = len(self.candidate_names)
+        generator = torch.Generator().manual_seed(self.config.seed + 7)
+        if total <= self.config.max_verdict_candidates:
+            indices = list(range(total))
+        else:
+            others = [k for k in torch.randperm(total, generator=generator).tolist() if k != untargeted_winner]
+            indices = ([untargeted_winner] if untargeted_winner is not None else []) + others
+            indices = sorted(indices[: self.config.max_verdict_candidates])
+        embeddings = self.candidate_embeddings.to(self.device).float()
+        triggers = [
+            PatchBlendTrigger.free(
+                self.model.image_size, mask_budget=self.config.verdict_budget, seed=self.config.seed * 31 + k
+            ).to(self.device)
+            for k in indices
+        ]
+        optimizers = [torch.optim.Adam(trigger.parameters(), lr=self.config.lr) for trigger in triggers]
+        stream = cycle(batches)
+        requires_grad = [p.requires_grad for p in self.model.parameters()]
+        self.model.requires_grad_(False)
+        try:
+            for _ in tqdm(range(self.config.verdict_steps), desc="verdict", disable=not self.progress, leave=False):
+                images, captions = next(stream)
+                images = images.to(self.device)
+                text = self._text_features(captions)
+                for trigger, optimizer, k in zip(triggers, optimizers, indices):
+                    optimizer.zero_grad(set_to_none=True)
+                    (-self.objective(trigger, images, text, embeddings[k])).backward()
+                    for parameter in trigger.parameters():
+                        parameter.grad = self.reduce_fn(parameter.grad, "mean")
+                    optimizer.step()
+            hits = torch.zeros(len(indices), device=self.device)
+            totals = torch.zeros(len(indices), device=self.device)
+            with torch.no_grad():
+                for _ in range(4):
+                    images, _captions = next(stream)
+                    images = images.to(self.device)
+                    clean_prediction = (self.model.encode_image(images).float() @ embeddings.T).argmax(-1)
+                    for position, (trigger, k) in enumerate(zip(triggers, indices)):
+                        prediction = (self._triggered_features(trigger, images) @ embeddings.T).argmax(-1)
+                        keep = clean_prediction != k
+                        hits[position] += (prediction[keep] == k).float().sum()
+                        totals[position] += keep.float().sum()
+        finally:
+            for parameter, flag in zip(self.model.parameters(), requires_grad):
+                parameter.requires_grad_(flag)
+        rates = self.reduce_fn(hits, "sum") / self.reduce_fn(totals, "sum").clamp_min(1)
+        index, best_position = anomaly_index(rates.tolist())
+        asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
+        return index, asr, indices[best_position]
+
+    def result(self, verdict_batches: Iterable | None = None) -> InversionResult:
+        """Package the best hypothesis; run the verdict when candidates and data are available."""
+        stats = self.last_stats
+        best = self.best_hypothesis()
+        direction = stats.directions[best]
+        trigger = self.population[best]
+        candidates = self.name_candidates(direction) if self.candidate_names is not None else []
+        result = InversionResult(
+            trigger=trigger,
+            direction=direction.detach().cpu(),
+            backdoor_score=float(stats.backdoor_scores[best]),
+            concentration=float(stats.concentrations[best]),
+            hijacked_fraction=float(stats.hijacked_fractions[best]),
+            mask_budget=trigger.mask_budget if isinstance(trigger, PatchBlendTrigger) else None,
+            target_candidates=candidates,
+            recovered_target=candidates[0][0] if candidates else None,
+            history=list(self.history),
+        )
+        if verdict_batches is not None and self.candidate_names is not None:
+            winner = self.candidate_names.index(result.recovered_target)
+            index, asr, best_candidate = self.verdict(verdict_batches, winner)
+            result.anomaly_index = index
+            result.candidate_asr = asr
+            agrees = best_candidate == winner
+            backdoored = index > self.config.anomaly_threshold and agrees
+            result.verdict = "backdoored" if backdoored else "no backdoor found"
+        return result
+
+    def fit(self, images: torch.Tensor, captions: Sequence[str], verdict: bool = True) -> InversionResult:
+        """Single-process convenience: EM on in-memory ``images (N, 3, H, W)`` in [0, 1] and their captions."""
+        if images.shape[0] != len(captions):
+            raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
+        batches = list(_in_memory_batches(images, list(captions), self.config.batch_size, self.config.seed))
+        self.run_em(batches)
+        return self.result(batches if verdict else None)
+
+
+def _in_memory_batches(images: torch.Tensor, captions: list[str], batch_size: int, seed: int):
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        yield images[chunk], [captions[int(i)] for i in chunk]
+
+
+def trigger_attack_success_rate(
+    model: PixelCLIP,
+    trigger: Trigger,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classifier: torch.Tensor,
+    target: int,
+) -> float:
+    """Zero-shot ASR of ``trigger`` toward class ``target`` on in-memory labelled images (non-target only)."""
+    model = unwrap(model)
+    keep = labels != target
+    if not keep.any():
+        return math.nan
+    with torch.no_grad():
+        features = model.encode_image(trigger.apply(images[keep].to(model.device))).float()
+        prediction = (features @ classifier.to(features).T).argmax(-1)
+    return float((prediction == target).float().mean())
