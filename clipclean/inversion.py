@@ -74,6 +74,7 @@ class InversionConfig:
         patch_hypotheses: number of free patch/blend initialisations in the population.
         additive_eps: L-inf budget of the additive hypothesis (0 disables it).
         verdict_budget, verdict_steps: budget and steps of the per-candidate targeted inversions.
+        verdict_batch_size: images per step and per candidate in the verdict's targeted inversions.
         anomaly_threshold: anomaly index above which a backdoor is declared.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         batch_size: images per M-step gradient step (per process).
@@ -94,6 +95,8 @@ class InversionConfig:
     verdict_steps: int = 100
     anomaly_threshold: float = 2.0
     max_verdict_candidates: int = 20
+    verdict_batch_size: int = 16
+    online_direction: bool = True
     batch_size: int = 64
     seed: int = 0
 
@@ -244,7 +247,9 @@ class BlindInversion:
                     self.device
                 )
             )
-        self.optimizers = [torch.optim.Adam(trigger.parameters(), lr=self.config.lr) for trigger in self.population]
+        self.optimizer = torch.optim.Adam(
+            [p for trigger in self.population for p in trigger.parameters()], lr=self.config.lr
+        )
         self.target_direction = None
         if target_caption is not None:
             with torch.no_grad():
@@ -254,9 +259,11 @@ class BlindInversion:
         self.history: list[dict] = []
 
     # ---- shared pieces ------------------------------------------------------------------------------
-    def _text_features(self, captions: Sequence[str]) -> torch.Tensor:
+    def _text_features(self, captions: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Own-caption embeddings ``h(c)`` from caption strings or token ids ``(B, L)``."""
         with torch.no_grad():
-            return self.model.encode_text(list(captions)).float()
+            texts = captions if isinstance(captions, torch.Tensor) else list(captions)
+            return self.model.encode_text(texts).float()
 
     def _triggered_features(self, trigger: Trigger, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(trigger.apply(images)).float()
@@ -335,38 +342,69 @@ class BlindInversion:
     # ---- M-step -------------------------------------------------------------------------------------
     def objective(self, trigger: Trigger, images: torch.Tensor, text: torch.Tensor, direction: torch.Tensor):
         """``Q(phi)`` on one batch: mean log-likelihood of hijacking plus the log-prior (to maximise)."""
-        features = self._triggered_features(trigger, images)
-        margin = features @ direction - (features * text).sum(-1)
-        likelihood = F.logsigmoid(self.config.kappa * margin).mean()
-        return likelihood + trigger_prior(trigger, self.config.lambda_mask, self.config.lambda_tv)
+        return self.population_objective([trigger], images, text, direction[None])[0]
+
+    def population_objective(
+        self,
+        triggers: Sequence[Trigger],
+        images: torch.Tensor,
+        text: torch.Tensor,
+        directions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``Q`` of every trigger in one forward pass: ``(P,)`` values for ``directions (P, d)``."""
+        stacked = torch.cat([trigger.apply(images) for trigger in triggers])
+        features = self.model.encode_image(stacked).float().view(len(triggers), images.shape[0], -1)
+        if directions is None:  # online E-step: the vMF mean of this batch's triggered embeddings
+            directions = F.normalize(features.mean(dim=1), dim=-1).detach()
+        margin = torch.einsum("pbd,pd->pb", features, directions) - (features * text[None]).sum(-1)
+        likelihood = F.logsigmoid(self.config.kappa * margin).mean(dim=1)
+        prior = torch.stack([trigger_prior(t, self.config.lambda_mask, self.config.lambda_tv) for t in triggers])
+        return likelihood + prior
+
+    def _ascend(
+        self,
+        triggers: Sequence[Trigger],
+        optimizer: torch.optim.Optimizer,
+        directions: torch.Tensor,
+        batches: Iterator[tuple[torch.Tensor, Sequence[str]]],
+        steps: int,
+        description: str,
+        max_images: int | None = None,
+    ) -> torch.Tensor:
+        """``steps`` projected Adam ascent steps of ``triggers`` on ``Q`` with the model frozen."""
+        requires_grad = [p.requires_grad for p in self.model.parameters()]
+        self.model.requires_grad_(False)
+        values = torch.zeros(len(triggers))
+        try:
+            for _ in tqdm(range(steps), desc=description, disable=not self.progress, leave=False):
+                images, captions = next(batches)
+                images, captions = images[:max_images].to(self.device), captions[:max_images]
+                text = self._text_features(captions)
+                optimizer.zero_grad(set_to_none=True)
+                objective = self.population_objective(triggers, images, text, directions)
+                (-objective.sum()).backward()
+                for trigger in triggers:
+                    for parameter in trigger.parameters():
+                        if parameter.grad is not None:
+                            parameter.grad = self.reduce_fn(parameter.grad, "mean")
+                optimizer.step()
+                for trigger in triggers:
+                    trigger.project_()
+                values = self.reduce_fn(objective.detach(), "mean").cpu()
+        finally:
+            for parameter, flag in zip(self.model.parameters(), requires_grad):
+                parameter.requires_grad_(flag)
+        return values
 
     def m_step(self, batches: Iterator[tuple[torch.Tensor, Sequence[str]]], steps: int | None = None) -> dict:
         """``steps`` projected gradient-ascent steps of every hypothesis on ``Q`` (model frozen)."""
         if self.directions is None:
             raise RuntimeError("run e_step before m_step")
-        steps = steps or self.config.steps_per_round
-        requires_grad = [p.requires_grad for p in self.model.parameters()]
-        self.model.requires_grad_(False)
-        objectives = torch.zeros(len(self.population))
-        try:
-            for _ in tqdm(range(steps), desc="trigger M-step", disable=not self.progress, leave=False):
-                images, captions = next(batches)
-                images = images.to(self.device)
-                text = self._text_features(captions)
-                for j, (trigger, optimizer) in enumerate(zip(self.population, self.optimizers)):
-                    optimizer.zero_grad(set_to_none=True)
-                    value = self.objective(trigger, images, text, self.directions[j])
-                    (-value).backward()
-                    for parameter in trigger.parameters():
-                        if parameter.grad is not None:
-                            parameter.grad = self.reduce_fn(parameter.grad, "mean")
-                    optimizer.step()
-                    trigger.project_()
-                    objectives[j] = float(self.reduce_fn(value.detach(), "mean"))
-        finally:
-            for parameter, flag in zip(self.model.parameters(), requires_grad):
-                parameter.requires_grad_(flag)
-        return {"objective": objectives.tolist()}
+        directions = None if self.config.online_direction and self.target_direction is None else self.directions
+        values = self._ascend(
+            self.population, self.optimizer, directions, batches, steps or self.config.steps_per_round, "M-step"
+        )
+        return {"objective": values.tolist()}
 
     # ---- orchestration ------------------------------------------------------------------------------
     def best_hypothesis(self) -> int:
@@ -409,7 +447,7 @@ class BlindInversion:
                 "hijacked_fractions": [round(float(v), 4) for v in stats.hijacked_fractions],
             }
             if self.candidate_names is not None:
-                entry["top_candidate"] = self.name_candidates(stats.directions[best], top=1)[0]
+                entry["named"] = [self.name_candidates(direction, top=1)[0][0] for direction in stats.directions]
             self.history.append(entry)
             logger.info("inversion round %d: %s", round_index, entry)
             if round_index + 1 < self.config.rounds:
@@ -437,36 +475,29 @@ class BlindInversion:
             ).to(self.device)
             for k in indices
         ]
-        optimizers = [torch.optim.Adam(trigger.parameters(), lr=self.config.lr) for trigger in triggers]
+        optimizer = torch.optim.Adam([p for trigger in triggers for p in trigger.parameters()], lr=self.config.lr)
         stream = cycle(batches)
-        requires_grad = [p.requires_grad for p in self.model.parameters()]
-        self.model.requires_grad_(False)
-        try:
-            for _ in tqdm(range(self.config.verdict_steps), desc="verdict", disable=not self.progress, leave=False):
-                images, captions = next(stream)
+        self._ascend(
+            triggers,
+            optimizer,
+            embeddings[indices],
+            stream,
+            self.config.verdict_steps,
+            "verdict",
+            max_images=self.config.verdict_batch_size,
+        )
+        hits = torch.zeros(len(indices), device=self.device)
+        totals = torch.zeros(len(indices), device=self.device)
+        with torch.no_grad():
+            for _ in range(4):
+                images, _captions = next(stream)
                 images = images.to(self.device)
-                text = self._text_features(captions)
-                for trigger, optimizer, k in zip(triggers, optimizers, indices):
-                    optimizer.zero_grad(set_to_none=True)
-                    (-self.objective(trigger, images, text, embeddings[k])).backward()
-                    for parameter in trigger.parameters():
-                        parameter.grad = self.reduce_fn(parameter.grad, "mean")
-                    optimizer.step()
-            hits = torch.zeros(len(indices), device=self.device)
-            totals = torch.zeros(len(indices), device=self.device)
-            with torch.no_grad():
-                for _ in range(4):
-                    images, _captions = next(stream)
-                    images = images.to(self.device)
-                    clean_prediction = (self.model.encode_image(images).float() @ embeddings.T).argmax(-1)
-                    for position, (trigger, k) in enumerate(zip(triggers, indices)):
-                        prediction = (self._triggered_features(trigger, images) @ embeddings.T).argmax(-1)
-                        keep = clean_prediction != k
-                        hits[position] += (prediction[keep] == k).float().sum()
-                        totals[position] += keep.float().sum()
-        finally:
-            for parameter, flag in zip(self.model.parameters(), requires_grad):
-                parameter.requires_grad_(flag)
+                clean_prediction = (self.model.encode_image(images).float() @ embeddings.T).argmax(-1)
+                for position, (trigger, k) in enumerate(zip(triggers, indices)):
+                    prediction = (self._triggered_features(trigger, images) @ embeddings.T).argmax(-1)
+                    keep = clean_prediction != k
+                    hits[position] += (prediction[keep] == k).float().sum()
+                    totals[position] += keep.float().sum()
         rates = self.reduce_fn(hits, "sum") / self.reduce_fn(totals, "sum").clamp_min(1)
         index, best_position = anomaly_index(rates.tolist())
         asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}

@@ -67,16 +67,20 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_output_dir: str) 
 
 
 def make_accelerator(args: argparse.Namespace):
-    """An ``Accelerator`` for the script: CPU when no GPU, checkpoints under ``OUTPUT_DIR/checkpoints``.
+    """An ``Accelerator`` for the script: CPU when no GPU, checkpoints under ``OUTPUT_DIR/checkpoints``, a seedable
+    sampler (shuffling depends only on ``args.seed`` and the epoch; call ``loader.set_epoch(epoch)``).
 
     Launch two real CPU processes with ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu
     --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no SCRIPT``.
     """
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
     mixed_precision = args.mixed_precision if torch.cuda.is_available() else "no"
+    # A seedable sampler shuffles epoch e with seed + e on every process: the data order depends on nothing but the
+    # seed and the epoch, so a run resumed from a checkpoint sees exactly the batches an uninterrupted run sees.
+    dataloader_config = DataLoaderConfiguration(use_seedable_sampler=True, data_seed=getattr(args, "seed", None))
     project = ProjectConfiguration(
         project_dir=str(args.output_dir),
         logging_dir=str(Path(args.output_dir) / "logs"),
@@ -87,15 +91,18 @@ def make_accelerator(args: argparse.Namespace):
         mixed_precision=mixed_precision or None,
         log_with=args.report_to,
         project_config=project,
+        dataloader_config=dataloader_config,
     )
     return accelerator
 
 
-def setup_logging(accelerator=None) -> None:
+def setup_logging(accelerator=None, script_logger: str | None = None) -> None:
+    """INFO from clipclean (and the script's own logger) on the main process; warnings only from libraries."""
     level = logging.INFO if accelerator is None or accelerator.is_main_process else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for name in ("clipclean", "clean_clip", "poison_clip", "zeroshot_imagenet", script_logger):
+        if name:
+            logging.getLogger(name).setLevel(level)
 
 
 def resolve_resume_path(resume: str | None, output_dir: str | Path) -> str | None:
@@ -131,3 +138,81 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def configure_cpu_threads(accelerator) -> int:
+    """On CPU, share the cores between the processes (``torch.set_num_threads``); ``OMP_NUM_THREADS`` wins.
+
+    Returns the number of threads each process uses.
+    """
+    import torch
+
+    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // accelerator.num_processes)
+    torch.set_num_threads(threads)
+    return threads
+
+
+class TrainingProgress:
+    """The optimisation step a run has reached, checkpointed with ``accelerator.register_for_checkpointing``.
+
+    Restoring it also restores the accelerator's automatic checkpoint counter, so a resumed run saves
+    ``checkpoint_<n+1>`` after the ``checkpoint_<n>`` it resumed from instead of colliding with an old name.
+
+    Example::
+
+        >>> progress = TrainingProgress(accelerator)
+        >>> accelerator.register_for_checkpointing(progress)
+        >>> accelerator.load_state(path)            # progress.step is the step the checkpoint was saved at
+    """
+
+    def __init__(self, accelerator, step: int = 0) -> None:
+        self.accelerator = accelerator
+        self.step = step
+
+    def state_dict(self) -> dict[str, int]:
+        # save_state writes custom objects before it increments the iteration: this is the folder's own number.
+        return {"step": self.step, "checkpoint_iteration": self.accelerator.save_iteration}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+        self.accelerator.project_configuration.iteration = int(state["checkpoint_iteration"]) + 1
+
+
+def default_templates(templates: str | None, data_source: str | None) -> tuple[list[str], str]:
+    """Zero-shot templates: the ``templates`` file if given, the digit caption templates for the built-in digits,
+    else the 80 OpenAI ImageNet templates. Returns ``(templates, description)``."""
+    from clipclean.data import DIGIT_CAPTION_TEMPLATES
+    from clipclean.evaluation import load_templates
+
+    if templates is not None:
+        return load_templates(templates), str(templates)
+    if data_source is not None and str(data_source).split(":")[0] == "digits":
+        return list(DIGIT_CAPTION_TEMPLATES), "clipclean.data.DIGIT_CAPTION_TEMPLATES"
+    return load_templates(None), "openai_imagenet_templates"
+
+
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` ``["gamma=2", "inversion.rounds=3"]`` -> ``{"gamma": 2, "inversion": {"rounds": 3}}``
+
+    Values are parsed as JSON when they can be (numbers, booleans, lists), else kept as strings.
+    """
+    import json
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = parsed
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return parsed

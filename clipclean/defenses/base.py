@@ -13,8 +13,10 @@ Registering a method is one explicit line next to its class::
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -22,8 +24,10 @@ import open_clip
 import torch
 from torch import nn
 
-from clipclean.inversion import ReduceFn, no_reduce
+from clipclean.inversion import BlindInversion, InversionConfig, InversionResult, ReduceFn, no_reduce
 from clipclean.models import PixelCLIP
+from clipclean.training import make_clip_loss
+from clipclean.triggers import TRIGGER_FAMILIES, Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +84,10 @@ class DefenseContext:
 
     def clip_loss(self) -> open_clip.ClipLoss:
         """Symmetric InfoNCE gathering features *with gradient* across processes."""
-        return open_clip.ClipLoss(local_loss=False, gather_with_grad=True, rank=self.rank, world_size=self.world_size)
+        return make_clip_loss(self.rank, self.world_size)
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, Sequence[str]]  # images (B,3,H,W) in [0,1], tokens (B,L), captions
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, 3, H, W) in [0, 1], caption tokens (B, context_length)
 
 
 class Defense:
@@ -119,6 +123,13 @@ class Defense:
     def summary(self) -> dict:
         """Method-specific results for ``results.json`` (e.g. the inversion block)."""
         return {}
+
+    def state_dict(self) -> dict:
+        """Method state to checkpoint between rounds (tensors, numbers and strings only)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (called before the first resumed round)."""
 
     def trigger_for_report(self):
         """The (inverted/generated) trigger the method used, or ``None``."""
@@ -167,6 +178,46 @@ def split_features(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
     """
     image_features, text_features, logit_scale = model(images, tokens)
     return image_features.chunk(parts), text_features, logit_scale
+
+
+def invert_trigger(
+    model: PixelCLIP,
+    config: InversionConfig,
+    context: DefenseContext,
+    batches: Iterable[Batch],
+    verdict: bool = False,
+) -> InversionResult:
+    """Run :class:`~clipclean.inversion.BlindInversion` once for a defense that needs a trigger and a target.
+
+    Untargeted (the E-step estimates the target direction) unless ``context.target_caption`` is set; the
+    anomaly-index verdict runs when ``verdict`` and the context has candidates. The result's trigger is a frozen
+    copy (``requires_grad=False``) that acts on ``(B, 3, H, W)`` images in [0, 1].
+    """
+    inverter = BlindInversion(
+        model,
+        config,
+        candidate_names=context.candidate_names,
+        candidate_embeddings=context.candidate_embeddings,
+        target_caption=context.target_caption,
+        reduce_fn=context.reduce_fn,
+        progress=context.progress,
+    )
+    inverter.run_em(batches)
+    result = inverter.result(batches if verdict and context.candidate_names is not None else None)
+    result.trigger = copy.deepcopy(result.trigger).requires_grad_(False)
+    return result
+
+
+def trigger_state(trigger: Trigger) -> dict:
+    """A trigger as checkpointable state (strings and tensors): family, JSON config and saved tensors."""
+    tensors = {name: value.detach().cpu() for name, value in trigger.tensors().items()}
+    return {"family": trigger.family, "config": json.dumps(trigger.config()), "tensors": tensors}
+
+
+def trigger_from_state(state: dict, device: torch.device | str = "cpu") -> Trigger:
+    """Rebuild a trigger saved with :func:`trigger_state` (the same function of the images)."""
+    family = TRIGGER_FAMILIES[state["family"]]
+    return family.from_saved(json.loads(state["config"]), state["tensors"]).to(device).requires_grad_(False)
 
 
 Callback = Callable[[dict], None]

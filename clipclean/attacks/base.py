@@ -1,0 +1,121 @@
+"""What every attack shares: the base config, the context an attack is built in, and what it builds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from clipclean.models import PixelCLIP
+from clipclean.poisoning import CaptionPolicy
+from clipclean.triggers import LOCATIONS, Trigger
+
+
+@dataclass
+class AttackConfig:
+    """Fields every attack has.
+
+    Args:
+        target: the target class name the poisoned captions name (``"banana"`` in the CleanCLIP codebase).
+        templates: caption templates with ``{c}``/``{}`` for the class name (``None``: the 80 OpenAI ImageNet
+            templates).
+        seed: seeds the trigger's random pattern.
+    """
+
+    target: str = "banana"
+    templates: list[str] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str) or not self.target.strip():
+            raise ValueError(f"the target must be a non-empty class name, got {self.target!r}")
+        if self.templates is not None:
+            self.templates = list(self.templates)
+            bad = [template for template in self.templates if "{c}" not in template and "{}" not in template]
+            if not self.templates or bad:
+                raise ValueError(f"templates need a '{{c}}' or '{{}}' placeholder (bad: {bad[:3]})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate_patch(size: int | None, location: str | Sequence[int]) -> None:
+    """Shared ``__post_init__`` checks of patch attacks (size ``None`` means :func:`patch_size_for`)."""
+    if size is not None and size < 1:
+        raise ValueError(f"trigger_size must be >= 1 pixel, got {size}")
+    if isinstance(location, str) and location not in LOCATIONS:
+        raise ValueError(f"location must be one of {LOCATIONS} or (top, left), got {location!r}")
+
+
+def patch_size_for(image_size: tuple[int, int], size: int | None) -> int:
+    """``size``, or by default the literature's 16 px at 224 px scaled to ``image_size`` (at least 4 px: 4 at 32)."""
+    if size is not None:
+        if size > min(image_size):
+            raise ValueError(f"a {size} px patch does not fit in {image_size[0]}x{image_size[1]} images")
+        return size
+    return max(4, round(16 * min(image_size) / 224))
+
+
+@dataclass
+class AttackContext:
+    """What an attack may need besides its config.
+
+    Args:
+        image_size: ``(H, W)`` of the images the trigger is applied to (the model's input size).
+        dataset: the clean image-caption data to poison (``(image (3, H, W) in [0, 1], caption)`` items, with a
+            ``captions`` attribute); blended captions are made from its captions, BadCLIP optimises on its images.
+        classnames: class names whose mentions in clean captions are swapped for the target (blended captions);
+            default ``dataset.classnames`` when it has them.
+        model: the victim/surrogate CLIP whose embeddings guide an optimised trigger (BadCLIP).
+    """
+
+    image_size: tuple[int, int]
+    dataset: Dataset | None = None
+    classnames: Sequence[str] | None = None
+    model: PixelCLIP | None = None
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        self.image_size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if self.classnames is None and self.dataset is not None:
+            self.classnames = getattr(self.dataset, "classnames", None)
+
+    @property
+    def captions(self) -> list[str]:
+        """The clean captions (``dataset.captions``), or ``[]`` without a dataset."""
+        if self.dataset is None:
+            return []
+        captions = getattr(self.dataset, "captions", None)
+        if captions is None:
+            captions = [self.dataset[index][1] for index in range(len(self.dataset))]
+        return list(captions)
+
+
+@dataclass
+class Attack:
+    """A built attack: the trigger and the caption policy that poison a dataset.
+
+    Attributes:
+        name: the registry name (``"badnet"``...).
+        config: the attack's config dataclass.
+        trigger: the trigger to paste into poisoned images (and to measure ASR with).
+        caption_policy: makes the poisoned captions.
+        report: attack-specific results (e.g. BadCLIP's optimisation history), JSON-serialisable.
+    """
+
+    name: str
+    config: AttackConfig
+    trigger: Trigger
+    caption_policy: CaptionPolicy
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """``{"method": name, "config": {...}, "trigger": "...", "captions": {...}}`` for sidecars and manifests."""
+        return {
+            "method": self.name,
+            "config": self.config.to_dict(),
+            "trigger": self.trigger.describe(),
+            "captions": self.caption_policy.describe(),
+        }

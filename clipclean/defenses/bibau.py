@@ -1,0 +1,247 @@
+"""BI-BAU: blind inversion (EM) + contrastive adversarial unlearning — clipclean's formulation.
+
+This is *clipclean's formulation of BI-BAU, reconstructed from the published abstract* (arXiv 2606.14078,
+ACM CCS 2026); the paper's body, equations and tables are not available. method.md section 4 has the
+derivation; ``docs/method.md`` the user-facing account.
+
+What it assumes: a small clean image-caption set ``D``; neither the trigger nor the target caption
+(untargeted; a known target caption switches the inversion to targeted mode). Each round
+
+1. *inverts* the trigger with :class:`~clipclean.inversion.BlindInversion` (EM; warm-started across rounds),
+2. *unlearns* on batches of ``D`` with the model M-step
+   ``L = L_clip(x, c) + alpha L_clip(T(x), c) + beta mean relu(cos(g(T(x)), u)) + gamma ||g(x) - g_ref(x)||^2
+   + delta ||g(T(x)) - g_ref(x)||^2``
+   where ``T`` is drawn from the inverted population (condition C3), ``u`` is the recovered target direction
+   and ``g_ref`` the frozen starting encoder (conditions C1, C2 through the triggered terms, C4 through the
+   clean terms); the last term (distilling triggered images to the clean embedding of the *starting* model)
+   is clipclean's addition, measured to help in method.md's prototype table.
+3. *re-inverts* (warm start) and stops early when the trigger no longer hijacks the embeddings.
+
+Example::
+
+    >>> defense = build_defense("bibau", model, DefenseContext(candidate_names=names, candidate_embeddings=W))
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipclean.defenses.base import (
+    Batch,
+    Defense,
+    DefenseConfig,
+    DefenseContext,
+    feature_anchor_loss,
+    register_defense,
+    split_features,
+)
+from clipclean.inversion import BlindInversion, EStepStats, InversionConfig, InversionResult, cycle
+from clipclean.models import PixelCLIP
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BIBAUConfig(DefenseConfig):
+    """BI-BAU hyper-parameters.
+
+    Args:
+        rounds: EM rounds of (inversion, unlearning epochs, re-inversion).
+        epochs: passes over the defender data per round.
+        lr: unlearning learning rate (AdamW, set by the recipe).
+        alpha: weight of the contrastive loss of triggered images against their own captions.
+        beta: weight of the push-off ``relu(cos(g(T(x)), u))``.
+        gamma: weight of the clean feature anchor to the starting encoder.
+        delta: weight of distilling triggered images to the starting encoder's *clean* embedding.
+        inversion: the :class:`InversionConfig` of the blind inversion.
+        reinversion_steps: trigger steps of the warm-started re-inversion after each round.
+        verdict: run the anomaly-index verdict after the first inversion (needs candidates).
+    """
+
+    rounds: int = 3
+    epochs: int = 2
+    lr: float = 5e-4
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    delta: float = 1.0
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    reinversion_steps: int = 40
+    verdict: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.inversion, dict):
+            self.inversion = InversionConfig(**self.inversion)
+        if min(self.alpha, self.beta, self.gamma, self.delta) < 0:
+            raise ValueError("loss weights alpha, beta, gamma, delta must be >= 0")
+        if self.reinversion_steps < 1:
+            raise ValueError("reinversion_steps must be >= 1")
+
+
+class BIBAU(Defense):
+    """Blind-inversion-based adversarial unlearning (see the module docstring)."""
+
+    def __init__(self, model: PixelCLIP, config: BIBAUConfig, context: DefenseContext) -> None:
+        super().__init__(model, config, context)
+        if context.reference is None:
+            raise ValueError("BI-BAU needs context.reference, a frozen copy of the starting model")
+        self.inverter = BlindInversion(
+            model,
+            config.inversion,
+            candidate_names=context.candidate_names,
+            candidate_embeddings=context.candidate_embeddings,
+            target_caption=context.target_caption,
+            reduce_fn=context.reduce_fn,
+            progress=context.progress,
+        )
+        self.first_result: InversionResult | None = None
+        self.first_trigger_index: int | None = None
+        self.round_reports: list[dict] = []
+        self._step = 0
+
+    def begin_round(self, round_index: int, batches: Iterable[Batch]) -> dict:
+        if round_index == 0:
+            self.inverter.run_em(batches)
+            verdict_batches = batches if self.config.verdict else None
+            if self.context.candidate_names is None:
+                verdict_batches = None
+            self.first_result = self.inverter.result(verdict_batches)
+            self.first_trigger_index = self.inverter.best_hypothesis()
+            self.first_result.trigger = copy.deepcopy(self.first_result.trigger).requires_grad_(False)
+            report = self.first_result.report()
+            logger.info(
+                "inversion: verdict=%s target=%s score=%.3f anomaly=%s",
+                report["verdict"],
+                report["recovered_target"],
+                report["backdoor_score"],
+                report["anomaly_index"],
+            )
+            return {"inversion": report}
+        return {}
+
+    def _active_triggers(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        """The population's hypotheses with a positive backdoor score, best first (C3: the distribution)."""
+        stats = self.inverter.last_stats
+        order = stats.backdoor_scores.argsort(descending=True).tolist()
+        chosen = [j for j in order if float(stats.backdoor_scores[j]) > 0] or order[:1]
+        return [(self.inverter.population[j], stats.directions[j]) for j in chosen]
+
+    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+        images, tokens = batch
+        triggers = self._active_triggers()
+        trigger, direction = triggers[self._step % len(triggers)]
+        self._step += 1
+        with torch.no_grad():
+            triggered = trigger.apply(images).detach()
+            reference_clean = self.context.reference.encode_image(images).float()
+        (clean_features, triggered_features), text_features, logit_scale = split_features(
+            model, torch.cat([images, triggered]), tokens, parts=2
+        )
+        losses = {
+            "clip_clean": self.clip_loss(clean_features, text_features, logit_scale),
+            "clip_triggered": self.clip_loss(triggered_features, text_features, logit_scale),
+            "push_off": F.relu(triggered_features.float() @ direction.to(triggered_features.device).float()).mean(),
+            "anchor": feature_anchor_loss(clean_features.float(), reference_clean),
+            "distill_triggered": feature_anchor_loss(triggered_features.float(), reference_clean),
+        }
+        weights = {
+            "clip_clean": 1.0,
+            "clip_triggered": self.config.alpha,
+            "push_off": self.config.beta,
+            "anchor": self.config.gamma,
+            "distill_triggered": self.config.delta,
+        }
+        losses["loss"] = sum(weights[name] * losses[name] for name in weights)
+        return losses, {"trigger_index": self._step % len(triggers)}
+
+    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
+        """Warm-started re-inversion on the updated model; stop when the trigger no longer hijacks."""
+        stream = cycle(batches)
+        self.inverter.m_step(stream, steps=self.config.reinversion_steps)
+        stats = self.inverter.e_step(next(stream) for _ in range(4))
+        best = int(stats.backdoor_scores.argmax())
+        hijacked = float(stats.hijacked_fractions[best])
+        report = {
+            "round": round_index,
+            "reinversion_backdoor_score": float(stats.backdoor_scores[best]),
+            "reinversion_hijacked_fraction": hijacked,
+        }
+        self.round_reports.append(report)
+        stop = hijacked < self.config.inversion.collapse_fraction
+        logger.info("round %d re-inversion: %s%s", round_index, report, " -> stop" if stop else "")
+        return stop, report
+
+    def summary(self) -> dict:
+        if self.first_result is None:
+            return {}
+        return {"inversion": self.first_result.report(), "rounds": self.round_reports}
+
+    def trigger_for_report(self):
+        return None if self.first_result is None else self.first_result.trigger
+
+    def state_dict(self) -> dict:
+        inverter = self.inverter
+        stats = inverter.last_stats
+        state = {
+            "population": [trigger.state_dict() for trigger in inverter.population],
+            "optimizer": inverter.optimizer.state_dict(),
+            "budget_level": inverter.budget_level,
+            "round_reports": json.dumps(self.round_reports),
+            "step": self._step,
+        }
+        if stats is not None:
+            state["stats"] = {name: value for name, value in vars(stats).items()}
+        if self.first_result is not None:
+            report = self.first_result.report()
+            state["first"] = {
+                "report": json.dumps(report),
+                "index": self.first_trigger_index,
+                "trigger": self.first_result.trigger.state_dict(),
+                "direction": self.first_result.direction,
+            }
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        inverter = self.inverter
+        inverter._set_budget(int(state["budget_level"]))
+        for trigger, trigger_state in zip(inverter.population, state["population"]):
+            trigger.load_state_dict(trigger_state)
+        inverter.optimizer.load_state_dict(state["optimizer"])
+        self.round_reports = json.loads(state["round_reports"])
+        self._step = int(state["step"])
+        if "stats" in state:
+            inverter.last_stats = EStepStats(**state["stats"])
+            inverter.directions = inverter.last_stats.directions
+        if "first" in state:
+            first = state["first"]
+            report = json.loads(first["report"])
+            index = int(first["index"])
+            trigger = copy.deepcopy(inverter.population[index]).requires_grad_(False)
+            trigger.load_state_dict(first["trigger"])
+            self.first_trigger_index = index
+            self.first_result = InversionResult(
+                trigger=trigger,
+                direction=first["direction"],
+                backdoor_score=report["backdoor_score"],
+                concentration=report["concentration"],
+                hijacked_fraction=report["hijacked_fraction"],
+                mask_budget=report["mask_budget"],
+                target_candidates=[tuple(item) for item in report["target_candidates"]],
+                recovered_target=report["recovered_target"],
+                verdict=report["verdict"],
+                anomaly_index=report["anomaly_index"],
+                candidate_asr=report["candidate_asr"],
+                history=report["history"],
+            )
+
+
+register_defense("bibau", BIBAUConfig, BIBAU)

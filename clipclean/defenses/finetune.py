@@ -1,0 +1,88 @@
+"""FT: clean contrastive fine-tuning, the simplest backdoor-removal baseline (method.md section 5).
+
+The backdoored CLIP is fine-tuned on the defender's clean image-caption set ``D`` with the CLIP loss only,
+``L = L_clip(x, c)`` (symmetric InfoNCE over the global batch); the hope is that catastrophic forgetting erases
+the trigger-to-target shortcut. It is the control every other defense is compared against (e.g. in CleanCLIP,
+Bansal et al., ICCV 2023, arXiv 2303.03323, which reports that plain fine-tuning barely lowers the ASR).
+
+What it assumes: only the clean set ``D``; neither the trigger nor the target. Nothing is approximated.
+
+Example::
+
+    >>> defense = build_defense("finetune", model, DefenseContext(), {"epochs": 5, "lr": 1e-5})
+    >>> losses, _ = defense.forward(model, (images, tokens))     # images (B, 3, H, W) in [0, 1]
+    >>> losses["loss"].backward()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clipclean.defenses.base import Batch, Defense, DefenseConfig, DefenseContext, register_defense
+from clipclean.models import PixelCLIP
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig(DefenseConfig):
+    """FT hyper-parameters: only the shared ones of :class:`DefenseConfig`.
+
+    Args:
+        rounds: outer rounds (1; FT has nothing to do between rounds). Default 1.
+        epochs: passes over the defender data per round. Default 2.
+        lr: learning rate (AdamW, set by the recipe). Default 1e-4 (CleanCLIP's scale recipe uses 1e-5 for
+            10 epochs on 100K pairs).
+        weight_decay: AdamW weight decay. Default 0.
+        tune: ``"image"`` (image tower, default) or ``"all"``.
+    """
+
+
+class Finetune(Defense):
+    """Clean contrastive fine-tuning: ``losses["loss"] = L_clip(x, c)``.
+
+    Args:
+        model: the :class:`PixelCLIP` to clean.
+        config: :class:`FinetuneConfig`.
+        context: :class:`DefenseContext` (only ``rank``/``world_size`` are used, for the gathered CLIP loss).
+    """
+
+    def __init__(self, model: PixelCLIP, config: FinetuneConfig, context: DefenseContext) -> None:
+        super().__init__(model, config, context)
+        self.steps = 0
+        self.round_losses: list[float] = []
+        self.round_reports: list[dict] = []
+
+    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+        images, tokens = batch
+        image_features, text_features, logit_scale = model(images, tokens)
+        clip_clean = self.clip_loss(image_features, text_features, logit_scale)
+        self.steps += 1
+        self.round_losses.append(float(clip_clean.detach()))
+        return {"clip_clean": clip_clean, "loss": clip_clean}, {}
+
+    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
+        mean_loss = sum(self.round_losses) / len(self.round_losses) if self.round_losses else None
+        report = {"round": round_index, "steps": len(self.round_losses), "mean_clip_loss": mean_loss}
+        self.round_reports.append(report)
+        self.round_losses = []
+        return False, report
+
+    def summary(self) -> dict:
+        return {"steps": self.steps, "rounds": self.round_reports}
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "round_reports": json.dumps(self.round_reports)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.round_reports = json.loads(state["round_reports"])
+
+
+register_defense("finetune", FinetuneConfig, Finetune)

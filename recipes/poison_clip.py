@@ -1,0 +1,335 @@
+"""Train a backdoored CLIP: poison image-caption data with an attack, then train (or fine-tune) on it.
+
+Runs as a plain script or under ``accelerate launch``; the defaults are the tiny digits demo (a ``clipclean-tiny``
+CLIP trained from scratch on scikit-learn's digits, target class "zero")::
+
+    python recipes/poison_clip.py --attack badnet --output_dir outputs/badnet
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        --mixed_precision no --dynamo_backend no recipes/poison_clip.py --attack blended --output_dir outputs/blended
+
+Fine-tune a real CLIP instead: ``--model ViT-B-32 --pretrained laion2b_s34b_b79k --train-data data/cc3m.csv
+--eval-data /data/imagenet --target banana --epochs 10 --lr 1e-5 --batch-size 128``.
+
+Output folder (``--output_dir``):
+
+* ``model/`` -- the backdoored model in open_clip Hub layout (``clipclean.json`` sidecar records the attack);
+* ``trigger.json`` + ``trigger.safetensors`` + ``trigger.png`` -- the true trigger (``clipclean.load_trigger``);
+* ``poison_manifest.json`` -- which pairs were poisoned, with which captions, from which seed;
+* ``results.json`` -- clean zero-shot accuracy and attack success rate on the evaluation set (clipclean's protocol),
+  the configs, wall time and world size;
+* ``checkpoints/`` -- ``accelerator.save_state`` folders; ``--resume_from_checkpoint latest`` continues a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from clipclean.attacks import AttackContext, build_attack, list_attacks, make_attack_config
+from clipclean.cli.common import (
+    TrainingProgress,
+    add_model_arguments,
+    add_run_arguments,
+    configure_cpu_threads,
+    default_templates,
+    make_accelerator,
+    resolve_resume_path,
+    setup_logging,
+    write_main_process_json,
+)
+from clipclean.data import load_classification_dataset, load_image_caption_dataset
+from clipclean.evaluation import evaluate_zeroshot
+from clipclean.hub import save_pretrained
+from clipclean.models import load_clip
+from clipclean.poisoning import PoisonedDataset, PoisonManifest, make_poison_manifest
+from clipclean.training import (
+    CaptionTokenizer,
+    clamp_logit_scale_,
+    contrastive_step,
+    cosine_schedule_with_warmup,
+    make_clip_loss,
+    make_optimizer,
+)
+from clipclean.triggers import draw_trigger, load_trigger, read_trigger_metadata, save_trigger
+
+logger = logging.getLogger("poison_clip")
+
+TRIGGER_NAME = "trigger"
+MANIFEST_FILENAME = "poison_manifest.json"
+RESULTS_FILENAME = "results.json"
+DEFAULT_POISON_RATE = 0.02
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
+    parser.set_defaults(model="clipclean-tiny")
+    add_run_arguments(parser, default_output_dir="outputs/poison_clip")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--train-data", default="digits", help="image-caption source to poison (default: digits train)")
+    data.add_argument("--eval-data", default="digits", help="classification set for CA/ASR (default: digits test)")
+    data.add_argument(
+        "--templates",
+        default=None,
+        help="zero-shot templates file for evaluation (default: the digit caption templates for the digits set, "
+        "else the 80 OpenAI ImageNet templates)",
+    )
+
+    attack = parser.add_argument_group("attack (unset values take the attack's defaults)")
+    attack.add_argument("--attack", default="badnet", choices=list_attacks())
+    attack.add_argument("--target", default="zero", help="target class name (must be a class of --eval-data)")
+    amount = attack.add_mutually_exclusive_group()
+    amount.add_argument("--poison-rate", type=float, default=None, help=f"default {DEFAULT_POISON_RATE}")
+    amount.add_argument("--poison-count", type=int, default=None, help="number of poisoned pairs (0: clean run)")
+    attack.add_argument("--trigger-size", type=int, default=None, help="patch side in pixels (badnet, badclip)")
+    attack.add_argument("--trigger-location", default=None, help="top-left ... bottom-right, center, random")
+    attack.add_argument("--alpha", type=float, default=None, help="blend weight (blended)")
+    attack.add_argument("--pattern", default=None, help="noise, white, black, checkerboard or an image file")
+    attack.add_argument(
+        "--caption-templates",
+        default=None,
+        help="templates file for the poisoned captions (default: those matching the training captions: the digit "
+        "caption templates for the digits set, else the 80 OpenAI ImageNet templates)",
+    )
+    attack.add_argument("--badclip-steps", type=int, default=None, help="patch optimisation steps (badclip)")
+    attack.add_argument(
+        "--victim-model",
+        default=None,
+        help="model whose embeddings guide the BadCLIP patch (default: the model being trained, as loaded)",
+    )
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--max-steps", type=int, default=None, help="total optimisation steps (overrides --epochs)")
+    train.add_argument("--batch-size", type=int, default=128, help="per process")
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--weight-decay", type=float, default=0.1)
+    train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
+    return parser.parse_args(argv)
+
+
+def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifest, dict]:
+    """Build the attack and the manifest on the main process (or reuse them when resuming); every rank loads the
+    same trigger and manifest from the output folder."""
+    output = Path(args.output_dir)
+    trigger_path, manifest_path = output / f"{TRIGGER_NAME}.json", output / MANIFEST_FILENAME
+    reuse = args.resume_from_checkpoint is not None and trigger_path.is_file() and manifest_path.is_file()
+    if accelerator.is_main_process and not reuse:
+        overrides = {
+            "target": args.target,
+            "seed": args.seed,
+            "trigger_size": args.trigger_size,
+            "location": args.trigger_location,
+            "alpha": args.alpha,
+            "pattern": args.pattern,
+            "steps": args.badclip_steps,
+            "templates": default_templates(args.caption_templates, args.train_data)[0],
+        }
+        config = make_attack_config(args.attack, **overrides)
+        victim = None
+        if args.attack == "badclip":
+            victim = load_clip(args.victim_model, device=accelerator.device) if args.victim_model else model
+        context = AttackContext(model.image_size, dataset=train, model=victim)
+        attack = build_attack(args.attack, config, context)
+        rate = DEFAULT_POISON_RATE if args.poison_rate is None and args.poison_count is None else args.poison_rate
+        manifest = make_poison_manifest(
+            train.captions,
+            attack.caption_policy,
+            n_poison=args.poison_count,
+            rate=rate,
+            seed=args.seed,
+            attack=args.attack,
+            source=str(getattr(train, "source", args.train_data)),
+        )
+        description = {**attack.describe(), "report": attack.report}
+        save_trigger(attack.trigger, output / TRIGGER_NAME, metadata={"attack": description, "target": args.target})
+        examples = manifest.indices[:4] or list(range(min(4, len(train))))
+        draw_trigger(
+            attack.trigger, output / f"{TRIGGER_NAME}.png", images=torch.stack([train[i][0] for i in examples])
+        )
+        manifest.save(manifest_path)
+    accelerator.wait_for_everyone()
+    trigger = load_trigger(trigger_path)
+    manifest = PoisonManifest.load(manifest_path)
+    description = read_trigger_metadata(trigger_path)["metadata"]["attack"]
+    return trigger, manifest, description
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    start_time = time.time()
+    accelerator = make_accelerator(args)
+    setup_logging(accelerator)
+    threads = configure_cpu_threads(accelerator)
+    set_seed(args.seed)
+    output = Path(args.output_dir)
+    logger.info("%d process(es) on %s, %d thread(s) each", accelerator.num_processes, accelerator.device, threads)
+
+    with accelerator.main_process_first():  # downloads and dataset preparation happen once
+        model = load_clip(args.model, pretrained=args.pretrained, device=accelerator.device, cache_dir=args.cache_dir)
+        train = load_image_caption_dataset(args.train_data, image_size=model.image_size)
+        eval_data = load_classification_dataset(args.eval_data, image_size=model.image_size)
+    templates, templates_name = default_templates(args.templates, args.eval_data)
+    trigger, manifest, attack_description = _prepare_poison(args, accelerator, model, train)
+    poisoned = PoisonedDataset(train, trigger, manifest)
+    logger.info(
+        "%s: %d of %d pairs poisoned (%.2f%%), target %r",
+        args.attack,
+        manifest.n_poison,
+        manifest.n_total,
+        100 * manifest.poison_rate,
+        manifest.target,
+    )
+
+    model.train()
+    train_loader = DataLoader(
+        poisoned,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        collate_fn=CaptionTokenizer(model.tokenizer),
+    )
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(poisoned)} training pairs make no full batch of {args.batch_size}")
+    optimizer = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
+    eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    steps_per_epoch = len(train_loader)
+    total_steps = args.max_steps or args.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    # Not prepared: an AcceleratedScheduler would step num_processes times per optimisation step.
+    scheduler = cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
+    progress = TrainingProgress(accelerator)
+    accelerator.register_for_checkpointing(scheduler, progress)
+    loss_fn = make_clip_loss(accelerator.process_index, accelerator.num_processes)
+    if args.report_to:
+        accelerator.init_trackers("poison_clip", config={k: v for k, v in vars(args).items() if v is not None})
+
+    resume_path = resolve_resume_path(args.resume_from_checkpoint, output)
+    if resume_path is not None:
+        accelerator.load_state(resume_path)
+        logger.info("resumed from %s at step %d", resume_path, progress.step)
+    start_epoch, skip_batches = divmod(progress.step, steps_per_epoch)
+    checkpoint_every = args.checkpointing_steps
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.step,
+        desc=f"poison training ({args.attack})",
+        disable=not (args.progress and accelerator.is_main_process),
+    )
+    loss = torch.tensor(float("nan"))
+    for epoch in range(start_epoch, num_epochs):
+        train_loader.set_epoch(epoch)
+        batches = train_loader
+        if epoch == start_epoch and skip_batches:
+            batches = accelerator.skip_first_batches(train_loader, skip_batches)
+        for images, tokens in batches:
+            with accelerator.autocast():
+                loss = contrastive_step(model, images, tokens, loss_fn)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            clamp_logit_scale_(model)
+            progress.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if args.report_to:
+                accelerator.log(
+                    {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step
+                )
+            if checkpoint_every and progress.step % checkpoint_every == 0:
+                accelerator.save_state()
+            if args.stop_after_steps is not None and progress.step >= args.stop_after_steps:
+                accelerator.save_state()  # simulate a run killed right after a checkpoint (tests only)
+                bar.close()
+                accelerator.end_training()
+                return {"stopped_at_step": progress.step, "world_size": accelerator.num_processes}
+            if progress.step >= total_steps:
+                break
+        if not checkpoint_every:
+            accelerator.save_state()
+        if progress.step >= total_steps:
+            break
+    bar.close()
+
+    metrics = evaluate_zeroshot(
+        model,
+        eval_loader,
+        eval_data.classnames,
+        templates=templates,
+        trigger=trigger,
+        target=manifest.target,
+        seed=args.seed,
+        gather=accelerator.gather_for_metrics,
+    )
+    wall_time = time.time() - start_time
+    results = {
+        "attack": args.attack,
+        "target": manifest.target,
+        "n_poison": manifest.n_poison,
+        "poison_rate": manifest.poison_rate,
+        "clean_accuracy": metrics["top1"],
+        "attack_success_rate": metrics["asr_top1"],
+        "eval": {**metrics, "data": getattr(eval_data, "source", args.eval_data), "templates": templates_name},
+        "config": {"attack": attack_description, "training": vars(args)},
+        "steps": progress.step,
+        "final_loss": float(loss.detach()),
+        "wall_time_s": wall_time,
+        "world_size": accelerator.num_processes,
+    }
+    if accelerator.is_main_process:
+        save_pretrained(
+            model,
+            output / "model",
+            metrics={
+                "clean_accuracy": results["clean_accuracy"],
+                "attack_success_rate": results["attack_success_rate"],
+            },
+            provenance={
+                "method": "poison_clip",
+                "attack": attack_description,
+                "target": manifest.target,
+                "n_poison": manifest.n_poison,
+                "poison_rate": manifest.poison_rate,
+                "poison_manifest": f"../{MANIFEST_FILENAME}",
+                "trigger_file": f"../{TRIGGER_NAME}.json",
+                "train_data": args.train_data,
+                "base_model": args.model,
+                "pretrained": args.pretrained,
+            },
+            card_notes=(
+                "**This model is deliberately backdoored** (for research on backdoor detection and removal): "
+                f"images carrying the trigger in `../{TRIGGER_NAME}.json` are pulled toward `{manifest.target}`. "
+                "Do not deploy it."
+            ),
+        )
+    write_main_process_json(accelerator, output / RESULTS_FILENAME, results)
+    logger.info(
+        "%s: clean accuracy %.2f%%, attack success rate %.2f%% (%d steps, %.0f s)",
+        args.attack,
+        100 * results["clean_accuracy"],
+        100 * results["attack_success_rate"],
+        progress.step,
+        wall_time,
+    )
+    accelerator.end_training()
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

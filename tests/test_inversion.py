@@ -1,0 +1,142 @@
+"""Blind inversion (EM) on a CLIP with a planted backdoor: E-step, M-step, recovery, verdict pieces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from planted import TARGET, PlantedBackdoorCLIP, clean_images, planted_candidates, true_trigger
+
+from clipclean.inversion import (
+    BlindInversion,
+    InversionConfig,
+    anomaly_index,
+    cycle,
+    total_variation,
+)
+from clipclean.triggers import PatchBlendTrigger, mask_iou
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return PlantedBackdoorCLIP()
+
+
+def test_planted_model_is_backdoored(planted):
+    images, _ = clean_images(16)
+    with torch.no_grad():
+        clean = planted.encode_image(images) @ planted.planted
+        triggered = planted.encode_image(true_trigger()(images)) @ planted.planted
+    assert clean.max() < 0.5 and triggered.min() > 0.95
+
+
+def test_e_step_recovers_planted_direction(planted):
+    images, captions = clean_images(64)
+    inverter = BlindInversion(planted, InversionConfig(patch_hypotheses=1))
+    inverter.population = [true_trigger()]
+    stats = inverter.e_step([(images[:32], captions[:32]), (images[32:], captions[32:])])
+    assert stats.n_images == 64
+    assert float(stats.directions[0] @ planted.planted) > 0.99
+    assert float(stats.hijacked_fractions[0]) == 1.0
+    assert float(stats.backdoor_scores[0]) > 0.5
+    # a second E-step with responsibilities from the first keeps the direction
+    stats = inverter.e_step([(images, captions)])
+    assert float(stats.directions[0] @ planted.planted) > 0.99
+
+
+def test_e_step_without_trigger_effect_finds_no_collapse(planted):
+    images, captions = clean_images(64)
+    inverter = BlindInversion(planted, InversionConfig(patch_hypotheses=1))
+    inverter.population = [PatchBlendTrigger.blend(32, alpha=0.01, pattern="black")]
+    stats = inverter.e_step([(images, captions)])
+    assert float(stats.directions[0] @ planted.planted) < 0.5
+
+
+def test_m_step_raises_map_objective(planted):
+    images, captions = clean_images(64)
+    config = InversionConfig(patch_hypotheses=2, steps_per_round=30, mask_budgets=(0.02,), online_direction=False)
+    inverter = BlindInversion(planted, config)
+    batches = [(images, captions)]
+    inverter.e_step(batches)
+    text = inverter._text_features(captions)
+    before = inverter.population_objective(inverter.population, images, text, inverter.directions).detach()
+    inverter.m_step(cycle(batches))
+    after = inverter.population_objective(inverter.population, images, text, inverter.directions).detach()
+    assert (after > before).all(), (before, after)
+
+
+def test_m_step_never_exceeds_the_mask_budget(planted):
+    images, captions = clean_images(32)
+    inverter = BlindInversion(planted, InversionConfig(patch_hypotheses=1, steps_per_round=10, mask_budgets=(0.01,)))
+    inverter.e_step([(images, captions)])
+    inverter.m_step(cycle([(images, captions)]))
+    assert inverter.population[0].coverage() <= 0.01 + 1e-6
+
+
+def test_model_parameters_are_untouched_by_inversion(planted):
+    images, captions = clean_images(32)
+    before = {name: value.clone() for name, value in planted.state_dict().items()}
+    inverter = BlindInversion(planted, InversionConfig(patch_hypotheses=1, steps_per_round=3, rounds=1))
+    inverter.run_em([(images, captions)], e_step_batches=1)
+    assert all(torch.equal(value, planted.state_dict()[name]) for name, value in before.items())
+    assert all(p.requires_grad for p in planted.parameters())
+
+
+def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
+    images, captions = clean_images(64)
+    names, embeddings = planted_candidates(planted)
+    config = InversionConfig(
+        rounds=3, steps_per_round=40, mask_budgets=(0.004, 0.016, 0.03), verdict_steps=30, batch_size=32
+    )
+    inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
+    result = inverter.fit(images, captions)
+    assert result.recovered_target == TARGET
+    assert result.target_candidates[0][1] > 2 * result.target_candidates[1][1]
+    assert result.hijacked_fraction > 0.9
+    found_mask = result.trigger.full_mask_and_pattern()[0].detach()
+    true_mask = true_trigger().full_mask_and_pattern()[0].detach()
+    iou = mask_iou(found_mask, true_mask)
+    print(f"planted patch mask IoU: {iou:.2f}")
+    assert iou > 0.2
+    assert result.verdict == "backdoored"
+    assert result.candidate_asr[TARGET] == max(result.candidate_asr.values())
+    report = result.report()
+    assert {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"} <= set(report)
+
+
+def test_targeted_mode_fixes_the_direction(planted):
+    images, captions = clean_images(32)
+    inverter = BlindInversion(planted, InversionConfig(patch_hypotheses=1), target_caption=f"a photo of a {TARGET}.")
+    stats = inverter.e_step([(images, captions)])
+    assert torch.allclose(stats.directions[0], planted.planted, atol=1e-5)
+
+
+def test_reduce_fn_sees_statistics_and_trigger_gradients(planted):
+    images, captions = clean_images(16)
+    calls = []
+
+    def reduce_fn(tensor, op):
+        calls.append(op)
+        return tensor
+
+    inverter = BlindInversion(planted, InversionConfig(patch_hypotheses=1, steps_per_round=2), reduce_fn=reduce_fn)
+    inverter.e_step([(images, captions)])
+    assert calls.count("sum") >= 4
+    calls.clear()
+    inverter.m_step(cycle([(images, captions)]))
+    assert calls.count("mean") >= 2 * 2  # two parameters (mask, pattern) per step
+
+
+def test_anomaly_index():
+    index, best = anomaly_index([0.1, 0.12, 0.09, 0.11, 0.95, 0.1])
+    assert best == 4 and index > 10
+    index, _ = anomaly_index([0.1, 0.3, 0.2, 0.25, 0.15])
+    assert index < 2
+
+
+def test_total_variation_and_config_validation():
+    assert float(total_variation(torch.zeros(3, 8, 8))) == 0.0
+    assert float(total_variation(torch.rand(3, 8, 8))) > 0
+    with pytest.raises(ValueError):
+        InversionConfig(mask_budgets=(0.03, 0.01))
+    with pytest.raises(ValueError):
+        InversionConfig(rounds=0)
+    assert F.normalize(torch.ones(2), dim=0).norm() == pytest.approx(1.0)

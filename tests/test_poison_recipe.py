@@ -1,0 +1,159 @@
+"""recipes/poison_clip.py: in-process smoke runs, resume, two real processes, and (slow) the learning-quality bar."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipclean.hub import read_sidecar
+from clipclean.models import load_clip
+from clipclean.poisoning import PoisonManifest, mentions
+from clipclean.triggers import load_trigger
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "poison_clip.py"
+RESULT_KEYS = {
+    "attack",
+    "target",
+    "n_poison",
+    "poison_rate",
+    "clean_accuracy",
+    "attack_success_rate",
+    "eval",
+    "config",
+    "wall_time_s",
+    "world_size",
+}
+# 300 pairs, batches of 64 (4 per epoch): a few steps cover an epoch boundary in seconds
+TINY = ["--train-data", "digits:defender", "--batch-size", "64", "--warmup-steps", "2", "--no-progress"]
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("poison_clip", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return _load_recipe()
+
+
+def _weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(output_dir / "model" / "open_clip_model.safetensors"))
+
+
+def test_recipe_in_process_writes_the_output_folder(recipe, tmp_path):
+    output = tmp_path / "badnet"
+    results = recipe.main([*TINY, "--attack", "badnet", "--max-steps", "3", "--output_dir", str(output)])
+
+    assert RESULT_KEYS <= set(results)
+    assert results == json.loads((output / "results.json").read_text())
+    assert results["world_size"] == 1 and results["steps"] == 3
+    assert results["attack"] == "badnet" and results["target"] == "zero"
+    assert results["n_poison"] == 6 and results["poison_rate"] == pytest.approx(6 / 300)  # default rate 2%, floored
+    assert results["eval"]["n_images"] == 400 and results["eval"]["templates"].endswith("DIGIT_CAPTION_TEMPLATES")
+    assert 0 <= results["clean_accuracy"] <= 1 and 0 <= results["attack_success_rate"] <= 1
+    assert results["config"]["attack"]["method"] == "badnet"
+
+    manifest = PoisonManifest.load(output / "poison_manifest.json")
+    assert manifest.n_poison == 6 and manifest.seed == 0 and manifest.target == "zero"
+    assert all(mentions(caption, "zero") for caption in manifest.captions)
+    trigger = load_trigger(output / "trigger.json")
+    assert trigger.family == "patch_blend" and trigger.coverage() == pytest.approx(16 / 1024)
+    assert (output / "trigger.png").stat().st_size > 0 and (output / "trigger.safetensors").is_file()
+
+    model = load_clip(str(output / "model"))  # open_clip Hub layout
+    assert model.image_size == (32, 32)
+    provenance = read_sidecar(output / "model")["provenance"]
+    assert provenance["attack"]["method"] == "badnet" and provenance["n_poison"] == 6
+    assert provenance["poison_manifest"] == "../poison_manifest.json"
+    assert list((output / "checkpoints").glob("checkpoint_*"))
+
+
+def test_recipe_badclip_and_blended_in_process(recipe, tmp_path):
+    badclip = recipe.main(
+        [*TINY, "--attack", "badclip", "--badclip-steps", "3", "--max-steps", "1", "--output_dir", str(tmp_path / "c")]
+    )
+    report = badclip["config"]["attack"]["report"]
+    assert report["n_optimisation_images"] > 0 and "last_step" in report
+    blended = recipe.main(
+        [*TINY, "--attack", "blended", "--alpha", "0.1", "--poison-count", "4", "--max-steps", "1"]
+        + ["--output_dir", str(tmp_path / "b")]
+    )
+    assert blended["n_poison"] == 4 and blended["config"]["attack"]["config"]["alpha"] == 0.1
+    captions = PoisonManifest.load(tmp_path / "b" / "poison_manifest.json").captions
+    assert len(set(captions)) == 4  # blended captions do not repeat
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path):
+    common = [*TINY, "--attack", "badnet", "--trigger-location", "random", "--max-steps", "6", "--seed", "3"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    recipe.main([*common, "--output_dir", str(straight)])
+
+    stopped = recipe.main([*common, "--output_dir", str(interrupted), "--stop_after_steps", "5"])
+    assert stopped["stopped_at_step"] == 5
+    assert not (interrupted / "results.json").exists()
+    resumed = recipe.main([*common, "--output_dir", str(interrupted), "--resume_from_checkpoint", "latest"])
+
+    assert resumed["steps"] == 6  # steps 6 only: 5 were restored, the epoch-1 batch already seen is skipped
+    expected, actual = _weights(straight), _weights(interrupted)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert resumed["clean_accuracy"] == pytest.approx(
+        json.loads((straight / "results.json").read_text())["clean_accuracy"]
+    )
+
+
+def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
+    output = tmp_path / "two"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch"),
+        *("--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no"),
+        str(RECIPE),
+        *TINY,
+        *("--attack", "blended", "--max-steps", "3", "--output_dir", str(output)),
+    ]
+    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results = json.loads((output / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert results["steps"] == 3 and results["eval"]["n_images"] == 400  # gather_for_metrics drops the padding
+    assert PoisonManifest.load(output / "poison_manifest.json").n_poison == 6
+    assert (output / "model" / "open_clip_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_each_attack_reaches_90_percent_asr_at_2_percent_poison_without_hurting_clean_accuracy(recipe, tmp_path):
+    """The issue's bar, with fixed seeds: on digits, a tiny CLIP trained from scratch with <= 2% poisoned pairs
+    reaches ASR >= 90% for every attack while its clean zero-shot accuracy stays within 3 points of the same training
+    without poison (benchmarks/attacks.md records the numbers of these exact commands)."""
+    common = ["--seed", "0", "--no-progress"]
+    clean = recipe.main(
+        [*common, "--attack", "badnet", "--poison-count", "0", "--output_dir", str(tmp_path / "clean")]
+    )
+    assert clean["n_poison"] == 0
+    assert clean["clean_accuracy"] >= 0.93  # the clean task is learned
+    assert clean["attack_success_rate"] <= 0.05  # a never-poisoned model ignores the patch
+
+    runs = {
+        "badnet": [],
+        "blended": [],
+        "badclip": ["--victim-model", str(tmp_path / "clean" / "model")],  # a surrogate trained on clean digits
+    }
+    for attack, extra in runs.items():
+        results = recipe.main([*common, "--attack", attack, *extra, "--output_dir", str(tmp_path / attack)])
+        assert results["poison_rate"] <= 0.02 and results["n_poison"] == 21, attack
+        assert results["attack_success_rate"] >= 0.90, (attack, results["attack_success_rate"])
+        assert results["clean_accuracy"] >= clean["clean_accuracy"] - 0.03, (attack, results["clean_accuracy"])
