@@ -296,28 +296,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         recovered = inversion.get("recovered_target") if inversion else None
         if inverted is not None and recovered in eval_data.classnames:
             inverted_trigger_asr = {
-                "before": evaluate_zeroshot(
-                    reference,
-                    eval_loader,
-                    eval_data.classnames,
-                    classifier=classifier,
-                    trigger=inverted,
-                    target=recovered,
-                    seed=args.seed,
-                    gather=accelerator.gather_for_metrics,
-                )["asr_top1"],
-                "after": evaluate_zeroshot(
-                    model,
-                    eval_loader,
-                    eval_data.classnames,
-                    classifier=classifier,
-                    trigger=inverted,
-                    target=recovered,
-                    seed=args.seed,
-                    gather=accelerator.gather_for_metrics,
-                )["asr_top1"],
-                "target": recovered,
+                phase: _evaluate(
+                    evaluated, eval_loader, eval_data, templates, inverted, recovered, args, accelerator, classifier
+                )["attack_success_rate"]
+                for phase, evaluated in (("before", reference), ("after", model))
             }
+            inverted_trigger_asr["target"] = recovered
     wall_time = time.time() - start_time
     results = {
         "defense": args.defense,
@@ -346,6 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds_done": state.rounds_done,
         "stopped_early": stopped_early,
         "wall_time_s": wall_time,
+        "peak_memory_mb": _peak_memory_mb(accelerator),
         "world_size": accelerator.num_processes,
         "trigger_identical_across_ranks": trigger_equal,
         "config": {"defense": config, "recipe": vars(args), "templates": templates_name},
@@ -354,6 +339,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _print_summary(accelerator, results)
     accelerator.end_training()
     return results
+
+
+def _peak_memory_mb(accelerator) -> float:
+    """Peak resident memory of this process (and peak GPU memory when on a GPU), in MiB."""
+    import resource
+
+    if accelerator.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _trigger_identical_across_ranks(accelerator, trigger) -> bool | None:

@@ -139,9 +139,8 @@ def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifes
             "templates": default_templates(args.caption_templates, args.train_data)[0],
         }
         config = make_attack_config(args.attack, **overrides)
-        victim = None
-        if args.attack == "badclip":
-            victim = load_clip(args.victim_model, device=accelerator.device) if args.victim_model else model
+        # attacks that optimise their trigger (badclip) use the victim; the others ignore it
+        victim = load_clip(args.victim_model, device=accelerator.device) if args.victim_model else model
         context = AttackContext(model.image_size, dataset=train, model=victim)
         attack = build_attack(args.attack, config, context)
         rate = DEFAULT_POISON_RATE if args.poison_rate is None and args.poison_count is None else args.poison_rate
@@ -161,6 +160,8 @@ def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifes
             attack.trigger, output / f"{TRIGGER_NAME}.png", images=torch.stack([train[i][0] for i in examples])
         )
         manifest.save(manifest_path)
+    elif reuse:
+        logger.info("resuming: reusing the trigger and poison manifest in %s (attack flags are ignored)", output)
     accelerator.wait_for_everyone()
     trigger = load_trigger(trigger_path)
     manifest = PoisonManifest.load(manifest_path)

