@@ -97,10 +97,10 @@ class InversionConfig:
     patch_hypotheses: int = 3
     additive_eps: float = 0.0
     verdict_budget: float | None = None
-    verdict_steps: int = 100
+    verdict_steps: int = 150
     anomaly_threshold: float = 3.0
     max_verdict_candidates: int = 20
-    verdict_batch_size: int = 16
+    verdict_batch_size: int = 32
     online_direction: bool = True
     batch_size: int = 64
     seed: int = 0

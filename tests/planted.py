@@ -30,7 +30,7 @@ class PlantedBackdoorCLIP(PixelCLIP):
 
     def detector(self, images: torch.Tensor) -> torch.Tensor:
         square = images[:, :, -PATCH:, -PATCH:]
-        return torch.sigmoid(40 * (square.mean(dim=(1, 2, 3)) - 0.85))
+        return torch.sigmoid(12 * (square.mean(dim=(1, 2, 3)) - 0.75))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(images, 8).flatten(1) - 0.3

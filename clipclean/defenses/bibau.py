@@ -71,8 +71,8 @@ class BIBAUConfig(DefenseConfig):
     lr: float = 5e-4
     alpha: float = 1.0
     beta: float = 1.0
-    gamma: float = 1.0
-    delta: float = 1.0
+    gamma: float = 5.0
+    delta: float = 2.0
     inversion: InversionConfig = field(default_factory=InversionConfig)
     reinversion_steps: int = 40
     verdict: bool = True
