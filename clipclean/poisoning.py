@@ -297,6 +297,14 @@ def make_poison_manifest(
     )
 
 
+def dataset_captions(dataset: Dataset) -> list[str]:
+    """The captions of an image-caption dataset: its ``captions`` attribute, else read item by item."""
+    captions = getattr(dataset, "captions", None)
+    if captions is None:
+        captions = [dataset[index][1] for index in range(len(dataset))]
+    return list(captions)
+
+
 # ---- the poisoned dataset ---------------------------------------------------------------------------------------
 class PoisonedDataset(Dataset):
     """A view of ``source`` with the pairs of ``manifest`` poisoned: triggered image, replaced caption.
@@ -333,9 +341,7 @@ class PoisonedDataset(Dataset):
 
     @property
     def captions(self) -> list[str]:
-        clean = getattr(self.source, "captions", None)
-        if clean is None:
-            clean = [self.source[index][1] for index in range(len(self.source))]
+        clean = dataset_captions(self.source)
         return [self._poisoned.get(index, caption) for index, caption in enumerate(clean)]
 
     def is_poisoned(self, index: int) -> bool:
@@ -361,11 +367,8 @@ def poison_dataset(
     attack: str = "",
 ) -> PoisonedDataset:
     """:func:`make_poison_manifest` on ``dataset.captions`` then :class:`PoisonedDataset` (see the module example)."""
-    captions = getattr(dataset, "captions", None)
-    if captions is None:
-        captions = [dataset[index][1] for index in range(len(dataset))]
     manifest = make_poison_manifest(
-        captions,
+        dataset_captions(dataset),
         caption_policy,
         n_poison=n_poison,
         rate=rate,

@@ -6,8 +6,7 @@ The recipes own the loop and the ``Accelerator``; this module keeps the parts ev
   features **with gradient** across processes (``accelerator.gather`` carries no gradient and is for metrics);
 * :class:`CaptionTokenizer` -- a ``DataLoader`` collate that stacks ``(image, caption)`` pairs and tokenizes the
   captions;
-* :func:`make_optimizer` -- AdamW with open_clip's parameter groups (no weight decay on gains, biases,
-  embeddings and the logit scale);
+* :func:`make_optimizer` -- AdamW without weight decay on gains, biases, embeddings and the logit scale;
 * :func:`cosine_schedule_with_warmup` -- linear warmup then cosine decay (open_clip's ``cosine_lr``);
 * :func:`contrastive_step` -- forward pass and loss of one batch; :func:`clamp_logit_scale_` after the update.
 
@@ -72,8 +71,9 @@ class CaptionTokenizer:
 def make_optimizer(
     model: nn.Module, lr: float, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, open_clip's way: no decay on 1-D tensors (gains, biases), embeddings
-    and the logit scale; ``weight_decay`` on the rest. ``betas``/``eps`` are open_clip's defaults for ViTs."""
+    """AdamW over the trainable parameters: no weight decay on 1-D tensors (gains, biases) and the logit scale
+    (open_clip's rule) nor on the token, positional and class embeddings; ``weight_decay`` on the rest.
+    ``betas``/``eps`` are open_clip's defaults for ViTs."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:

@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stopped_early = False
     for round_index in range(state.rounds_done, config.rounds):
         report = defense.begin_round(round_index, train_loader)
+        if report.get("stop"):  # the defense decided there is nothing to remove
+            logger.info("%s: nothing to remove, model left unchanged", args.defense)
+            state.rounds_done = round_index
+            break
         bar = tqdm(
             total=config.epochs * len(train_loader),
             desc=f"{args.defense} round {round_index + 1}/{config.rounds}",

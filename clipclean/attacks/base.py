@@ -9,7 +9,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from clipclean.models import PixelCLIP
-from clipclean.poisoning import CaptionPolicy
+from clipclean.poisoning import CaptionPolicy, dataset_captions
 from clipclean.triggers import LOCATIONS, Trigger
 
 
@@ -85,12 +85,7 @@ class AttackContext:
     @property
     def captions(self) -> list[str]:
         """The clean captions (``dataset.captions``), or ``[]`` without a dataset."""
-        if self.dataset is None:
-            return []
-        captions = getattr(self.dataset, "captions", None)
-        if captions is None:
-            captions = [self.dataset[index][1] for index in range(len(self.dataset))]
-        return list(captions)
+        return [] if self.dataset is None else dataset_captions(self.dataset)
 
 
 @dataclass

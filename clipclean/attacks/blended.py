@@ -12,7 +12,7 @@ Example::
     >>> context = AttackContext((32, 32), dataset=train)          # train: an ImageCaptionDataset
     >>> attack = build_attack("blended", BlendedConfig(target="zero", alpha=0.2), context)
     >>> attack.caption_policy.sample(2, torch.Generator().manual_seed(0))
-    ['a handwritten digit zero.', 'a photo of the small zero.']
+    ['a rendition of a zero.', 'a photo of a large zero.']
 """
 
 from __future__ import annotations

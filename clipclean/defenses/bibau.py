@@ -64,6 +64,8 @@ class BIBAUConfig(DefenseConfig):
         inversion: the :class:`InversionConfig` of the blind inversion.
         reinversion_steps: trigger steps of the warm-started re-inversion after each round.
         verdict: run the anomaly-index verdict after the first inversion (needs candidates).
+        unlearn_when_clean: unlearn even when the verdict says "no backdoor found". True by default because the
+            verdict is not reliable yet on tiny models (docs/method.md); False leaves a "clean" model untouched.
     """
 
     rounds: int = 3
@@ -76,6 +78,7 @@ class BIBAUConfig(DefenseConfig):
     inversion: InversionConfig = field(default_factory=InversionConfig)
     reinversion_steps: int = 40
     verdict: bool = True
+    unlearn_when_clean: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,7 +128,8 @@ class BIBAU(Defense):
                 report["backdoor_score"],
                 report["anomaly_index"],
             )
-            return {"inversion": report}
+            skip = not self.config.unlearn_when_clean and report["verdict"] == "no backdoor found"
+            return {"inversion": report, "stop": skip}
         return {}
 
     def _active_triggers(self) -> list[tuple[nn.Module, torch.Tensor]]:
