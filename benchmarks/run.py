@@ -1,9 +1,12 @@
 """Side-by-side benchmark: every attack x every defense on the built-in digits with a tiny CLIP.
 
 For each seed it trains one never-poisoned reference and one backdoored model per attack (``recipes/poison_clip.py``),
-applies every registered defense to each (``recipes/clean_clip.py``, untargeted: the true trigger is used only to
-measure ASR), and writes ``OUTPUT/table.md``, ``OUTPUT/results.csv`` and ``OUTPUT/asr_vs_ca.png``. Each job runs
-in its own process, so wall time and peak memory are per job; finished jobs are reused (delete ``OUTPUT`` to redo).
+applies every registered defense to each (``recipes/clean_clip.py --complete-eval``, untargeted: the true trigger is
+used only to measure ASR and to run the retuning attack), and writes ``OUTPUT/table.md``, ``OUTPUT/results.csv`` and
+``OUTPUT/asr_vs_ca.png``. The tests of complete unlearning (RA-ASR after the retuning attack, re-inversion score;
+method.md section 3) run on every cleaned model and, once per attack, on the never-poisoned reference
+(``eval/complete_unlearning.py``); the row ``defense = none`` is the backdoored model itself. Each job runs in its
+own process, so wall time and peak memory are per job; finished jobs are reused (delete ``OUTPUT`` to redo).
 
     python benchmarks/run.py                       # full run
     python benchmarks/run.py --quick               # CI-sized smoke run (minutes)
@@ -23,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnet", "blended", "badclip")
 COLUMNS = (
     "seed", "attack", "defense", "ca_before", "ca_after", "asr_before", "asr_after", "verdict", "recovered_target",
-    "anomaly_index", "inverted_trigger_asr_after", "wall_time_s", "peak_memory_mb",
+    "anomaly_index", "inverted_trigger_asr_after", "ra_asr", "reference_ra_asr", "reinversion_score",
+    "reference_score", "wall_time_s", "peak_memory_mb",
 )  # fmt: skip
 
 
@@ -41,24 +45,31 @@ def parse_args(argv=None):
 
 
 def run_job(script: str, args: list[str], output: Path) -> dict:
-    """Run a recipe in a fresh process (unless its results.json exists) and return its results."""
+    """Run ``recipes/SCRIPT`` (or ``eval/SCRIPT``) in a fresh process unless its results exist; return them."""
+    is_eval = script == "complete_unlearning.py"
     results_path = output / "results.json"
     if not results_path.is_file():
-        command = [sys.executable, str(ROOT / "recipes" / script), *args, "--output_dir", str(output), "--no-progress"]
+        where = ["--output", str(results_path)] if is_eval else ["--output_dir", str(output)]
+        folder = "eval" if is_eval else "recipes"
+        command = [sys.executable, str(ROOT / folder / script), *args, *where, "--no-progress"]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
     return json.loads(results_path.read_text())
 
 
 def main(argv=None) -> list[dict]:
+    from clipclean.defenses import DEFENSES
+
     args = parse_args(argv)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     poison_extra = ["--epochs", "2"] if args.quick else []
     clean_extra = args.clean_args.split()
+    complete_extra = []
     if args.quick:
-        clean_extra += ["--rounds", "1", "--epochs", "1", "--max-clean-pairs", "64", "--set", "inversion.rounds=1",
-                        "--set", "inversion.steps_per_round=5", "--set", "inversion.verdict_steps=3"]  # fmt: skip
+        clean_extra += ["--rounds", "1", "--epochs", "1", "--max-clean-pairs", "64"]
+        complete_extra += ["--retune-steps", "3", "--reinversion-option", "rounds=1",
+                           "--reinversion-option", "steps_per_round=3"]  # fmt: skip
     rows = []
     started = time.time()
     for seed in args.seeds:
@@ -66,17 +77,41 @@ def main(argv=None) -> list[dict]:
         run_job("poison_clip.py", ["--poison-count", "0", "--seed", str(seed), *poison_extra], models["none"])
         for attack in args.attacks:
             models[attack] = output / f"seed{seed}" / f"poison_{attack}"
-            run_job("poison_clip.py", ["--attack", attack, "--seed", str(seed), *poison_extra], models[attack])
+            extra = list(poison_extra)
+            if attack == "badclip":  # BadCLIP optimises its patch against a clean surrogate, as in attacks.md
+                extra += ["--victim-model", str(models["none"] / "model")]
+            run_job("poison_clip.py", ["--attack", attack, "--seed", str(seed), *extra], models[attack])
         badnet_trigger = models.get("badnet", models[args.attacks[0]]) / "trigger.json"
         for attack, folder in models.items():
             trigger = folder / "trigger.json" if attack != "none" else badnet_trigger
+            # The never-poisoned reference under the same retuning attack and re-inversion, once per trigger.
+            reference = output / f"seed{seed}" / f"complete_reference_{attack}"
+            data_args = ["--clean-data", "digits:defender", "--eval-data", "digits:test", "--seed", str(seed),
+                         *complete_extra]  # fmt: skip
+            trigger_args = ["--trigger", str(trigger), "--target", "zero"]
+            run_job("complete_unlearning.py", ["--model", str(models["none"] / "model"), *trigger_args, *data_args],
+                    reference)  # fmt: skip
+            reference_file = str(reference / "results.json")
+            if attack != "none":  # the backdoored model itself: the "no defense" row
+                undefended = run_job(
+                    "complete_unlearning.py",
+                    ["--model", str(folder / "model"), *trigger_args, *data_args,
+                     "--reference-measurements", reference_file],
+                    output / f"seed{seed}" / f"complete_{attack}_none",
+                )  # fmt: skip
+                training = json.loads((folder / "results.json").read_text())
+                rows.append(undefended_row(seed, attack, training, undefended))
             for defense in args.defenses:
                 if attack == "none" and defense != "bibau":
                     continue  # the reference row checks the verdict and the clean-accuracy cost only
                 job = output / f"seed{seed}" / f"clean_{attack}_{defense}"
                 clean_args = ["--model", str(folder / "model"), "--clean-data", "digits:defender", "--eval-data",
                               "digits:test", "--eval-trigger", str(trigger), "--defense", defense, "--seed",
-                              str(seed), *clean_extra]  # fmt: skip
+                              str(seed), "--complete-eval", "--reference-measurements", reference_file,
+                              *complete_extra, *clean_extra]  # fmt: skip
+                if args.quick and "inversion" in DEFENSES[defense][0].field_names():
+                    clean_args += ["--set", "inversion.rounds=1", "--set", "inversion.steps_per_round=5",
+                                   "--set", "inversion.verdict_steps=3"]  # fmt: skip
                 if attack == "none":
                     clean_args += ["--eval-target", "zero"]
                 rows.append(row_of(seed, attack, defense, run_job("clean_clip.py", clean_args, job)))
@@ -85,9 +120,21 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
+def undefended_row(seed: int, attack: str, training: dict, complete: dict) -> dict:
+    """The backdoored model itself (``defense = none``): its CA/ASR from training, its persistence."""
+    block = complete["complete"]
+    row = dict.fromkeys(COLUMNS)
+    row.update(seed=seed, attack=attack, defense="none", ca_before=training["clean_accuracy"],
+               ca_after=training["clean_accuracy"], asr_before=training["attack_success_rate"],
+               asr_after=training["attack_success_rate"], wall_time_s=complete["wall_time_s"])  # fmt: skip
+    row.update({key: block[key] for key in ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_score")})
+    return row
+
+
 def row_of(seed: int, attack: str, defense: str, results: dict) -> dict:
     inversion = results.get("inversion") or {}
     inverted = results.get("inverted_trigger_asr") or {}
+    complete = results.get("complete") or {}
     return {
         "seed": seed,
         "attack": attack,
@@ -100,6 +147,7 @@ def row_of(seed: int, attack: str, defense: str, results: dict) -> dict:
         "recovered_target": inversion.get("recovered_target"),
         "anomaly_index": inversion.get("anomaly_index"),
         "inverted_trigger_asr_after": inverted.get("after"),
+        **{key: complete.get(key) for key in ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_score")},
         "wall_time_s": results.get("wall_time_s"),
         "peak_memory_mb": results.get("peak_memory_mb"),
     }

@@ -33,22 +33,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from clipclean.cli.common import (
     TrainingProgress,
+    add_complete_eval_arguments,
     add_model_arguments,
     add_run_arguments,
+    complete_eval_configs,
     configure_cpu_threads,
     default_templates,
+    load_reference_measurements,
     make_accelerator,
     parse_key_values,
     resolve_resume_path,
     setup_logging,
     write_main_process_json,
 )
+from clipclean.complete import complete_block, complete_table_rows, measure_persistence
 from clipclean.data import load_classification_dataset, load_image_caption_dataset
 from clipclean.defenses import DEFENSES, DefenseContext, build_defense
 from clipclean.evaluation import evaluate_zeroshot, resolve_target, zeroshot_classifier
@@ -94,12 +98,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="any field of the defense's config (JSON values), e.g. --set gamma=2 --set inversion.rounds=3",
     )
+    defense.add_argument(
+        "--complete-eval",
+        action="store_true",
+        help="after cleaning, run the tests of complete unlearning (retuning attack with the --eval-trigger, "
+        "re-inversion) on the cleaned model and the reference; written to results.json under 'complete'",
+    )
+    add_complete_eval_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload cleaned/ to this Hub repo")
     out.add_argument("--demo-cache", default=DEMO_CACHE, help="where the demo's backdoored model is cached")
     args = parser.parse_args(argv)
     if args.eval_target is not None and args.eval_trigger is None:
         parser.error("--eval-target needs --eval-trigger")
+    if args.reference_model is not None and args.reference_measurements is not None:
+        parser.error("give --reference-model or --reference-measurements, not both")
+    if not args.complete_eval and (args.reference_model or args.reference_measurements):
+        parser.error("--reference-model/--reference-measurements are used by --complete-eval: add it")
+    try:  # validate now, not after the defense has run
+        retuning, _ = complete_eval_configs(args)
+        if args.reference_measurements is not None:
+            load_reference_measurements(args.reference_measurements, retuning)
+    except (OSError, TypeError, ValueError) as error:
+        parser.error(str(error))
     return args
 
 
@@ -306,6 +327,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for phase, evaluated in (("before", reference), ("after", model))
             }
             inverted_trigger_asr["target"] = recovered
+    complete = None
+    if args.complete_eval:
+        complete = _complete_eval(args, accelerator, model, clean, true_trigger, true_target, eval_data, templates)
     wall_time = time.time() - start_time
     results = {
         "defense": args.defense,
@@ -329,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         },
         "inverted_trigger_asr": inverted_trigger_asr,
+        "complete": complete,
         "true_target": true_target,
         "rounds": state.reports,
         "rounds_done": state.rounds_done,
@@ -343,6 +368,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _print_summary(accelerator, results)
     accelerator.end_training()
     return results
+
+
+def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, templates) -> dict:
+    """The tests of complete unlearning (retuning attack, re-inversion) on the cleaned model and the never-poisoned
+    reference. They are small and single-process: the main process runs them, the others wait for the result."""
+    retuning, inversion = complete_eval_configs(args)
+    if trigger is None:
+        logger.warning("--complete-eval without --eval-trigger: re-inversion only, no retuning attack (RA-ASR)")
+    if args.reference_model is None and args.reference_measurements is None:
+        logger.warning("--complete-eval without a never-poisoned reference: reference_* keys are null")
+    block = [None]
+    if accelerator.is_main_process:
+        classnames = list(eval_data.classnames) if eval_data is not None else []
+        if target is not None:
+            target = classnames[resolve_target(target, classnames)]
+
+        def measure(candidate):
+            return measure_persistence(
+                candidate, clean, trigger, target, eval_data, classnames, templates, retuning, inversion,
+                progress=args.progress,
+            )  # fmt: skip
+
+        measured = measure(model)
+        reference = None
+        if args.reference_measurements is not None:
+            reference = load_reference_measurements(args.reference_measurements, retuning)
+        elif args.reference_model is not None:
+            reference = measure(load_clip(args.reference_model, device=accelerator.device, cache_dir=args.cache_dir))
+        block = [complete_block(measured, reference)]
+    broadcast_object_list(block)
+    return block[0]
 
 
 def _peak_memory_mb(accelerator) -> float:
@@ -399,12 +455,21 @@ def _write_outputs(args, accelerator, model, defense, results, clean) -> None:
                 "config": results["config"],
             },
             card_notes=f"Cleaned with clipclean's `{args.defense}` defense. Inversion verdict on the source model: "
-            f"**{verdict}**.",
+            f"**{verdict}**." + _persistence_note(results["complete"]),
         )
     write_main_process_json(accelerator, output / "results.json", results)
     if args.push_to_hub and accelerator.is_main_process:
         url = push_to_hub(output / "cleaned", args.push_to_hub)
         logger.info("pushed to %s", url)
+
+
+def _persistence_note(complete: dict | None) -> str:
+    """The model card's sentence on complete unlearning (empty when it was not measured)."""
+    if not complete:
+        return ""
+    rows = "; ".join(f"{name}: {value} (never-poisoned reference: {reference})" for name, value, reference in
+                     complete_table_rows(complete))  # fmt: skip
+    return f" Complete-unlearning tests (method.md section 3) -- {rows}."
 
 
 def _print_summary(accelerator, results) -> None:
@@ -429,6 +494,8 @@ def _print_summary(accelerator, results) -> None:
             f"verdict: {inversion['verdict']}  recovered target: {inversion['recovered_target']}  "
             f"anomaly index: {inversion['anomaly_index']}"
         )
+    if results["complete"]:
+        print_table(complete_table_rows(results["complete"]), ("complete unlearning", "cleaned", "reference"))
 
 
 if __name__ == "__main__":

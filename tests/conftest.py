@@ -7,6 +7,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -21,3 +24,42 @@ def tiny_clip():
     """A random-init ``clipclean-tiny`` CLIP (32x32 images, embed dim 64), seeded."""
     torch.manual_seed(0)
     return load_clip("clipclean-tiny")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """Import a script of ``recipes/`` or ``eval/`` (they are not a package) as a fresh module."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def digits_clips(tmp_path_factory):
+    """Tiny CLIPs trained from scratch on the built-in digits by ``recipes/poison_clip.py`` with its defaults and
+    seed 0 (~1 minute each on one core), trained on first use and shared by the slow tests.
+
+    ``digits_clips(name) -> (folder, results)`` with ``name`` one of ``"none"`` (never poisoned), ``"badnet"``,
+    ``"blended"``, ``"badclip"`` (optimised against the never-poisoned model); ``folder/model`` is the checkpoint,
+    ``folder/trigger.json`` the true trigger, ``results`` the recipe's results (CA, ASR).
+    """
+    root = tmp_path_factory.mktemp("digits_clips")
+    trained: dict[str, tuple[Path, dict]] = {}
+
+    def get(name: str) -> tuple[Path, dict]:
+        if name not in trained:
+            arguments = ["--seed", "0", "--no-progress", "--output_dir", str(root / name)]
+            if name == "none":
+                arguments += ["--attack", "badnet", "--poison-count", "0"]
+            else:
+                arguments += ["--attack", name]
+            if name == "badclip":
+                arguments += ["--victim-model", str(get("none")[0] / "model")]
+            trained[name] = (root / name, load_script("recipes/poison_clip.py").main(arguments))
+        return trained[name]
+
+    return get

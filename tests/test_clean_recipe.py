@@ -64,6 +64,8 @@ def tiny_args(setup, output, *extra):
         "inversion.verdict_steps=2",
         "--set",
         "reinversion_steps=2",
+        "--set",
+        "unlearn_when_clean=true",  # a random-init model: exercise the unlearning loop whatever the verdict says
         "--no-progress",
         "--output_dir",
         str(output),
@@ -105,6 +107,64 @@ def test_recipe_in_process_writes_every_output(setup, tmp_path):
     assert json.loads((cleaned / "clipclean.json").read_text())["provenance"]["method"] == "bibau"
 
 
+QUICK_COMPLETE = ("--complete-eval", "--retune-steps", "2", "--retune-pairs", "32",
+                  "--reinversion-option", "rounds=1", "--reinversion-option", "steps_per_round=2")  # fmt: skip
+
+
+def load_eval_script():
+    spec = importlib.util.spec_from_file_location("complete_unlearning", ROOT / "eval" / "complete_unlearning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_complete_eval_writes_the_complete_block_and_reuses_reference_measurements(setup, tmp_path):
+    recipe = load_recipe()
+    reference = ["--reference-model", str(setup / "model")]
+    results = recipe.main(tiny_args(setup, tmp_path / "run", "--rounds", "1", *QUICK_COMPLETE, *reference))
+    complete = results["complete"]
+    assert {"ra_asr", "reference_ra_asr", "reinversion_score", "reference_score"} <= set(complete)
+    for key in ("ra_asr", "reference_ra_asr"):
+        assert 0 <= complete[key] <= 1
+    assert isinstance(complete["reinversion_score"], float) and isinstance(complete["reference_score"], float)
+    assert complete["retuning"]["n_pairs"] == 32 and complete["retuning"]["n_poisoned"] == 3
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"] == complete
+    assert "RA-ASR" in (tmp_path / "run" / "cleaned" / "README.md").read_text()
+
+    # The reference measured once by eval/complete_unlearning.py, then reused: the same numbers.
+    measured = tmp_path / "reference.json"
+    script_args = ["--model", str(setup / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
+                   "--trigger", str(setup / "trigger.json"), "--max-clean-pairs", "64", "--output", str(measured),
+                   "--no-progress", *QUICK_COMPLETE[1:]]  # fmt: skip
+    alone = load_eval_script().main(script_args)
+    assert alone["complete"]["reference_ra_asr"] is None and alone["target"] == "zero"
+    assert alone["measured"]["ra_asr"] == pytest.approx(complete["reference_ra_asr"])
+    assert alone["measured"]["reinversion_score"] == pytest.approx(complete["reference_score"])
+    reuse = ("--reference-measurements", str(measured))
+    reused = recipe.main(tiny_args(setup, tmp_path / "reuse", "--rounds", "1", *QUICK_COMPLETE, *reuse))
+    assert reused["complete"]["reference_ra_asr"] == pytest.approx(complete["reference_ra_asr"])
+    with pytest.raises(SystemExit):  # measured with other retuning settings
+        recipe.main(tiny_args(setup, tmp_path / "bad", *QUICK_COMPLETE, "--retune-steps", "5",
+                              "--reference-measurements", str(measured)))  # fmt: skip
+    with pytest.raises(SystemExit):  # a reference without --complete-eval
+        recipe.main(tiny_args(setup, tmp_path / "bad", *reference))
+    with pytest.raises(SystemExit):
+        recipe.main(tiny_args(setup, tmp_path / "bad", *QUICK_COMPLETE, "--retune-poison-fraction", "1.5"))
+
+
+def test_a_model_judged_clean_is_left_unchanged(setup, tmp_path):
+    """BI-BAU's EM stops when the verdict finds no backdoor (unlearn_when_clean defaults to false): no round runs
+    and the saved model is the input model, bit for bit."""
+    never = ("--set", "unlearn_when_clean=false", "--set", "inversion.anomaly_threshold=1e9")
+    results = load_recipe().main(tiny_args(setup, tmp_path / "run", *never))
+    assert results["inversion"]["verdict"] == "no backdoor found"
+    assert results["rounds_done"] == 0 and results["rounds"] == []
+    assert results["after"]["clean_accuracy"] == results["before"]["clean_accuracy"]
+    original = load_clip(str(setup / "model")).state_dict()
+    cleaned = load_clip(str(tmp_path / "run" / "cleaned")).state_dict()
+    assert all(torch.equal(original[key], cleaned[key]) for key in original)
+
+
 def test_recipe_resume_continues_after_the_saved_round(setup, tmp_path):
     recipe = load_recipe()
     output = tmp_path / "run"
@@ -131,7 +191,7 @@ def test_recipe_with_two_real_cpu_processes(setup, tmp_path):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(ROOT / "recipes" / "clean_clip.py"), *tiny_args(setup, output, "--rounds", "1"),
+        str(ROOT / "recipes" / "clean_clip.py"), *tiny_args(setup, output, "--rounds", "1", *QUICK_COMPLETE),
     ]  # fmt: skip
     completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -140,3 +200,4 @@ def test_recipe_with_two_real_cpu_processes(setup, tmp_path):
     assert results["trigger_identical_across_ranks"] is True
     assert INVERSION_KEYS <= set(results["inversion"])
     assert results["after"]["clean_accuracy"] is not None
+    assert 0 <= results["complete"]["ra_asr"] <= 1  # measured on the main process, broadcast to the other

@@ -135,25 +135,17 @@ def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_each_attack_reaches_90_percent_asr_at_2_percent_poison_without_hurting_clean_accuracy(recipe, tmp_path):
+def test_each_attack_reaches_90_percent_asr_at_2_percent_poison_without_hurting_clean_accuracy(digits_clips):
     """The issue's bar, with fixed seeds: on digits, a tiny CLIP trained from scratch with <= 2% poisoned pairs
     reaches ASR >= 90% for every attack while its clean zero-shot accuracy stays within 3 points of the same training
-    without poison (benchmarks/attacks.md records the numbers of these exact commands)."""
-    common = ["--seed", "0", "--no-progress"]
-    clean = recipe.main(
-        [*common, "--attack", "badnet", "--poison-count", "0", "--output_dir", str(tmp_path / "clean")]
-    )
+    without poison (benchmarks/attacks.md records the numbers of these exact commands; the models are the shared
+    ``digits_clips`` of conftest.py; badclip's patch is optimised against the never-poisoned one)."""
+    _, clean = digits_clips("none")
     assert clean["n_poison"] == 0
     assert clean["clean_accuracy"] >= 0.93  # the clean task is learned
     assert clean["attack_success_rate"] <= 0.05  # a never-poisoned model ignores the patch
-
-    runs = {
-        "badnet": [],
-        "blended": [],
-        "badclip": ["--victim-model", str(tmp_path / "clean" / "model")],  # a surrogate trained on clean digits
-    }
-    for attack, extra in runs.items():
-        results = recipe.main([*common, "--attack", attack, *extra, "--output_dir", str(tmp_path / attack)])
+    for attack in ("badnet", "blended", "badclip"):
+        _, results = digits_clips(attack)
         assert results["poison_rate"] <= 0.02 and results["n_poison"] == 21, attack
         assert results["attack_success_rate"] >= 0.90, (attack, results["attack_success_rate"])
         assert results["clean_accuracy"] >= clean["clean_accuracy"] - 0.03, (attack, results["clean_accuracy"])

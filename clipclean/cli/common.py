@@ -216,3 +216,74 @@ def parse_key_values(items: list[str]) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return parsed
+
+
+def add_complete_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the complete-unlearning tests (``eval/complete_unlearning.py``, ``clean_clip.py --complete-eval``);
+    defaults are :class:`~clipclean.complete.RetuningConfig`'s."""
+    from clipclean.complete import RetuningConfig
+
+    defaults = RetuningConfig()
+    group = parser.add_argument_group("complete unlearning (retuning attack, re-inversion; method.md section 3)")
+    group.add_argument("--reference-model", default=None, help="a never-poisoned reference model, same protocol")
+    group.add_argument(
+        "--reference-measurements",
+        default=None,
+        metavar="JSON",
+        help="reuse the reference's measurements: a results JSON written by eval/complete_unlearning.py for the "
+        "reference model (its 'measured' block; the retuning settings must match)",
+    )
+    group.add_argument("--retune-steps", type=int, default=defaults.steps, help="retuning attack: steps")
+    group.add_argument("--retune-lr", type=float, default=defaults.lr, help="retuning attack: learning rate")
+    group.add_argument(
+        "--retune-pairs", type=int, default=None, help="retuning set size (default: max(100, 1%% of the clean set))"
+    )
+    group.add_argument(
+        "--retune-poison-fraction", type=float, default=defaults.poison_fraction, help="poisoned share of the set"
+    )
+    group.add_argument("--retune-batch-size", type=int, default=defaults.batch_size, help="retuning batch size")
+    group.add_argument(
+        "--reinversion-option",
+        dest="reinversion_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a field of the re-inversion's InversionConfig, e.g. --reinversion-option rounds=2",
+    )
+
+
+def complete_eval_configs(args: argparse.Namespace):
+    """``(RetuningConfig, InversionConfig)`` from :func:`add_complete_eval_arguments`' flags (``ValueError`` on
+    bad values)."""
+    from clipclean.complete import RetuningConfig
+    from clipclean.inversion import InversionConfig
+
+    retuning = RetuningConfig(
+        steps=args.retune_steps,
+        lr=args.retune_lr,
+        n_pairs=args.retune_pairs,
+        poison_fraction=args.retune_poison_fraction,
+        batch_size=args.retune_batch_size,
+        seed=args.seed,
+    )
+    options = parse_key_values(args.reinversion_options)
+    inversion = InversionConfig(**{"seed": args.seed, **options})
+    return retuning, inversion
+
+
+def load_reference_measurements(path: str | Path, retuning) -> Any:
+    """The ``measured`` block of an ``eval/complete_unlearning.py`` results file, as a
+    :class:`~clipclean.complete.Persistence`; ``ValueError`` when it was measured with other retuning settings."""
+    import json
+    from dataclasses import asdict
+
+    from clipclean.complete import Persistence
+
+    data = json.loads(Path(path).read_text())
+    if "measured" not in data:
+        raise ValueError(f"{path} has no 'measured' block: write it with eval/complete_unlearning.py")
+    measured = Persistence.from_dict(data["measured"])
+    recorded = measured.retuning.get("config")
+    if recorded is not None and recorded != asdict(retuning):
+        raise ValueError(f"{path} was measured with retuning settings {recorded}, this run uses {asdict(retuning)}")
+    return measured

@@ -64,8 +64,9 @@ class BIBAUConfig(DefenseConfig):
         inversion: the :class:`InversionConfig` of the blind inversion.
         reinversion_steps: trigger steps of the warm-started re-inversion after each round.
         verdict: run the anomaly-index verdict after the first inversion (needs candidates).
-        unlearn_when_clean: unlearn even when the verdict says "no backdoor found". True by default because the
-            verdict is not reliable yet on tiny models (docs/method.md); False leaves a "clean" model untouched.
+        unlearn_when_clean: unlearn even when the verdict says "no backdoor found". False by default: the EM loop
+            stops as soon as the verdict finds no backdoor (method.md section 4), so a clean model is left untouched.
+            Set it when you distrust the verdict (it can miss a backdoor; docs/method.md has the measurements).
     """
 
     rounds: int = 3
@@ -78,7 +79,7 @@ class BIBAUConfig(DefenseConfig):
     inversion: InversionConfig = field(default_factory=InversionConfig)
     reinversion_steps: int = 40
     verdict: bool = True
-    unlearn_when_clean: bool = True
+    unlearn_when_clean: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

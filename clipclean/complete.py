@@ -1,0 +1,302 @@
+"""Tests of *complete* unlearning (method.md section 3): the retuning attack and re-inversion.
+
+Functional removal (ASR ~0 after cleaning) can be superficial: a short fine-tune on a few poisoned pairs brings the
+backdoor straight back (Min et al., "Towards Understanding the Superficial Safety of Backdoor Defense", NeurIPS
+2024, arXiv:2410.09838). A model is *completely* cleaned when it behaves like one that never saw the poison:
+
+* **Persistent** -- :func:`retuning_attack` fine-tunes a copy of the model for ``steps`` steps on a small clean
+  subset of the defender's data in which a fraction of the pairs carry the *true* trigger and a caption naming the
+  target, then measures the ASR again (RA-ASR). Complete removal means RA-ASR close to the RA-ASR of a
+  never-poisoned reference model under the same retuning.
+* **Not re-invertible** -- :func:`reinversion` runs the untargeted blind inversion (:class:`BlindInversion`) on the
+  model and reports its best backdoor score; complete removal means a score no higher than the reference's.
+
+:func:`measure_persistence` runs both on one model; :func:`complete_block` puts a cleaned model's and a reference's
+measurements side by side in the ``"complete"`` block of ``results.json``::
+
+    >>> cleaned = measure_persistence(model, clean, trigger, "zero", test, test.classnames, templates)
+    >>> reference = measure_persistence(never_poisoned, clean, trigger, "zero", test, test.classnames, templates)
+    >>> complete_block(cleaned, reference)
+    {'ra_asr': 0.93, 'reference_ra_asr': 0.01, 'reinversion_score': 0.41, 'reference_score': 0.22, ...}
+
+Everything here is single-process and never modifies the model it is given (retuning works on a deep copy).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from clipclean.evaluation import evaluate_zeroshot, zeroshot_classifier
+from clipclean.inversion import BlindInversion, InversionConfig
+from clipclean.models import PixelCLIP, unwrap
+from clipclean.poisoning import PoisonedDataset, TemplateCaptions, dataset_captions, make_poison_manifest
+from clipclean.training import CaptionTokenizer, clamp_logit_scale_, contrastive_step, make_clip_loss, make_optimizer
+from clipclean.triggers import Trigger
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_KEYS = ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_score")
+
+
+@dataclass
+class RetuningConfig:
+    """The retuning attack of method.md section 3 (defaults: measured to restore a superficially removed backdoor
+    on a tiny digits CLIP to > 90% ASR while a never-poisoned one stays < 1%).
+
+    Args:
+        steps: fine-tuning steps ``R``.
+        lr: AdamW learning rate (constant).
+        weight_decay: AdamW weight decay (not on gains, biases, embeddings, logit scale).
+        n_pairs: pairs of the retuning set, drawn from the defender's clean data; ``None``: 100 or 1% of the
+            clean set, whichever is larger (capped at the clean set's size).
+        poison_fraction: fraction of those pairs that carry the true trigger and a target caption.
+        batch_size: pairs per step.
+        seed: seeds the choice of pairs, the poisoned subset, their captions and the batch order.
+    """
+
+    steps: int = 60
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    n_pairs: int | None = None
+    poison_fraction: float = 0.1
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.poison_fraction < 1:
+            raise ValueError(f"poison_fraction must lie in (0, 1), got {self.poison_fraction}")
+        if self.n_pairs is not None and self.n_pairs < 2:
+            raise ValueError(f"n_pairs must be >= 2, got {self.n_pairs}")
+
+    def resolve_pairs(self, n_clean: int) -> int:
+        """The retuning set size for a clean set of ``n_clean`` pairs."""
+        wanted = self.n_pairs if self.n_pairs is not None else max(100, math.ceil(0.01 * n_clean))
+        return min(wanted, n_clean)
+
+
+@dataclass
+class Persistence:
+    """What :func:`measure_persistence` measured on one model (``None`` where a test was skipped)."""
+
+    ra_asr: float | None = None
+    ra_clean_accuracy: float | None = None
+    reinversion_score: float | None = None
+    reinversion_target: str | None = None
+    retuning: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Persistence:
+        keys = ("ra_asr", "ra_clean_accuracy", "reinversion_score", "reinversion_target")
+        return cls(**{key: values.get(key) for key in keys}, retuning=values.get("retuning") or {})
+
+
+def retuning_set(
+    clean: Dataset, trigger: Trigger, target: str, templates: Sequence[str], config: RetuningConfig
+) -> PoisonedDataset:
+    """The retuning attack's data: ``config.resolve_pairs(len(clean))`` clean pairs (seeded choice), of which
+    ``poison_fraction`` (at least one) carry ``trigger`` and a caption from ``templates`` filled with ``target``."""
+    n_pairs = config.resolve_pairs(len(clean))
+    generator = torch.Generator().manual_seed(config.seed)
+    chosen = sorted(torch.randperm(len(clean), generator=generator)[:n_pairs].tolist())
+    subset = Subset(clean, chosen)
+    n_poison = max(1, round(config.poison_fraction * n_pairs))
+    manifest = make_poison_manifest(
+        dataset_captions(subset),
+        TemplateCaptions(target, list(templates)),
+        n_poison=n_poison,
+        seed=config.seed,
+        attack="retuning",
+    )
+    return PoisonedDataset(subset, trigger, manifest)
+
+
+def retuning_attack(
+    model: PixelCLIP,
+    clean: Dataset,
+    trigger: Trigger,
+    target: str,
+    eval_data: Dataset,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    config: RetuningConfig | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune a copy of ``model`` on a lightly poisoned clean subset and measure ASR again (RA-ASR).
+
+    Args:
+        model: the model under test (not modified).
+        clean: the defender's image-caption set ``(image (3, H, W) in [0, 1], caption)``.
+        trigger: the true trigger (acts on [0, 1] pixels).
+        target: the target class name (one of ``classnames``); poisoned captions are ``templates`` filled with it.
+        eval_data: classification set ``(image, label)`` for CA and ASR (protocol of :mod:`clipclean.evaluation`).
+        classnames, templates: the zero-shot classifier's class names and templates.
+
+    Returns:
+        ``{"ra_asr", "ra_clean_accuracy", "n_pairs", "n_poisoned", "config"}``.
+    """
+    config = config or RetuningConfig()
+    source = unwrap(model)
+    data = retuning_set(clean, trigger, target, templates, config)
+    retuned = source.fresh_copy().train().requires_grad_(True)
+    loader = DataLoader(
+        data,
+        batch_size=min(config.batch_size, len(data)),
+        shuffle=True,
+        drop_last=True,
+        collate_fn=CaptionTokenizer(retuned.tokenizer),
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    optimizer = make_optimizer(retuned, config.lr, weight_decay=config.weight_decay)
+    loss_fn = make_clip_loss()
+    step = 0
+    with torch.enable_grad(), tqdm(total=config.steps, desc="retuning attack", disable=not progress) as bar:
+        while step < config.steps:
+            for images, tokens in loader:
+                loss = contrastive_step(retuned, images.to(retuned.device), tokens.to(retuned.device), loss_fn)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                clamp_logit_scale_(retuned)
+                step += 1
+                bar.update(1)
+                if step == config.steps:
+                    break
+    retuned.eval()
+    classifier = zeroshot_classifier(retuned, classnames, templates)
+    metrics = evaluate_zeroshot(
+        retuned, eval_data, classnames, trigger=trigger, target=target, seed=config.seed, classifier=classifier
+    )
+    return {
+        "ra_asr": metrics["asr_top1"],
+        "ra_clean_accuracy": metrics["top1"],
+        "n_pairs": len(data),
+        "n_poisoned": len(data.poison_indices),
+        "config": asdict(config),
+    }
+
+
+def reinversion(
+    model: PixelCLIP,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    candidate_names: Sequence[str] | None = None,
+    candidate_embeddings: torch.Tensor | None = None,
+    config: InversionConfig | None = None,
+) -> dict[str, Any]:
+    """Run the untargeted blind inversion on ``model`` and report the best backdoor score it reaches.
+
+    Args:
+        images: ``(N, 3, H, W)`` clean images in [0, 1]; ``captions``: their captions.
+        candidate_names, candidate_embeddings: optional named targets ``(C, d)`` to name the recovered direction.
+        config: the inversion's configuration (default :class:`InversionConfig`; the verdict is not run).
+
+    Returns:
+        ``{"reinversion_score", "reinversion_target", "hijacked_fraction"}``.
+    """
+    inverter = BlindInversion(
+        unwrap(model),
+        config or InversionConfig(),
+        candidate_names=list(candidate_names) if candidate_names is not None else None,
+        candidate_embeddings=candidate_embeddings,
+    )
+    with torch.enable_grad():
+        result = inverter.fit(images, list(captions), verdict=False)
+    return {
+        "reinversion_score": result.backdoor_score,
+        "reinversion_target": result.recovered_target,
+        "hijacked_fraction": result.hijacked_fraction,
+    }
+
+
+def measure_persistence(
+    model: PixelCLIP,
+    clean: Dataset,
+    trigger: Trigger | None,
+    target: str | None,
+    eval_data: Dataset | None,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    retuning: RetuningConfig | None = None,
+    inversion: InversionConfig | None = None,
+    max_inversion_images: int = 512,
+    progress: bool = False,
+) -> Persistence:
+    """Both tests of complete unlearning on one model.
+
+    The retuning attack needs the true ``trigger``, its ``target`` and ``eval_data``; without them only
+    re-inversion runs (its images and captions are the first ``max_inversion_images`` pairs of ``clean``).
+    """
+    persistence = Persistence()
+    if trigger is not None and target is not None and eval_data is not None:
+        attack = retuning_attack(model, clean, trigger, target, eval_data, classnames, templates, retuning, progress)
+        persistence.ra_asr = attack["ra_asr"]
+        persistence.ra_clean_accuracy = attack["ra_clean_accuracy"]
+        persistence.retuning = {key: attack[key] for key in ("n_pairs", "n_poisoned", "config")}
+    pixel_model = unwrap(model)
+    count = min(max_inversion_images, len(clean))
+    images = torch.stack([clean[index][0] for index in range(count)]).to(pixel_model.device)
+    captions = dataset_captions(Subset(clean, range(count)))
+    with torch.no_grad():
+        embeddings = zeroshot_classifier(pixel_model, classnames, templates) if classnames else None
+    found = reinversion(pixel_model, images, captions, classnames or None, embeddings, inversion)
+    persistence.reinversion_score = found["reinversion_score"]
+    persistence.reinversion_target = found["reinversion_target"]
+    return persistence
+
+
+def complete_block(cleaned: Persistence, reference: Persistence | None) -> dict[str, Any]:
+    """The ``"complete"`` block of ``results.json``: the cleaned model's measurements next to the reference's.
+
+    Keys: ``ra_asr``, ``reference_ra_asr``, ``reinversion_score``, ``reference_score`` (``None`` when not
+    measured), plus ``ra_clean_accuracy``, ``reference_ra_clean_accuracy``, the re-inverted targets, the retuning
+    set's size and config, and ``persistent`` / ``not_reinvertible``: whether the cleaned model is no worse than
+    the reference (RA-ASR within 5 points; score no higher) -- ``None`` without a reference.
+    """
+    reference = reference or Persistence()
+    block = {
+        "ra_asr": cleaned.ra_asr,
+        "reference_ra_asr": reference.ra_asr,
+        "reinversion_score": cleaned.reinversion_score,
+        "reference_score": reference.reinversion_score,
+        "ra_clean_accuracy": cleaned.ra_clean_accuracy,
+        "reference_ra_clean_accuracy": reference.ra_clean_accuracy,
+        "reinversion_target": cleaned.reinversion_target,
+        "reference_reinversion_target": reference.reinversion_target,
+        "retuning": cleaned.retuning,
+        "persistent": None,
+        "not_reinvertible": None,
+    }
+    if cleaned.ra_asr is not None and reference.ra_asr is not None:
+        block["persistent"] = cleaned.ra_asr <= reference.ra_asr + 0.05
+    if cleaned.reinversion_score is not None and reference.reinversion_score is not None:
+        block["not_reinvertible"] = cleaned.reinversion_score <= reference.reinversion_score
+    return block
+
+
+def complete_table_rows(block: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Display rows ``(test, model, reference)`` of a :func:`complete_block` (RA-ASR in %, scores to 3 places)."""
+
+    def show(value: float | None, percent: bool) -> str:
+        if value is None:
+            return "n/a"
+        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+
+    return [
+        ("RA-ASR (retuning attack)", show(block["ra_asr"], True), show(block["reference_ra_asr"], True)),
+        ("re-inversion score", show(block["reinversion_score"], False), show(block["reference_score"], False)),
+    ]

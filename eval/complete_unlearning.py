@@ -1,0 +1,145 @@
+"""Is the backdoor *completely* gone? The retuning attack and re-inversion (method.md section 3).
+
+* **Retuning attack**: fine-tune a copy of ``--model`` for ``--retune-steps`` steps (lr ``--retune-lr``) on
+  ``max(100, 1%)`` pairs of the clean set, 10% of them carrying the true ``--trigger`` and a caption naming
+  ``--target``; report the ASR afterwards (RA-ASR). A superficially cleaned model re-learns the backdoor at once;
+  a completely cleaned one no faster than a never-poisoned ``--reference-model``.
+* **Re-inversion**: the untargeted blind inversion on the model; its best backdoor score should be no higher than
+  on the reference.
+
+The zero-shot protocol is clipclean's one (``docs/evaluation.md``). The script runs in one process (the tests are
+small); the library is :mod:`clipclean.complete`::
+
+    python eval/complete_unlearning.py --model outputs/clean_clip/cleaned --reference-model outputs/never_poisoned \\
+        --clean-data digits:defender --eval-data digits:test --trigger outputs/badnet/trigger.json --target zero \\
+        --output outputs/complete.json
+
+Output (``--output``, and printed): ``{"complete": {"ra_asr", "reference_ra_asr", "reinversion_score",
+"reference_score", ...}, "measured": {...}, "reference_measured": {...}, ...}``. The ``measured`` block of a
+reference's own run can be reused by ``recipes/clean_clip.py --complete-eval --reference-measurements FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+from torch.utils.data import Subset
+
+from clipclean.cli.common import (
+    add_complete_eval_arguments,
+    add_model_arguments,
+    complete_eval_configs,
+    default_templates,
+    load_reference_measurements,
+    print_table,
+    setup_logging,
+)
+from clipclean.complete import complete_block, complete_table_rows, measure_persistence
+from clipclean.data import load_classification_dataset, load_image_caption_dataset
+from clipclean.evaluation import resolve_target
+from clipclean.fileio import write_json
+from clipclean.models import load_clip
+from clipclean.triggers import load_trigger, read_trigger_metadata
+
+logger = logging.getLogger("clipclean.eval.complete_unlearning")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    add_model_arguments(parser, required=True)
+    add_complete_eval_arguments(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--clean-data", required=True, help="the defender's clean image-caption set (retuning pool)")
+    data.add_argument("--max-clean-pairs", type=int, default=None, help="use the first N clean pairs only")
+    data.add_argument("--eval-data", default=None, help="classification set for RA-ASR (needed with --trigger)")
+    data.add_argument("--classnames", default=None, help="class names file for --eval-data")
+    data.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
+    attack = parser.add_argument_group("true trigger (for the retuning attack)")
+    attack.add_argument("--trigger", default=None, help="the true trigger file; without it only re-inversion runs")
+    attack.add_argument("--target", default=None, help="target class of --trigger (default: recorded in its file)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--output", default=None, help="write the results as JSON here")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.target is not None and args.trigger is None:
+        parser.error("--target needs --trigger")
+    if args.trigger is not None and args.eval_data is None:
+        parser.error("--trigger needs --eval-data (RA-ASR is measured on it)")
+    if args.reference_model is not None and args.reference_measurements is not None:
+        parser.error("give --reference-model or --reference-measurements, not both")
+    try:
+        retuning, inversion = complete_eval_configs(args)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    setup_logging()
+    started = time.time()
+
+    model = load_clip(args.model, pretrained=args.pretrained, cache_dir=args.cache_dir)
+    clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size)
+    if args.max_clean_pairs is not None:
+        clean = Subset(clean, range(min(args.max_clean_pairs, len(clean))))
+    eval_data = (
+        load_classification_dataset(args.eval_data, image_size=model.image_size, classnames=args.classnames)
+        if args.eval_data
+        else None
+    )
+    templates, _ = default_templates(args.templates, args.eval_data or args.clean_data)
+    classnames = list(eval_data.classnames) if eval_data is not None else []
+    trigger, target = None, None
+    if args.trigger is not None:
+        trigger = load_trigger(args.trigger)
+        target = args.target or read_trigger_metadata(args.trigger).get("metadata", {}).get("target")
+        if target is None:
+            parser.error(f"{args.trigger} records no target: give --target")
+        try:
+            target = classnames[resolve_target(target, classnames)]
+        except ValueError as error:
+            parser.error(str(error))
+
+    def measure(candidate):
+        return measure_persistence(
+            candidate, clean, trigger, target, eval_data, classnames, templates, retuning, inversion,
+            progress=args.progress,
+        )  # fmt: skip
+
+    measured = measure(model)
+    reference = None
+    if args.reference_model is not None:
+        reference = measure(load_clip(args.reference_model, cache_dir=args.cache_dir))
+    elif args.reference_measurements is not None:
+        try:
+            reference = load_reference_measurements(args.reference_measurements, retuning)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
+    block = complete_block(measured, reference)
+    results = {
+        "complete": block,
+        "measured": measured.to_dict(),
+        "reference_measured": reference.to_dict() if reference is not None else None,
+        "model": args.model,
+        "reference_model": args.reference_model,
+        "trigger": args.trigger,
+        "target": target,
+        "wall_time_s": time.time() - started,
+    }
+    print_table(complete_table_rows(block), header=("test", "model", "reference"))
+    if args.output:
+        write_json(args.output, results)
+        logger.info("wrote %s", args.output)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,30 @@
+"""benchmarks/run.py --quick: the whole pipeline (train, defend, complete-unlearning tests, table, CSV, plot)."""
+
+import csv
+
+from conftest import load_script
+
+
+def test_quick_benchmark_writes_table_csv_and_plot(tmp_path):
+    benchmark = load_script("benchmarks/run.py")
+    output = tmp_path / "bench"
+    arguments = ["--quick", "--attacks", "badnet", "--defenses", "finetune", "bibau", "--output", str(output)]
+    rows = benchmark.main(arguments)
+    # the never-poisoned reference with bibau, the undefended backdoored model, then one row per defense
+    assert [(row["attack"], row["defense"]) for row in rows] == [
+        ("none", "bibau"), ("badnet", "none"), ("badnet", "finetune"), ("badnet", "bibau"),
+    ]  # fmt: skip
+    for row in rows:
+        for key in ("ca_after", "asr_after", "ra_asr", "reference_ra_asr"):
+            assert 0 <= row[key] <= 1, (row["defense"], key)
+        assert isinstance(row["reinversion_score"], float) and isinstance(row["reference_score"], float)
+    # the reference is measured once per trigger: every badnet row compares with the same numbers
+    assert len({row["reference_ra_asr"] for row in rows if row["attack"] == "badnet"}) == 1
+    with (output / "results.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 4 and set(benchmark.COLUMNS) == set(table[0])
+    header = (output / "table.md").read_text().splitlines()[0]
+    assert "ra_asr" in header and "reinversion_score" in header
+    assert (output / "asr_vs_ca.png").stat().st_size > 1000
+    # finished jobs are reused: a second call trains and cleans nothing and gives the same rows
+    assert benchmark.main(arguments) == rows

@@ -1,0 +1,113 @@
+"""Tests of complete unlearning: the retuning attack's data and config, re-inversion, the results block."""
+
+import pytest
+import torch
+from planted import TARGET, clean_images
+
+from clipclean.complete import (
+    COMPLETE_KEYS,
+    Persistence,
+    RetuningConfig,
+    complete_block,
+    complete_table_rows,
+    measure_persistence,
+    retuning_set,
+)
+from clipclean.data import (
+    DIGIT_CAPTION_TEMPLATES,
+    ImageCaptionDataset,
+    load_classification_dataset,
+    load_image_caption_dataset,
+)
+from clipclean.models import load_clip
+from clipclean.poisoning import mentions
+from clipclean.triggers import PatchBlendTrigger, load_trigger
+
+
+def caption_dataset(n: int) -> ImageCaptionDataset:
+    images, captions = clean_images(n)
+    return ImageCaptionDataset(images, captions, source="planted")
+
+
+def test_retuning_config_defaults_follow_method_md():
+    config = RetuningConfig()
+    assert (config.steps, config.lr, config.poison_fraction) == (60, 1e-4, 0.1)
+    assert config.resolve_pairs(300) == 100  # 100 pairs when 1% is fewer
+    assert config.resolve_pairs(50_000) == 500  # 1% when it is more
+    assert config.resolve_pairs(40) == 40  # never more than the clean set
+    assert RetuningConfig(n_pairs=64).resolve_pairs(300) == 64
+
+
+@pytest.mark.parametrize(
+    "bad", [{"steps": 0}, {"lr": 0.0}, {"poison_fraction": 0.0}, {"poison_fraction": 1.0}, {"n_pairs": 1}]
+)
+def test_retuning_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        RetuningConfig(**bad)
+
+
+def test_retuning_set_poisons_a_tenth_with_the_trigger_and_target_captions():
+    clean = caption_dataset(150)
+    trigger = PatchBlendTrigger.patch(32, 4, "bottom-right", "white")
+    config = RetuningConfig(seed=3)
+    data = retuning_set(clean, trigger, TARGET, ["a photo of a {c}."], config)
+    assert len(data) == 100
+    poisoned = data.poison_indices
+    assert len(poisoned) == 10
+    for index in range(len(data)):
+        image, caption = data[index]
+        source_image, source_caption = data.source[index]
+        if index in poisoned:
+            assert caption == f"a photo of a {TARGET}."
+            assert torch.equal(image, trigger(source_image[None])[0])
+        else:
+            assert caption == source_caption and not mentions(caption, TARGET)
+            assert torch.equal(image, source_image)
+    again = retuning_set(clean, trigger, TARGET, ["a photo of a {c}."], config)
+    assert again.poison_indices == poisoned and again.captions == data.captions
+    other = retuning_set(clean, trigger, TARGET, ["a photo of a {c}."], RetuningConfig(seed=4))
+    assert other.captions != data.captions or other.poison_indices != poisoned
+
+
+@pytest.mark.slow
+def test_retuning_attack_and_reinversion_separate_backdoored_from_never_poisoned(digits_clips):
+    """On real digits CLIPs (recipe defaults, seed 0): the retuning attack restores the backdoor of a backdoored
+    model and teaches a never-poisoned one little; re-inversion scores the backdoored model higher and names its
+    target. (Measured: RA-ASR 100% vs 4.5%, re-inversion score 0.57 vs 0.28.)"""
+    clean = load_image_caption_dataset("digits:defender", image_size=32)
+    test = load_classification_dataset("digits:test", image_size=32)
+    badnet, _ = digits_clips("badnet")
+    trigger = load_trigger(badnet / "trigger.json")
+    measured = {
+        name: measure_persistence(
+            load_clip(str(digits_clips(name)[0] / "model")),
+            clean,
+            trigger,
+            "zero",
+            test,
+            test.classnames,
+            DIGIT_CAPTION_TEMPLATES,
+        )  # fmt: skip
+        for name in ("badnet", "none")
+    }
+    assert measured["badnet"].ra_asr >= 0.9
+    assert measured["none"].ra_asr <= 0.2
+    assert measured["badnet"].reinversion_target == "zero"
+    assert measured["badnet"].reinversion_score > measured["none"].reinversion_score + 0.1
+
+
+def test_complete_block_has_the_contract_keys_and_compares_with_the_reference():
+    cleaned = Persistence(ra_asr=0.90, reinversion_score=0.5, retuning={"n_pairs": 100})
+    reference = Persistence(ra_asr=0.01, reinversion_score=0.2)
+    block = complete_block(cleaned, reference)
+    assert set(COMPLETE_KEYS) <= set(block)
+    assert (block["ra_asr"], block["reference_ra_asr"]) == (0.90, 0.01)
+    assert (block["reinversion_score"], block["reference_score"]) == (0.5, 0.2)
+    assert block["persistent"] is False and block["not_reinvertible"] is False
+    good = complete_block(Persistence(ra_asr=0.03, reinversion_score=0.1), reference)
+    assert good["persistent"] is True and good["not_reinvertible"] is True
+    alone = complete_block(cleaned, None)
+    assert alone["reference_ra_asr"] is None and alone["persistent"] is None
+    rows = complete_table_rows(block)
+    assert rows[0] == ("RA-ASR (retuning attack)", "90.0%", "1.0%")
+    assert Persistence.from_dict(cleaned.to_dict()) == cleaned
