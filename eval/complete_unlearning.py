@@ -35,10 +35,11 @@ from clipclean.cli.common import (
     complete_eval_configs,
     default_templates,
     load_reference_measurements,
+    measure_with_reference,
     print_table,
     setup_logging,
 )
-from clipclean.complete import complete_block, complete_table_rows, measure_persistence
+from clipclean.complete import complete_block, complete_table_rows
 from clipclean.data import load_classification_dataset, load_image_caption_dataset
 from clipclean.evaluation import resolve_target
 from clipclean.fileio import write_json
@@ -79,9 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--trigger needs --eval-data (RA-ASR is measured on it)")
     if args.reference_model is not None and args.reference_measurements is not None:
         parser.error("give --reference-model or --reference-measurements, not both")
-    try:
-        retuning, inversion = complete_eval_configs(args)
-    except (TypeError, ValueError) as error:
+    try:  # validate before any work
+        retuning, _ = complete_eval_configs(args)
+        if args.reference_measurements is not None:
+            load_reference_measurements(args.reference_measurements, retuning)
+    except (OSError, TypeError, ValueError) as error:
         parser.error(str(error))
     setup_logging()
     started = time.time()
@@ -108,21 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except ValueError as error:
             parser.error(str(error))
 
-    def measure(candidate):
-        return measure_persistence(
-            candidate, clean, trigger, target, eval_data, classnames, templates, retuning, inversion,
-            progress=args.progress,
-        )  # fmt: skip
-
-    measured = measure(model)
-    reference = None
-    if args.reference_model is not None:
-        reference = measure(load_clip(args.reference_model, cache_dir=args.cache_dir))
-    elif args.reference_measurements is not None:
-        try:
-            reference = load_reference_measurements(args.reference_measurements, retuning)
-        except (OSError, ValueError) as error:
-            parser.error(str(error))
+    measured, reference = measure_with_reference(args, model, clean, trigger, target, eval_data, classnames, templates)
     block = complete_block(measured, reference)
     results = {
         "complete": block,

@@ -47,12 +47,13 @@ from clipclean.cli.common import (
     default_templates,
     load_reference_measurements,
     make_accelerator,
+    measure_with_reference,
     parse_key_values,
     resolve_resume_path,
     setup_logging,
     write_main_process_json,
 )
-from clipclean.complete import complete_block, complete_table_rows, measure_persistence
+from clipclean.complete import complete_block, complete_table_rows
 from clipclean.data import load_classification_dataset, load_image_caption_dataset
 from clipclean.defenses import DEFENSES, DefenseContext, build_defense
 from clipclean.evaluation import evaluate_zeroshot, resolve_target, zeroshot_classifier
@@ -373,7 +374,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, templates) -> dict:
     """The tests of complete unlearning (retuning attack, re-inversion) on the cleaned model and the never-poisoned
     reference. They are small and single-process: the main process runs them, the others wait for the result."""
-    retuning, inversion = complete_eval_configs(args)
     if trigger is None:
         logger.warning("--complete-eval without --eval-trigger: re-inversion only, no retuning attack (RA-ASR)")
     if args.reference_model is None and args.reference_measurements is None:
@@ -384,18 +384,9 @@ def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, 
         if target is not None:
             target = classnames[resolve_target(target, classnames)]
 
-        def measure(candidate):
-            return measure_persistence(
-                candidate, clean, trigger, target, eval_data, classnames, templates, retuning, inversion,
-                progress=args.progress,
-            )  # fmt: skip
-
-        measured = measure(model)
-        reference = None
-        if args.reference_measurements is not None:
-            reference = load_reference_measurements(args.reference_measurements, retuning)
-        elif args.reference_model is not None:
-            reference = measure(load_clip(args.reference_model, device=accelerator.device, cache_dir=args.cache_dir))
+        measured, reference = measure_with_reference(
+            args, model, clean, trigger, target, eval_data, classnames, templates
+        )
         block = [complete_block(measured, reference)]
     broadcast_object_list(block)
     return block[0]

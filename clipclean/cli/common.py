@@ -287,3 +287,28 @@ def load_reference_measurements(path: str | Path, retuning) -> Any:
     if recorded is not None and recorded != asdict(retuning):
         raise ValueError(f"{path} was measured with retuning settings {recorded}, this run uses {asdict(retuning)}")
     return measured
+
+
+def measure_with_reference(args: argparse.Namespace, model, clean, trigger, target, eval_data, classnames, templates):
+    """The complete-unlearning measurements of ``model`` and of the reference the flags name: ``--reference-model``
+    (measured the same way), ``--reference-measurements`` (read back) or neither (``None``).
+
+    Returns ``(measured, reference)``, two :class:`~clipclean.complete.Persistence` (the second may be ``None``).
+    """
+    from clipclean.complete import measure_persistence
+    from clipclean.models import load_clip
+
+    retuning, inversion = complete_eval_configs(args)
+
+    def measure(candidate):
+        return measure_persistence(
+            candidate, clean, trigger, target, eval_data, classnames, templates, retuning, inversion,
+            progress=args.progress,
+        )  # fmt: skip
+
+    measured = measure(model)
+    if args.reference_measurements is not None:
+        return measured, load_reference_measurements(args.reference_measurements, retuning)
+    if args.reference_model is not None:
+        return measured, measure(load_clip(args.reference_model, device=model.device, cache_dir=args.cache_dir))
+    return measured, None
