@@ -28,3 +28,15 @@ def test_quick_benchmark_writes_table_csv_and_plot(tmp_path):
     assert (output / "asr_vs_ca.png").stat().st_size > 1000
     # finished jobs are reused: a second call trains and cleans nothing and gives the same rows
     assert benchmark.main(arguments) == rows
+
+    # the persistence study on the same models: mean and spread of RA-ASR over retuning seeds, per setting
+    study = load_script("benchmarks/persistence.py").main(
+        ["--benchmark-output", str(output), "--seeds", "0", "1", "--settings", "2:0.1:1e-4", "3:0.2:1e-4"]
+    )
+    assert [(row["defense"], row["setting"]) for row in study] == [
+        (defense, setting) for defense in ("reference", "none", "bibau", "finetune")
+        for setting in ("2:0.1:1e-4", "3:0.2:1e-4")
+    ]  # fmt: skip
+    for row in study:
+        assert row["n_seeds"] == 2 and 0 <= row["ra_asr_mean"] <= 1 and row["ra_asr_std"] >= 0
+    assert "RA-ASR" in (output / "persistence.md").read_text() and (output / "persistence.csv").is_file()
