@@ -153,12 +153,31 @@ def row_of(seed: int, attack: str, defense: str, results: dict) -> dict:
     }
 
 
-def _format(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}"
+
+
+def _number(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README table: one row per attack x defense, percentages with one decimal."""
+    lines = [
+        "| attack | defense | CA % before → after | ASR % before → after | verdict (anomaly index) | named target "
+        "| RA-ASR % (reference) | re-inversion score (reference) | wall s | peak MiB |",
+        "|---|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        verdict = "-" if row["verdict"] is None else f"{row['verdict']} ({_number(row['anomaly_index'])})"
+        lines.append(
+            f"| {row['attack']} | {row['defense']} | {_percent(row['ca_before'])} → {_percent(row['ca_after'])} "
+            f"| {_percent(row['asr_before'])} → {_percent(row['asr_after'])} | {verdict} "
+            f"| {row['recovered_target'] or '-'} | {_percent(row['ra_asr'])} ({_percent(row['reference_ra_asr'])}) "
+            f"| {_number(row['reinversion_score'])} ({_number(row['reference_score'])}) "
+            f"| {_number(row['wall_time_s'], 0)} | {_number(row['peak_memory_mb'], 0)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write_outputs(rows: list[dict], output: Path) -> None:
@@ -166,9 +185,7 @@ def write_outputs(rows: list[dict], output: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_format(row[c]) for c in COLUMNS) + " |" for row in rows]
-    (output / "table.md").write_text("\n".join(lines) + "\n")
+    (output / "table.md").write_text(markdown_table(rows))
     try:
         import matplotlib
 
@@ -177,12 +194,18 @@ def write_outputs(rows: list[dict], output: Path) -> None:
     except ImportError:  # matplotlib is a dev extra
         return
     figure, axis = plt.subplots(figsize=(6, 4))
-    markers = dict(zip(sorted({row["defense"] for row in rows}), "osD^v<>ph*"))
+    defenses = sorted({row["defense"] for row in rows})
+    markers = dict(zip(defenses, "osD^v<>ph*"))
+    colors = {defense: plt.get_cmap("tab10")(index % 10) for index, defense in enumerate(defenses)}
     for row in rows:
         if row["attack"] == "none":
             continue
         axis.scatter(
-            100 * row["ca_after"], 100 * row["asr_after"], marker=markers[row["defense"]], label=row["defense"]
+            100 * row["ca_after"],
+            100 * row["asr_after"],
+            marker=markers[row["defense"]],
+            color=colors[row["defense"]],
+            label=row["defense"] if row["defense"] != "none" else "none (backdoored model)",
         )
         axis.annotate(row["attack"], (100 * row["ca_after"], 100 * row["asr_after"]), fontsize=7)
     handles, labels = axis.get_legend_handles_labels()

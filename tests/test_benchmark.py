@@ -24,7 +24,7 @@ def test_quick_benchmark_writes_table_csv_and_plot(tmp_path):
         table = list(csv.DictReader(handle))
     assert len(table) == 4 and set(benchmark.COLUMNS) == set(table[0])
     header = (output / "table.md").read_text().splitlines()[0]
-    assert "ra_asr" in header and "reinversion_score" in header
+    assert "RA-ASR" in header and "re-inversion score" in header and "peak MiB" in header
     assert (output / "asr_vs_ca.png").stat().st_size > 1000
     # finished jobs are reused: a second call trains and cleans nothing and gives the same rows
     assert benchmark.main(arguments) == rows
