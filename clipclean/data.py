@@ -12,7 +12,9 @@ Image-caption sources (:func:`load_image_caption_dataset`):
   paths resolve against the file's folder);
 * an imagefolder with ``metadata.jsonl`` or ``metadata.csv`` (the Hugging Face ``datasets`` convention:
   ``file_name`` plus a caption column);
-* a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+* a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
+* webdataset shards: ``"shards/cc3m-{0000..0099}.tar"`` (``KEY.jpg`` + ``KEY.txt`` members; brace ranges, globs,
+  ``::`` lists), read by :mod:`clipclean.webdataset` (which also streams them per process).
 
 Classification sources (:func:`load_classification_dataset`): ``"digits[:split]"`` or a class-per-folder
 tree (ImageNet synset folders map to the OpenAI class names; other folders take their names or a
@@ -158,6 +160,8 @@ def _open_image(reference: ImageReference) -> Image.Image:
     """Open (lazily, PIL-style) whatever a dataset stores for one image."""
     if isinstance(reference, Image.Image):
         return reference
+    if hasattr(reference, "open_image"):  # an image inside a tar shard (clipclean.webdataset.TarMember)
+        return reference.open_image()
     if isinstance(reference, bytes):
         return Image.open(io.BytesIO(reference))
     if isinstance(reference, dict):
@@ -183,6 +187,8 @@ def _image_missing(reference: ImageReference) -> bool:
         return not reference.get("bytes") and not (reference.get("path") and os.path.isfile(reference["path"]))
     if isinstance(reference, (bytes, Image.Image)):
         return False
+    if hasattr(reference, "exists"):  # clipclean.webdataset.TarMember
+        return not reference.exists()
     return not os.path.isfile(reference)
 
 
@@ -756,7 +762,8 @@ def load_image_caption_dataset(
 
     Args:
         source: ``"digits"`` or ``"digits:<split>"``; a ``.csv``/``.tsv`` file (CleanCLIP format); an
-            imagefolder with ``metadata.jsonl``/``metadata.csv``; or a ``save_to_disk`` folder.
+            imagefolder with ``metadata.jsonl``/``metadata.csv``; a ``save_to_disk`` folder; or webdataset
+            ``.tar`` shards (``"data/shard-{000..009}.tar"``).
         image_size: output size ``S`` or ``(H, W)`` (default 32, the tiny configs' size).
         split: digits split (``"train"`` default, ``"defender"``, ``"test"``), ``DatasetDict`` split
             (default ``"train"``) or imagefolder sub-folder; ignored for a single CSV file.
@@ -777,6 +784,10 @@ def load_image_caption_dataset(
         >>> dataset = load_image_caption_dataset("data/cc_subset.csv", image_size=224)
         >>> image, caption = dataset[0]                  # (3, 224, 224) in [0, 1], str
     """
+    from clipclean.webdataset import is_shard_spec, load_shards
+
+    if is_shard_spec(source):
+        return load_shards(source, image_size=image_size, skip_bad=skip_bad)
     digits_split = None if os.path.exists(source) else _digits_split(source, split, default="train")
     if digits_split is not None:
         images, labels, indices = _digits_tensors(digits_split, image_size)

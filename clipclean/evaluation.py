@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from clipclean.models import PixelCLIP, unwrap
+from clipclean.models import PixelCLIP, PixelModel, unwrap
 from clipclean.triggers import Trigger
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,8 @@ def zeroshot_predictions(
     """Top-``k`` class predictions on clean (and triggered) images.
 
     Args:
-        model: a :class:`PixelCLIP` (possibly wrapped by DDP).
+        model: a :class:`PixelCLIP` (possibly wrapped by DDP), or an image classifier
+            (:class:`clipclean.classifiers.ImageClassifier`, whose ``classifier`` is its ``class_embeddings``).
         loader: yields ``(images (B, 3, H, W) in [0, 1], labels (B,))``.
         classifier: ``(C, d)`` class embeddings from :func:`zeroshot_classifier`.
         trigger: if given, also predict on triggered images.
@@ -151,7 +152,7 @@ def zeroshot_predictions(
     Returns:
         ``{"labels": (N,), "topk": (N, k)}`` plus ``"trigger_topk": (N, k)`` when a trigger is given.
     """
-    pixel_model = unwrap(model)
+    pixel_model = unwrap(model, PixelModel)
     was_training = pixel_model.training
     pixel_model.eval()
     device = pixel_model.device

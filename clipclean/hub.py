@@ -55,6 +55,19 @@ SIDECAR_FILENAME = "clipclean.json"
 WEIGHTS_FILENAME = "open_clip_model.safetensors"
 README_FILENAME = "README.md"
 UPLOADED_FILENAMES = (CONFIG_FILENAME, WEIGHTS_FILENAME, README_FILENAME, SIDECAR_FILENAME)
+TRANSFORMERS_UPLOADED_PATTERNS = (
+    "config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+LAYOUTS = ("open_clip", "transformers")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 REPO_PLACEHOLDER = "<org>/<repo>"
 CARD_TAGS = ("clip", "clipclean", "backdoor-defense")
@@ -140,49 +153,8 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
     return "\n\n".join(tables)
 
 
-def model_card(
-    model_name: str,
-    metrics: dict | None,
-    provenance: dict | None,
-    notes: str | None,
-    *,
-    repo_id: str | None = None,
-) -> str:
-    """The ``README.md`` model card of a cleaned checkpoint, with Hub YAML front matter.
-
-    Args:
-        model_name: what the checkpoint was loaded from (e.g. ``"ViT-B-32"`` or ``"hf-hub:org/poisoned"``).
-        metrics: flat (``{"clean_accuracy": 0.9}``) or grouped (``{"before": {...}, "after": {...}}``) results,
-            rendered as a markdown table; values between 0 and 1 whose key names an accuracy or rate
-            (``accuracy``, ``rate``, ``acc``, ``asr``) are shown as percentages. ``None``: no table.
-        provenance: how the checkpoint was made (method, configs, data, ...), listed as bullets.
-        notes: free markdown appended under "Notes".
-        repo_id: the Hub repo for the usage snippets; default a ``<org>/<repo>`` placeholder that
-            :func:`push_to_hub` fills in.
-
-    Returns:
-        The card as markdown text.
-
-    Example::
-
-        >>> card = model_card("ViT-B-32", {"after": {"attack_success_rate": 0.02}}, {"method": "bibau"}, None)
-        >>> card.splitlines()[1]
-        'library_name: open_clip'
-        >>> "| attack_success_rate | 2.00% |" in card
-        True
-    """
-    repo = repo_id or REPO_PLACEHOLDER
-    front_matter = [
-        "---",
-        "library_name: open_clip",
-        "pipeline_tag: zero-shot-image-classification",
-        "license: apache-2.0",
-        "tags:",
-        *(f"- {tag}" for tag in CARD_TAGS),
-        "---",
-    ]
-    sections = [
-        f"# {model_name} — cleaned with clipclean",
+def _open_clip_usage(model_name: str, repo: str) -> list[str]:
+    return [
         (
             f"An [OpenCLIP](https://github.com/mlfoundations/open_clip) model (`{model_name}`) whose weights were "
             "processed with clipclean, a toolkit for finding and removing backdoors from CLIP models. The "
@@ -201,6 +173,80 @@ def model_card(
                 "```",
             ]
         ),
+    ]
+
+
+def _transformers_usage(model_name: str, repo: str) -> list[str]:
+    return [
+        (
+            f"A [transformers](https://github.com/huggingface/transformers) `CLIPModel` (`{model_name}`) whose "
+            "weights were processed with clipclean, a toolkit for finding and removing backdoors from CLIP models. "
+            "The checkpoint is transformers' own layout (`config.json` + `model.safetensors`, tokenizer and "
+            f"processor files; no pickle); clipclean's own metadata (metrics, provenance) is in `{SIDECAR_FILENAME}`."
+        ),
+        "## Usage",
+        "With transformers:",
+        "\n".join(
+            [
+                "```python",
+                "from transformers import CLIPModel, CLIPProcessor",
+                "",
+                f'model = CLIPModel.from_pretrained("{repo}")',
+                f'processor = CLIPProcessor.from_pretrained("{repo}")',
+                "```",
+            ]
+        ),
+    ]
+
+
+def model_card(
+    model_name: str,
+    metrics: dict | None,
+    provenance: dict | None,
+    notes: str | None,
+    *,
+    repo_id: str | None = None,
+    layout: str = "open_clip",
+) -> str:
+    """The ``README.md`` model card of a cleaned checkpoint, with Hub YAML front matter.
+
+    Args:
+        model_name: what the checkpoint was loaded from (e.g. ``"ViT-B-32"`` or ``"hf-hub:org/poisoned"``).
+        metrics: flat (``{"clean_accuracy": 0.9}``) or grouped (``{"before": {...}, "after": {...}}``) results,
+            rendered as a markdown table; values between 0 and 1 whose key names an accuracy or rate
+            (``accuracy``, ``rate``, ``acc``, ``asr``) are shown as percentages. ``None``: no table.
+        provenance: how the checkpoint was made (method, configs, data, ...), listed as bullets.
+        notes: free markdown appended under "Notes".
+        repo_id: the Hub repo for the usage snippets; default a ``<org>/<repo>`` placeholder that
+            :func:`push_to_hub` fills in.
+        layout: ``"open_clip"`` or ``"transformers"``: the checkpoint's format (library tag and usage snippets).
+
+    Returns:
+        The card as markdown text.
+
+    Example::
+
+        >>> card = model_card("ViT-B-32", {"after": {"attack_success_rate": 0.02}}, {"method": "bibau"}, None)
+        >>> card.splitlines()[1]
+        'library_name: open_clip'
+        >>> "| attack_success_rate | 2.00% |" in card
+        True
+    """
+    repo = repo_id or REPO_PLACEHOLDER
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    front_matter = [
+        "---",
+        f"library_name: {layout}",
+        "pipeline_tag: zero-shot-image-classification",
+        "license: apache-2.0",
+        "tags:",
+        *(f"- {tag}" for tag in CARD_TAGS),
+        "---",
+    ]
+    sections = [
+        f"# {model_name} — cleaned with clipclean",
+        *(_transformers_usage(model_name, repo) if layout == "transformers" else _open_clip_usage(model_name, repo)),
         "With clipclean (`encode_image` takes un-normalised images in [0, 1] and normalises them itself):",
         "\n".join(
             [
@@ -336,8 +382,12 @@ def save_pretrained(
     metrics: dict | None = None,
     provenance: dict | None = None,
     card_notes: str | None = None,
+    layout: str | None = None,
 ) -> Path:
     """Save ``model`` as an open_clip Hub-layout folder with a model card and a clipclean sidecar, atomically.
+
+    A :class:`~clipclean.transformers_clip.TransformersCLIP` is saved in transformers' layout by default
+    (``CLIPModel.from_pretrained`` loads it); ``layout="open_clip"`` converts it to open_clip's.
 
     Args:
         model: the :class:`~clipclean.models.PixelCLIP` to save (a DDP/accelerate wrapper is unwrapped).
@@ -347,6 +397,7 @@ def save_pretrained(
         provenance: how the checkpoint was made (method, configs, trigger, data); JSON-serialisable after
             converting tensors, numpy values, paths and dataclasses.
         card_notes: extra markdown for the model card.
+        layout: ``"open_clip"`` or ``"transformers"`` (transformers models only); default: the model's own.
 
     Returns:
         The absolute path of the saved folder.
@@ -363,6 +414,12 @@ def save_pretrained(
         ['README.md', 'clipclean.json', 'open_clip_config.json', 'open_clip_model.safetensors']
     """
     model = unwrap(model)
+    native = "transformers" if hasattr(model, "save_transformers") else "open_clip"
+    layout = layout or native
+    if layout not in LAYOUTS or (layout == "transformers" and native != "transformers"):
+        raise ValueError(f"cannot save a {type(model).__name__} in layout {layout!r} (choose from {LAYOUTS})")
+    if layout == "open_clip" and native == "transformers":
+        model = model.to_open_clip()
     target = Path(os.path.abspath(os.path.expanduser(directory)))
     _check_replaceable(target)
     metrics_json = to_jsonable(metrics) if metrics is not None else None
@@ -375,10 +432,13 @@ def save_pretrained(
         "provenance": provenance_json,
     }
     json.dumps(sidecar)  # fail on non-serialisable values before touching the file system
-    card = model_card(model.name or "CLIP", metrics_json, provenance_json, card_notes)
+    card = model_card(model.name or "CLIP", metrics_json, provenance_json, card_notes, layout=layout)
     with _atomic_directory(target) as staging:
-        _write_config(model, staging)
-        _write_weights(model, staging)
+        if layout == "transformers":
+            model.save_transformers(staging)
+        else:
+            _write_config(model, staging)
+            _write_weights(model, staging)
         _write_card(card, staging)
         _write_sidecar(sidecar, staging)
     logger.info("Saved %s to %s", model.name or "CLIP", target)
@@ -403,6 +463,15 @@ def read_sidecar(directory: str | Path) -> dict:
 # ------------------------------------------------------------------------------------------------------------ Hub
 
 
+def _is_transformers_folder(folder: Path) -> bool:
+    """A transformers checkpoint: ``config.json`` and safetensors weights, no open_clip config."""
+    return (
+        not (folder / CONFIG_FILENAME).is_file()
+        and (folder / "config.json").is_file()
+        and any(folder.glob("model*.safetensors"))
+    )
+
+
 def _check_uploadable(folder: Path) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
@@ -414,6 +483,8 @@ def _check_uploadable(folder: Path) -> None:
             f"refusing to push {folder}: it contains pickle weight files {pickles}, which can run arbitrary code "
             f"when loaded. Save with clipclean.hub.save_pretrained ({WEIGHTS_FILENAME}) and remove them."
         )
+    if _is_transformers_folder(folder):
+        return
     missing = [name for name in (CONFIG_FILENAME, WEIGHTS_FILENAME) if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(
@@ -446,7 +517,9 @@ def push_to_hub(
     """Upload a folder written by :func:`save_pretrained` to a Hugging Face Hub model repo.
 
     Only the safe files are uploaded (``open_clip_config.json``, ``open_clip_model.safetensors``, ``README.md``,
-    ``clipclean.json``); a folder holding pickle weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``) is refused.
+    ``clipclean.json``; for a transformers-layout folder also ``config.json``, ``model*.safetensors`` and the
+    tokenizer/processor files); a folder holding pickle weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``) is
+    refused.
     The model card's ``<org>/<repo>`` placeholder is replaced by the repo id (in the local ``README.md`` too).
 
     Args:
@@ -486,7 +559,8 @@ def push_to_hub(
         folder_path=str(folder),
         commit_message=commit_message,
         revision=revision,
-        allow_patterns=list(UPLOADED_FILENAMES),
+        allow_patterns=list(UPLOADED_FILENAMES)
+        + (list(TRANSFORMERS_UPLOADED_PATTERNS) if _is_transformers_folder(folder) else []),
     )
     url = str(getattr(commit, "commit_url", None) or commit)
     logger.info("Uploaded %s: %s", repo_id, url)

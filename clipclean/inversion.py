@@ -24,6 +24,10 @@ the untargeted E-step's winner ``w`` flags a backdoor when it exceeds the thresh
 largest index exceed 2 and agree with the winner; scoring the winner itself is that rule made robust to a
 second, naturally easy class tying with the target).
 
+Image classifiers are the degenerate case (:class:`clipclean.classifiers.ClassifierInversion`): the same EM with
+the E-step's evidence, directions and likelihood replaced (a posterior over the classes instead of the vMF mean);
+:func:`build_inverter` picks the inverter for a model's kind.
+
 Distributed use: every statistic the E-step sums and every trigger gradient goes through ``reduce_fn``
 (set it to ``lambda t, op: accelerator.reduce(t, reduction=op)``), so all ranks hold the same ``u`` and the
 same trigger parameters.
@@ -45,9 +49,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from clipclean.models import PixelCLIP, unwrap
+from clipclean.models import PixelCLIP, PixelModel, lookup_by_kind, unwrap
 from clipclean.triggers import AdditiveTrigger, PatchBlendTrigger, Trigger
 
 logger = logging.getLogger(__name__)
@@ -229,7 +234,7 @@ class BlindInversion:
         reduce_fn: ReduceFn = no_reduce,
         progress: bool = False,
     ) -> None:
-        self.model = unwrap(model)
+        self.model = unwrap(model, PixelModel)
         self.config = config or InversionConfig()
         if (candidate_names is None) != (candidate_embeddings is None):
             raise ValueError("give candidate_names and candidate_embeddings together")
@@ -261,6 +266,7 @@ class BlindInversion:
             with torch.no_grad():
                 self.target_direction = self.model.encode_text([target_caption]).float()[0]
         self.directions: torch.Tensor | None = None
+        self.images_per_step: int | None = None  # M-step images per hypothesis (None: the whole batch)
         self.last_stats: EStepStats | None = None
         self.history: list[dict] = []
 
@@ -274,15 +280,32 @@ class BlindInversion:
     def _triggered_features(self, trigger: Trigger, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(trigger.apply(images)).float()
 
+    # ---- the pieces a degenerate case (clipclean.classifiers.ClassifierInversion) replaces ---------------
+    def _direction_evidence(self, features: torch.Tensor, own: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One batch's contribution ``(E,)`` to the estimate of ``u``: ``sum_i w_i g(T x_i)`` (summed over batches
+        and processes, then turned into directions by :meth:`_directions_from_evidence`)."""
+        return (weights[:, None] * features).sum(0)
+
+    def _directions_from_evidence(self, evidence: torch.Tensor) -> torch.Tensor:
+        """``(P, E)`` summed evidence -> ``(P, d)`` target directions: the vMF mean ``normalise(sum_i w_i g)``."""
+        return F.normalize(evidence, dim=-1)
+
+    def _log_likelihood(self, features: torch.Tensor, own: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+        """``(P,)`` mean log-likelihood of hijacking for features ``(P, B, d)``, own side ``(B, d)``, ``u (P, d)``."""
+        margin = torch.einsum("pbd,pd->pb", features, directions) - (features * own[None]).sum(-1)
+        return F.logsigmoid(self.config.kappa * margin).mean(dim=1)
+
+    def _resultant_features(self, features: torch.Tensor) -> torch.Tensor:
+        """What the concentration (mean resultant length) is measured on: the unit embeddings themselves."""
+        return features
+
     @property
     def mask_budget(self) -> float:
         return self.config.mask_budgets[self.budget_level]
 
     def _set_budget(self, level: int) -> None:
         self.budget_level = level
-        for trigger in self.population:
-            if isinstance(trigger, PatchBlendTrigger):
-                trigger.mask_budget = self.mask_budget
+        self.set_mask_budget(self.mask_budget)
 
     # ---- E-step -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -291,7 +314,7 @@ class BlindInversion:
         previous = self.directions
         population = len(self.population)
         embed_dim = self.model.embed_dim
-        sums = torch.zeros(population, embed_dim, device=self.device)
+        evidence: list[torch.Tensor] = [torch.zeros((), device=self.device) for _ in range(population)]
         weight_sums = torch.zeros(population, device=self.device)
         resultant = torch.zeros(population, embed_dim, device=self.device)
         margin_parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(population)]
@@ -313,18 +336,18 @@ class BlindInversion:
                 else:
                     own = (features * text).sum(-1)
                     weights = torch.sigmoid(self.config.kappa * (features @ direction - own))
-                sums[j] += (weights[:, None] * features).sum(0)
+                evidence[j] = evidence[j] + self._direction_evidence(features, text, weights)
                 weight_sums[j] += weights.sum()
-                resultant[j] += features.sum(0)
+                resultant[j] += self._resultant_features(features).sum(0)
                 margin_parts[j].append((features, text))
-        sums, weight_sums = self.reduce_fn(sums, "sum"), self.reduce_fn(weight_sums, "sum")
+        sums, weight_sums = self.reduce_fn(torch.stack(evidence), "sum"), self.reduce_fn(weight_sums, "sum")
         resultant, count = self.reduce_fn(resultant, "sum"), self.reduce_fn(count, "sum")
         if float(count) == 0:
             raise ValueError("the E-step saw no images")
         if self.target_direction is not None:
             directions = self.target_direction[None].expand(population, -1).clone()
         else:
-            directions = F.normalize(sums, dim=-1)
+            directions = self._directions_from_evidence(sums)
         scores = torch.zeros(population, device=self.device)
         hijacked = torch.zeros(population, device=self.device)
         for j in range(population):
@@ -360,10 +383,11 @@ class BlindInversion:
         """``Q`` of every trigger in one forward pass: ``(P,)`` values for ``directions (P, d)``."""
         stacked = torch.cat([trigger.apply(images) for trigger in triggers])
         features = self.model.encode_image(stacked).float().view(len(triggers), images.shape[0], -1)
-        if directions is None:  # online E-step: the vMF mean of this batch's triggered embeddings
-            directions = F.normalize(features.mean(dim=1), dim=-1).detach()
-        margin = torch.einsum("pbd,pd->pb", features, directions) - (features * text[None]).sum(-1)
-        likelihood = F.logsigmoid(self.config.kappa * margin).mean(dim=1)
+        if directions is None:  # online E-step: the directions this batch's triggered images alone give
+            ones = torch.ones(images.shape[0], device=features.device)
+            evidence = torch.stack([self._direction_evidence(f, text, ones) for f in features.detach()])
+            directions = self._directions_from_evidence(evidence)
+        likelihood = self._log_likelihood(features, text, directions)
         prior = torch.stack([trigger_prior(t, self.config.lambda_mask, self.config.lambda_tv) for t in triggers])
         return likelihood + prior
 
@@ -407,8 +431,9 @@ class BlindInversion:
         if self.directions is None:
             raise RuntimeError("run e_step before m_step")
         directions = None if self.config.online_direction and self.target_direction is None else self.directions
+        steps = steps or self.config.steps_per_round
         values = self._ascend(
-            self.population, self.optimizer, directions, batches, steps or self.config.steps_per_round, "M-step"
+            self.population, self.optimizer, directions, batches, steps, "M-step", max_images=self.images_per_step
         )
         return {"objective": values.tolist()}
 
@@ -418,6 +443,24 @@ class BlindInversion:
         if self.last_stats is None:
             raise RuntimeError("run e_step first")
         return int(self.last_stats.backdoor_scores.argmax())
+
+    def commit_to_target(self, direction: torch.Tensor) -> None:
+        """Continue in targeted mode toward ``direction`` (e.g. the recovered target): every hypothesis becomes a
+        trigger toward it (several initialisations: the trigger distribution, condition C3)."""
+        self.target_direction = direction.to(self.device).float()
+        self.directions = self.target_direction[None].expand(len(self.population), -1).clone()
+
+    def set_mask_budget(self, budget: float) -> None:
+        """Put every patch/blend hypothesis under the hard mask budget ``budget`` (a fraction of the image)."""
+        for trigger in self.population:
+            if isinstance(trigger, PatchBlendTrigger):
+                trigger.mask_budget = budget
+
+    def active_hypotheses(self) -> list[int]:
+        """Hypotheses worth unlearning, best first: those with a positive backdoor score (at least the best)."""
+        stats = self.last_stats
+        order = stats.backdoor_scores.argsort(descending=True).tolist()
+        return [j for j in order if float(stats.backdoor_scores[j]) > 0] or order[:1]
 
     def grow_budget_if_no_collapse(self) -> bool:
         """Raise the mask budget one level if no hypothesis collapses the embeddings; True if it grew."""
@@ -479,25 +522,8 @@ class BlindInversion:
             indices = ([untargeted_winner] if untargeted_winner is not None else []) + others
             indices = sorted(indices[: self.config.max_verdict_candidates])
         embeddings = self.candidate_embeddings.to(self.device).float()
-        triggers = [
-            PatchBlendTrigger.free(
-                self.model.image_size,
-                mask_budget=self.config.verdict_budget or self.mask_budget,
-                seed=self.config.seed * 31 + k,
-            ).to(self.device)
-            for k in indices
-        ]
-        optimizer = torch.optim.Adam([p for trigger in triggers for p in trigger.parameters()], lr=self.config.lr)
         stream = cycle(batches)
-        self._ascend(
-            triggers,
-            optimizer,
-            embeddings[indices],
-            stream,
-            self.config.verdict_steps,
-            "verdict",
-            max_images=self.config.verdict_batch_size,
-        )
+        triggers = self._targeted_triggers(indices, stream)
         hits = torch.zeros(len(indices), device=self.device)
         totals = torch.zeros(len(indices), device=self.device)
         with torch.no_grad():
@@ -515,6 +541,22 @@ class BlindInversion:
         index, position = anomaly_index(rates.tolist(), position)
         asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
         return index, asr, indices[position]
+
+    def _targeted_triggers(self, indices: Sequence[int], stream: Iterator) -> list[Trigger]:
+        """One trigger per candidate in ``indices``, each optimised toward its candidate at the verdict budget."""
+        triggers = [
+            PatchBlendTrigger.free(
+                self.model.image_size,
+                mask_budget=self.config.verdict_budget or self.mask_budget,
+                seed=self.config.seed * 31 + k,
+            ).to(self.device)
+            for k in indices
+        ]
+        optimizer = torch.optim.Adam([p for trigger in triggers for p in trigger.parameters()], lr=self.config.lr)
+        directions = self.candidate_embeddings.to(self.device).float()[list(indices)]
+        steps, batch = self.config.verdict_steps, self.config.verdict_batch_size
+        self._ascend(triggers, optimizer, directions, stream, steps, "verdict", max_images=batch)
+        return triggers
 
     def result(self, verdict_batches: Iterable | None = None) -> InversionResult:
         """Package the best hypothesis; run the verdict when candidates and data are available."""
@@ -550,6 +592,27 @@ class BlindInversion:
         batches = list(_in_memory_batches(images, list(captions), self.config.batch_size, self.config.seed))
         self.run_em(batches)
         return self.result(batches if verdict else None)
+
+
+INVERTERS: dict[type[PixelModel], type[BlindInversion]] = {PixelCLIP: BlindInversion}
+
+
+def register_inverter(model_class: type[PixelModel], inverter_class: type[BlindInversion]) -> None:
+    """Make :func:`build_inverter` use ``inverter_class`` for models of ``model_class`` (and its subclasses)."""
+    if not issubclass(inverter_class, BlindInversion):
+        raise TypeError(f"{inverter_class.__name__} is not a BlindInversion")
+    INVERTERS[model_class] = inverter_class
+
+
+def build_inverter(model: nn.Module, config: InversionConfig | None = None, **kwargs) -> BlindInversion:
+    """The inverter for ``model``'s kind (a CLIP: :class:`BlindInversion`; an image classifier:
+    :class:`clipclean.classifiers.ClassifierInversion`); ``kwargs`` as for :class:`BlindInversion`.
+
+    Example::
+
+        >>> inverter = build_inverter(model, InversionConfig(), candidate_names=names, candidate_embeddings=W)
+    """
+    return lookup_by_kind(INVERTERS, model, "inverter")(unwrap(model, PixelModel), config, **kwargs)
 
 
 def _in_memory_batches(images: torch.Tensor, captions: list[str], batch_size: int, seed: int):

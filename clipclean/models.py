@@ -10,7 +10,9 @@ Model names follow open_clip:
 * ``"ViT-B-32"`` with ``pretrained="laion2b_s34b_b79k"`` (a tag) or ``pretrained="/path/ckpt.safetensors"``;
 * ``"hf-hub:org/repo"`` (honours ``HF_HUB_OFFLINE=1`` and the local Hub cache);
 * ``"local-dir:/path"`` or a plain directory path holding ``open_clip_config.json`` + weights;
-* clipclean's tiny configs ``"clipclean-tiny"`` / ``"clipclean-small"`` (32x32 images) for demos and tests.
+* clipclean's tiny configs ``"clipclean-tiny"`` / ``"clipclean-small"`` (32x32 images) for demos and tests;
+* a ``transformers.CLIPModel`` folder or ``hf-hub:`` repo (``config.json`` with ``"model_type": "clip"`` and no
+  ``open_clip_config.json``), wrapped by :class:`clipclean.transformers_clip.TransformersCLIP`.
 
 Example::
 
@@ -54,7 +56,39 @@ def register_model_configs() -> list[str]:
     return names
 
 
-class PixelCLIP(nn.Module):
+class PixelModel(nn.Module):
+    """Base of every model clipclean's algorithms talk to: it takes un-normalised [0, 1] pixels.
+
+    Holds the input size and the per-channel mean/std, and applies them in :meth:`normalize_pixels`, so triggers
+    act on pixels whatever the model. Subclasses: :class:`PixelCLIP` (a CLIP) and
+    :class:`clipclean.classifiers.ImageClassifier` (any image classifier, the degenerate case).
+
+    Args:
+        image_size: ``(H, W)`` the network expects (other sizes are bilinearly resized) or one int.
+        mean, std: per-channel normalisation, three values each.
+    """
+
+    def __init__(self, image_size, mean, std) -> None:
+        super().__init__()
+        self.image_size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (int(image_size),) * 2
+        self.register_buffer("image_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def normalize_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize ``(B, 3, H, W)`` [0, 1] images to :attr:`image_size` if needed and apply mean/std."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) != self.image_size:
+            images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
+        return (images - self.image_mean) / self.image_std
+
+    @torch.no_grad()
+    def fresh_copy(self):
+        """A deep copy (frozen reference models, never-poisoned baselines)."""
+        return copy.deepcopy(self)
+
+
+class PixelCLIP(PixelModel):
     """An open_clip CLIP model that takes [0, 1] pixels.
 
     Args:
@@ -73,18 +107,16 @@ class PixelCLIP(nn.Module):
     """
 
     def __init__(self, model: nn.Module, tokenizer, model_config: dict, name: str = "") -> None:
-        super().__init__()
+        visual = model.visual
+        super().__init__(
+            visual.image_size,
+            visual.image_mean or open_clip.OPENAI_DATASET_MEAN,
+            visual.image_std or open_clip.OPENAI_DATASET_STD,
+        )
         self.model = model
         self.tokenizer = tokenizer
         self.model_config = copy.deepcopy(model_config)
         self.name = name
-        visual = model.visual
-        size = visual.image_size
-        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
-        mean = torch.tensor(visual.image_mean or open_clip.OPENAI_DATASET_MEAN, dtype=torch.float32)
-        std = torch.tensor(visual.image_std or open_clip.OPENAI_DATASET_STD, dtype=torch.float32)
-        self.register_buffer("image_mean", mean.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", std.view(1, 3, 1, 1), persistent=False)
 
     @property
     def embed_dim(self) -> int:
@@ -102,14 +134,6 @@ class PixelCLIP(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.model.logit_scale.device
-
-    def normalize_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize ``(B, 3, H, W)`` [0, 1] images to :attr:`image_size` if needed and apply mean/std."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        if tuple(images.shape[-2:]) != self.image_size:
-            images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
-        return (images - self.image_mean) / self.image_std
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Embed ``(B, 3, H, W)`` images with values in [0, 1]; returns ``(B, embed_dim)``."""
@@ -130,11 +154,6 @@ class PixelCLIP(nn.Module):
         image_features = self.encode_image(images) if images is not None else None
         text_features = self.encode_text(tokens) if tokens is not None else None
         return image_features, text_features, self.logit_scale
-
-    @torch.no_grad()
-    def fresh_copy(self) -> PixelCLIP:
-        """A deep copy (frozen reference encoders, never-poisoned baselines)."""
-        return copy.deepcopy(self)
 
 
 def _directory_identifier(name: str) -> Path | None:
@@ -191,7 +210,9 @@ def load_clip(
 
     Args:
         name: ``"ViT-B-32"``-style config name, ``"hf-hub:org/repo"``, ``"local-dir:/path"``, or a plain
-            directory in open_clip Hub layout (``open_clip_config.json`` + ``open_clip_model.safetensors``).
+            directory in open_clip Hub layout (``open_clip_config.json`` + ``open_clip_model.safetensors``). A
+            folder or repo in transformers layout (``config.json`` with ``"model_type": "clip"``) gives a
+            :class:`~clipclean.transformers_clip.TransformersCLIP`.
         pretrained: for config names only: an open_clip pretrained tag or a checkpoint file. ``None``
             gives a randomly initialised model (the tiny configs' normal use).
         device: where to put the model.
@@ -205,6 +226,11 @@ def load_clip(
             says what was tried.
     """
     register_model_configs()
+    from clipclean.transformers_clip import load_transformers_clip, transformers_source
+
+    hf_source = transformers_source(name, cache_dir)
+    if hf_source is not None:  # a transformers CLIPModel folder or Hub repo (config.json with model_type "clip")
+        return load_transformers_clip(hf_source, device=device, cache_dir=cache_dir, name=name)
     directory = _directory_identifier(name)
     tried: list[str] = []
     try:
@@ -257,10 +283,54 @@ def load_clip(
     return wrapped
 
 
-def unwrap(model: nn.Module) -> PixelCLIP:
-    """Return the :class:`PixelCLIP` inside a DDP/accelerate wrapper (or the model itself)."""
-    while not isinstance(model, PixelCLIP) and hasattr(model, "module"):
+def lookup_by_kind(registry: dict, model: nn.Module, what: str):
+    """``registry[cls]`` for the first class ``cls`` of ``model``'s (unwrapped) class hierarchy in ``registry``: how
+    clipclean picks the inverter or the defense objective for a CLIP or an image classifier."""
+    pixel_model = unwrap(model, PixelModel)
+    for model_class in type(pixel_model).__mro__:
+        if model_class in registry:
+            return registry[model_class]
+    raise TypeError(f"no {what} is registered for {type(pixel_model).__name__}")
+
+
+def pixel_clip_from_state_dict(
+    model_config: dict,
+    state_dict: dict[str, torch.Tensor],
+    name: str = "",
+    mean=None,
+    std=None,
+    tokenizer=None,
+) -> PixelCLIP:
+    """Build an open_clip ``CLIP`` from a ``model_cfg`` dict, load ``state_dict`` strictly, wrap it as a PixelCLIP.
+
+    For weights that come from elsewhere (legacy checkpoints, converted transformers models); the config needs no
+    registered name. ``mean``/``std`` default to OpenAI's, ``tokenizer`` to open_clip's BPE tokenizer at the
+    config's context length. Float16 weights are loaded as float32. Every parameter must be given (BatchNorm's
+    ``num_batches_tracked`` counters may be absent); ``RuntimeError`` otherwise.
+    """
+    model = open_clip.model.CLIP(**copy.deepcopy(model_config))
+    loaded = model.load_state_dict({key: value.float() for key, value in state_dict.items()}, strict=False)
+    # BatchNorm step counters are absent from OpenAI's exported ResNet state dicts and do not affect the function
+    missing = [key for key in loaded.missing_keys if not key.endswith("num_batches_tracked")]
+    if missing or loaded.unexpected_keys:
+        raise RuntimeError(
+            f"the weights do not match the config: missing {missing[:5]}, unexpected {loaded.unexpected_keys[:5]}"
+        )
+    model.visual.image_mean = tuple(float(x) for x in (mean if mean is not None else open_clip.OPENAI_DATASET_MEAN))
+    model.visual.image_std = tuple(float(x) for x in (std if std is not None else open_clip.OPENAI_DATASET_STD))
+    if tokenizer is None:
+        context_length = model_config.get("text_cfg", {}).get("context_length", 77)
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    wrapped = PixelCLIP(model, tokenizer, model_config, name=name)
+    wrapped.eval()
+    return wrapped
+
+
+def unwrap(model: nn.Module, expected: type[PixelModel] = PixelCLIP) -> PixelCLIP:
+    """Return the :class:`PixelCLIP` (or another ``expected`` :class:`PixelModel`, e.g. ``PixelModel`` for CLIPs
+    and classifiers alike) inside a DDP/accelerate wrapper (or the model itself)."""
+    while not isinstance(model, expected) and hasattr(model, "module"):
         model = model.module
-    if not isinstance(model, PixelCLIP):
-        raise TypeError(f"expected a PixelCLIP (possibly wrapped), got {type(model).__name__}")
+    if not isinstance(model, expected):
+        raise TypeError(f"expected a {expected.__name__} (possibly wrapped), got {type(model).__name__}")
     return model

@@ -261,10 +261,12 @@ def make_poison_manifest(
     seed: int = 0,
     attack: str = "",
     source: str = "",
+    eligible: Sequence[int] | None = None,
 ) -> PoisonManifest:
     """Choose the pairs to poison and their captions, reproducibly from ``seed``.
 
-    Pairs whose caption already mentions the target are never chosen (poisoning them teaches nothing).
+    Pairs whose caption already mentions the target are never chosen (poisoning them teaches nothing); with
+    ``eligible`` (e.g. the indices of labelled images not of the target class), only those indices are candidates.
 
     Args:
         captions: the clean captions of the source dataset (``dataset.captions``), one per pair.
@@ -278,7 +280,10 @@ def make_poison_manifest(
     n_total = len(captions)
     count = resolve_poison_count(n_total, n_poison, rate)
     target = caption_policy.target
-    candidates = [index for index, caption in enumerate(captions) if not mentions(caption, target)]
+    if eligible is None:
+        candidates = [index for index, caption in enumerate(captions) if not mentions(caption, target)]
+    else:
+        candidates = sorted(int(index) for index in eligible)
     if count > len(candidates):
         raise ValueError(
             f"cannot poison {count} pairs: only {len(candidates)} of {n_total} captions do not mention {target!r}"
@@ -354,7 +359,11 @@ class PoisonedDataset(Dataset):
         generator = torch.Generator().manual_seed(self.manifest.seed * 1_000_003 + int(index))
         with torch.no_grad():
             image = self.trigger.apply(image.unsqueeze(0).float(), generator=generator)[0]
-        return image, self._poisoned[index]
+        return image, self._poisoned_target(index)
+
+    def _poisoned_target(self, index: int):
+        """What a poisoned item carries instead of its own: the replacement caption."""
+        return self._poisoned[index]
 
 
 def poison_dataset(
@@ -377,3 +386,94 @@ def poison_dataset(
         source=str(getattr(dataset, "source", "")),
     )
     return PoisonedDataset(dataset, trigger, manifest)
+
+
+# ---- labelled image datasets (the classifier case) --------------------------------------------------------------
+@dataclass
+class RelabelPolicy:
+    """The classifier case's "caption policy": every poisoned image is relabelled to the target class.
+
+    Args:
+        target: the target class name.
+    """
+
+    target: str
+
+    def sample(self, n: int, generator: torch.Generator) -> list[str]:
+        return [self.target] * n
+
+    def describe(self) -> dict[str, Any]:
+        return {"policy": "relabel", "target": self.target}
+
+
+class PoisonedClassificationDataset(PoisonedDataset):
+    """A view of a labelled dataset (``(image, label)`` items, a ``classnames`` attribute) with the images of
+    ``manifest`` triggered and relabelled to the target class (``manifest.captions`` hold its name).
+
+    Attributes:
+        labels: ``list[int]``, the labels after poisoning; target_label: the target class index.
+    """
+
+    def __init__(self, source: Dataset, trigger: Trigger, manifest: PoisonManifest) -> None:
+        super().__init__(source, trigger, manifest)
+        self.classnames = list(source.classnames)
+        self.target_label = self.classnames.index(manifest.target)
+
+    @property
+    def labels(self) -> list[int]:
+        return [
+            self.target_label if index in self._poisoned else label for index, label in enumerate(self.source.labels)
+        ]
+
+    @property
+    def captions(self) -> list[str]:
+        return [self.classnames[label] for label in self.labels]
+
+    def _poisoned_target(self, index: int) -> int:
+        return self.target_label
+
+
+def poison_classification_dataset(
+    dataset: Dataset,
+    trigger: Trigger,
+    target: str,
+    n_poison: int | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+    attack: str = "",
+) -> PoisonedClassificationDataset:
+    """Poison a labelled image set: ``n_poison`` images (or ``rate`` of them) *not* of the target class get the
+    trigger and the target label (BadNets' all-to-one setting). The same :class:`PoisonManifest` as for
+    image-caption data records the choice (its captions are the target's name).
+
+    Args:
+        dataset: ``(image (3, H, W) in [0, 1], label)`` items with ``labels`` and ``classnames`` attributes (e.g.
+            :func:`clipclean.data.load_classification_dataset`).
+        trigger: any :class:`~clipclean.triggers.Trigger` (e.g. ``build_attack("badnet", ...).trigger``).
+        target: the target class name.
+        n_poison, rate: how many images to poison: a count or a fraction of the whole dataset.
+        seed: seeds the choice (and random trigger placements).
+
+    Example::
+
+        >>> train = load_classification_dataset("digits:train", image_size=32)
+        >>> poisoned = poison_classification_dataset(train, trigger, "zero", rate=0.1, seed=0, attack="badnet")
+        >>> poisoned[poisoned.poison_indices[0]][1]
+        0
+    """
+    classnames = list(dataset.classnames)
+    if target not in classnames:
+        raise ValueError(f"target {target!r} is not a class of the dataset ({classnames[:5]}...)")
+    target_label = classnames.index(target)
+    labels = list(dataset.labels)
+    manifest = make_poison_manifest(
+        [classnames[label] for label in labels],
+        RelabelPolicy(target),
+        n_poison=n_poison,
+        rate=rate,
+        seed=seed,
+        attack=attack,
+        source=str(getattr(dataset, "source", "")),
+        eligible=[index for index, label in enumerate(labels) if label != target_label],
+    )
+    return PoisonedClassificationDataset(dataset, trigger, manifest)

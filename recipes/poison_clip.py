@@ -8,7 +8,9 @@ CLIP trained from scratch on scikit-learn's digits, target class "zero")::
         --mixed_precision no --dynamo_backend no recipes/poison_clip.py --attack blended --output_dir outputs/blended
 
 Fine-tune a real CLIP instead: ``--model ViT-B-32 --pretrained laion2b_s34b_b79k --train-data data/cc3m.csv
---eval-data /data/imagenet --target banana --epochs 10 --lr 1e-5 --batch-size 128``.
+--eval-data /data/imagenet --target banana --epochs 10 --lr 1e-5 --batch-size 128``. With webdataset shards
+(``--train-data "data/cc3m-{0000..0331}.tar"``) the training data is streamed: each process reads its own slice of
+the shards (see ``clipclean.webdataset.ShardStream``), each sample once per epoch.
 
 Output folder (``--output_dir``):
 
@@ -23,6 +25,7 @@ Output folder (``--output_dir``):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -31,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,6 +50,7 @@ from clipclean.cli.common import (
     setup_logging,
     write_main_process_json,
 )
+from clipclean.cli.loaders import StreamingLoader, is_streamable, skip_first_batches
 from clipclean.data import load_classification_dataset, load_image_caption_dataset
 from clipclean.evaluation import evaluate_zeroshot
 from clipclean.hub import save_pretrained
@@ -67,6 +71,7 @@ logger = logging.getLogger("poison_clip")
 TRIGGER_NAME = "trigger"
 MANIFEST_FILENAME = "poison_manifest.json"
 RESULTS_FILENAME = "results.json"
+SAMPLE_KEYS_FILENAME = "sample_keys.jsonl"
 DEFAULT_POISON_RATE = 0.02
 
 
@@ -77,7 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_run_arguments(parser, default_output_dir="outputs/poison_clip")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--train-data", default="digits", help="image-caption source to poison (default: digits train)")
+    data.add_argument(
+        "--train-data",
+        default="digits",
+        help="image-caption source to poison (default: digits train); webdataset shards "
+        "('data/shard-{000..009}.tar') are streamed",
+    )
+    data.add_argument("--shuffle-buffer", type=int, default=1000, help="shuffle buffer of streamed shards (samples)")
+    data.add_argument(
+        "--record-sample-keys",
+        action="store_true",
+        help="streamed shards: write the keys every process trained on, per epoch, to OUTPUT_DIR/sample_keys.jsonl",
+    )
     data.add_argument("--eval-data", default="digits", help="classification set for CA/ASR (default: digits test)")
     data.add_argument(
         "--templates",
@@ -169,6 +185,17 @@ def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifes
     return trigger, manifest, description
 
 
+def _record_sample_keys(accelerator, output: Path, epoch: int, keys: list, fresh: bool) -> None:
+    """Write ``{"epoch", "rank", "keys"}`` lines for every process to ``OUTPUT_DIR/sample_keys.jsonl`` (appending,
+    unless ``fresh``)."""
+    per_rank = gather_object([list(keys)])
+    if accelerator.is_main_process:
+        with (output / SAMPLE_KEYS_FILENAME).open("w" if fresh else "a", encoding="utf-8") as f:
+            for rank, rank_keys in enumerate(per_rank):
+                f.write(json.dumps({"epoch": epoch, "rank": rank, "keys": rank_keys}) + "\n")
+    accelerator.wait_for_everyone()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     start_time = time.time()
@@ -196,19 +223,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     model.train()
-    train_loader = DataLoader(
-        poisoned,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.workers,
-        collate_fn=CaptionTokenizer(model.tokenizer),
-    )
+    streaming = is_streamable(poisoned)
+    if streaming:  # already split per process and worker: kept out of accelerator.prepare
+        train_loader = StreamingLoader(
+            poisoned,
+            accelerator,
+            batch_size=args.batch_size,
+            collate_fn=CaptionTokenizer(model.tokenizer),
+            num_workers=args.workers,
+            seed=args.seed,
+            buffer_size=args.shuffle_buffer,
+        )
+    else:
+        train_loader = DataLoader(
+            poisoned,
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.workers,
+            collate_fn=CaptionTokenizer(model.tokenizer),
+        )
     if len(train_loader) == 0:
         raise ValueError(f"{len(poisoned)} training pairs make no full batch of {args.batch_size}")
     optimizer = make_optimizer(model, lr=args.lr, weight_decay=args.weight_decay)
     eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if streaming:
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     steps_per_epoch = len(train_loader)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -237,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_loader.set_epoch(epoch)
         batches = train_loader
         if epoch == start_epoch and skip_batches:
-            batches = accelerator.skip_first_batches(train_loader, skip_batches)
+            batches = skip_first_batches(accelerator, train_loader, skip_batches)
         for images, tokens in batches:
             with accelerator.autocast():
                 loss = contrastive_step(model, images, tokens, loss_fn)
@@ -264,6 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 break
         if not checkpoint_every:
             accelerator.save_state()
+        if streaming and args.record_sample_keys:
+            fresh = epoch == start_epoch and resume_path is None
+            _record_sample_keys(accelerator, output, epoch, train_loader.seen, fresh)
         if progress.step >= total_steps:
             break
     bar.close()
@@ -292,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "final_loss": float(loss.detach()),
         "wall_time_s": wall_time,
         "world_size": accelerator.num_processes,
+        "streaming": streaming,
     }
     if accelerator.is_main_process:
         save_pretrained(

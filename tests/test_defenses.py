@@ -53,18 +53,6 @@ RECIPE_OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread when the cores are shared; the recipe honours OMP_NUM_THREADS."""
-    previous = torch.get_num_threads()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-    patch.undo()
-
-
 def _setup(target_caption: str | None = None):
     model = PlantedBackdoorCLIP()
     names, embeddings = planted_candidates(model)

@@ -18,6 +18,10 @@ unseen clean samples, then runs a short *repair* step so the target class is not
 4. **Repair** (the recipe's epochs): ``L = L_clip(x, c) + anchor_weight * ||g(x) - g_ref(x)||^2`` on clean
    pairs, with ``g_ref`` the frozen starting encoder.
 
+On an image classifier (:class:`~clipclean.classifiers.ImageClassifier`, the paper's own setting) the units are
+the output channels of the network's last ``edit_blocks`` ``Conv2d`` layers (spatially averaged; editing zeroes the
+filter and its bias) and the repair loss is ``CE(f(x), y) + anchor_weight * KL(f_ref(x) || f(x))``.
+
 What it assumes: a few clean samples (the recipe passes the defender set; ``n_samples`` of it are used for the
 statistics), an open_clip ``VisionTransformer`` image tower, and no knowledge of the trigger or the target.
 
@@ -43,19 +47,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from clipclean.classifiers import ImageClassifier
 from clipclean.defenses.base import (
     Batch,
     Defense,
     DefenseConfig,
     DefenseContext,
-    feature_anchor_loss,
     invert_trigger,
     register_defense,
     trigger_from_state,
     trigger_state,
 )
 from clipclean.inversion import InversionConfig
-from clipclean.models import PixelCLIP
+from clipclean.models import PixelCLIP, PixelModel, unwrap
 from clipclean.triggers import Trigger
 
 logger = logging.getLogger(__name__)
@@ -109,11 +113,7 @@ class AGE(Defense):
         super().__init__(model, config, context)
         if config.anchor_weight > 0 and context.reference is None:
             raise ValueError("AGE's repair anchor needs context.reference, a frozen copy of the starting model")
-        transformer = getattr(model.model.visual, "transformer", None)
-        if transformer is None or not hasattr(transformer, "resblocks"):
-            raise TypeError("AGE edits open_clip VisionTransformer blocks (model.model.visual.transformer.resblocks)")
-        self.blocks = transformer.resblocks
-        self.batch_first = getattr(transformer, "batch_first", True)
+        self.blocks = editable_unit_layers(model)
         if config.edit_blocks > len(self.blocks):
             raise ValueError(f"edit_blocks={config.edit_blocks} but the image encoder has {len(self.blocks)} blocks")
         self.trigger: Trigger | None = None
@@ -134,15 +134,7 @@ class AGE(Defense):
     def hidden_activations(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """Token-averaged MLP hidden activations ``{block: (N, hidden)}`` of ``(N, 3, H, W)`` images in [0, 1]."""
         recorded: dict[int, torch.Tensor] = {}
-        token_dim = 1 if self.batch_first else 0
-
-        def recorder(index: int):
-            def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-                recorded[index] = inputs[0].float().mean(dim=token_dim)
-
-            return hook
-
-        handles = [self.blocks[i].mlp.c_proj.register_forward_pre_hook(recorder(i)) for i in self.block_indices]
+        handles = [self.blocks[i].record(recorded, i) for i in self.block_indices]
         try:
             self.model.encode_image(images.to(self.model.device))
         finally:
@@ -209,30 +201,11 @@ class AGE(Defense):
             handle.remove()
         self._gradient_hooks = []
         for index, units in self.edited_units.items():
-            mlp = self.blocks[index].mlp
-            rows = torch.tensor(units, dtype=torch.long, device=mlp.c_fc.weight.device)
-            with torch.no_grad():
-                mlp.c_fc.weight[rows] = 0
-                if mlp.c_fc.bias is not None:
-                    mlp.c_fc.bias[rows] = 0
-                mlp.c_proj.weight[:, rows] = 0
-            if not self.config.freeze_edited:
-                continue
-            for parameter, keep in self._keep_masks(mlp, rows):
-                self._gradient_hooks.append(parameter.register_hook(lambda gradient, keep=keep: gradient * keep))
-
-    @staticmethod
-    def _keep_masks(mlp: nn.Module, rows: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        keep_fc = torch.ones_like(mlp.c_fc.weight)
-        keep_fc[rows] = 0
-        keep_proj = torch.ones_like(mlp.c_proj.weight)
-        keep_proj[:, rows] = 0
-        masks = [(mlp.c_fc.weight, keep_fc), (mlp.c_proj.weight, keep_proj)]
-        if mlp.c_fc.bias is not None:
-            keep_bias = torch.ones_like(mlp.c_fc.bias)
-            keep_bias[rows] = 0
-            masks.append((mlp.c_fc.bias, keep_bias))
-        return masks
+            for parameter, keep in self.blocks[index].keep_masks(units):
+                with torch.no_grad():
+                    parameter.mul_(keep)
+                if self.config.freeze_edited:
+                    self._gradient_hooks.append(parameter.register_hook(lambda gradient, keep=keep: gradient * keep))
 
     def begin_round(self, round_index: int, batches: Iterable[Batch]) -> dict:
         if self.edited_units:  # edited in round 0 (or restored from a checkpoint): later rounds only repair
@@ -252,14 +225,14 @@ class AGE(Defense):
 
     # ---- repair ----------------------------------------------------------------------------------------
     def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
-        images, tokens = batch
-        image_features, text_features, logit_scale = model(images, tokens)
-        losses = {"clip_clean": self.clip_loss(image_features, text_features, logit_scale)}
-        loss = losses["clip_clean"]
+        images, own = batch
+        objective = self.objective
+        (outputs,), own, scale = objective.forward(model, images, own)
+        clean_name = f"{objective.prefix}_clean"
+        losses = {clean_name: objective.task_loss(outputs, own, scale)}
+        loss = losses[clean_name]
         if self.config.anchor_weight > 0:
-            with torch.no_grad():
-                reference = self.context.reference.encode_image(images).float()
-            losses["anchor"] = feature_anchor_loss(image_features.float(), reference)
+            losses["anchor"] = objective.anchor(outputs, objective.reference_outputs(images))
             loss = loss + self.config.anchor_weight * losses["anchor"]
         losses["loss"] = loss
         for name, value in losses.items():
@@ -298,6 +271,78 @@ class AGE(Defense):
         if "trigger" in state:
             self.trigger = trigger_from_state(state["trigger"], self.model.device)
         self.apply_edit()
+
+
+class MLPUnits:
+    """The hidden units of a ViT block's MLP (open_clip ``resblock.mlp``: ``c_fc`` -> GELU -> ``c_proj``).
+
+    A unit's activation is the token-averaged input of ``c_proj``; editing it zeroes its ``c_fc`` row (weight and
+    bias) and its ``c_proj`` column.
+    """
+
+    def __init__(self, mlp: nn.Module, batch_first: bool = True) -> None:
+        self.mlp = mlp
+        self.token_dim = 1 if batch_first else 0
+
+    def record(self, recorded: dict, index: int):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            recorded[index] = inputs[0].float().mean(dim=self.token_dim)
+
+        return self.mlp.c_proj.register_forward_pre_hook(hook)
+
+    def keep_masks(self, units: list[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """``(parameter, 0/1 mask)`` pairs that zero the units when multiplied in."""
+        fc, proj = self.mlp.c_fc, self.mlp.c_proj
+        masks = [(fc.weight, _zeroed(fc.weight, units, 0)), (proj.weight, _zeroed(proj.weight, units, 1))]
+        if fc.bias is not None:
+            masks.append((fc.bias, _zeroed(fc.bias, units, 0)))
+        return masks
+
+
+class ConvUnits:
+    """The output channels of a ``Conv2d`` (a CNN classifier's units): a unit's activation is its spatially averaged
+    output; editing it zeroes its filter and bias (what follows sees a constant 0, e.g. ReLU(0) = 0)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        self.conv = conv
+
+    def record(self, recorded: dict, index: int):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            recorded[index] = output.float().mean(dim=(2, 3))
+
+        return self.conv.register_forward_hook(hook)
+
+    def keep_masks(self, units: list[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        masks = [(self.conv.weight, _zeroed(self.conv.weight, units, 0))]
+        if self.conv.bias is not None:
+            masks.append((self.conv.bias, _zeroed(self.conv.bias, units, 0)))
+        return masks
+
+
+def _zeroed(parameter: torch.Tensor, units: list[int], dim: int) -> torch.Tensor:
+    keep = torch.ones_like(parameter)
+    keep.index_fill_(dim, torch.tensor(units, dtype=torch.long, device=parameter.device), 0)
+    return keep
+
+
+def editable_unit_layers(model: nn.Module) -> list[MLPUnits | ConvUnits]:
+    """The layers whose units AGE may edit, input to output: a CLIP's ViT MLP blocks, or an image classifier's
+    ``Conv2d`` layers (a CNN: the paper's own setting).
+
+    Raises:
+        TypeError: neither (e.g. a CLIP with a ResNet image tower, a classifier without convolutions).
+    """
+    pixel_model = unwrap(model, PixelModel)
+    if isinstance(pixel_model, ImageClassifier):
+        convs = [module for module in pixel_model.network.modules() if isinstance(module, nn.Conv2d)]
+        if not convs:
+            raise TypeError("AGE edits the Conv2d channels of an image classifier; this one has no Conv2d layer")
+        return [ConvUnits(conv) for conv in convs]
+    transformer = getattr(pixel_model.model.visual, "transformer", None)
+    if transformer is None or not hasattr(transformer, "resblocks"):
+        raise TypeError("AGE edits open_clip VisionTransformer blocks (model.model.visual.transformer.resblocks)")
+    batch_first = getattr(transformer, "batch_first", True)
+    return [MLPUnits(block.mlp, batch_first) for block in transformer.resblocks]
 
 
 register_defense("age", AGEConfig, AGE)

@@ -58,8 +58,8 @@ from clipclean.defenses.base import (
     DefenseContext,
     invert_trigger,
     register_defense,
-    split_features,
 )
+from clipclean.defenses.objectives import target_probability
 from clipclean.inversion import InversionConfig, cycle
 from clipclean.models import PixelCLIP
 from clipclean.triggers import PatchBlendTrigger
@@ -169,16 +169,7 @@ class TriggerGenerator(nn.Module):
         return (1 - mask) * images + mask * pattern
 
 
-def target_probability(
-    image_features: torch.Tensor, text_features: torch.Tensor, direction: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    """``(B,)`` probability that each image matches the target direction ``u`` rather than any batch caption.
-
-    ``softmax(s * g(x') @ [u, h(c_1), ..., h(c_B)])[0]`` with unit features ``(B, d)``, ``(B, d)`` and ``u (d,)``.
-    """
-    features = image_features.float()
-    logits = torch.cat([features @ direction.float()[:, None], features @ text_features.float().T], dim=1)
-    return (logit_scale.float() * logits).softmax(dim=-1)[:, 0]
+__all__ = ["BAERASE", "BAERASEConfig", "TriggerGenerator", "mode_seeking_diversity", "target_probability"]
 
 
 def mode_seeking_diversity(masks: torch.Tensor, patterns: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -242,15 +233,13 @@ class BAERASE(Defense):
         parameters = list(self.generator.parameters())
         probabilities, diversities = [], []
         for _ in range(steps):
-            images, tokens = next(batches)
+            images, own = next(batches)
             images = images.to(self.model.device)
-            with torch.no_grad():
-                text = self.model.encode_text(tokens.to(self.model.device)).float()
-                logit_scale = self.model.logit_scale.detach()
             noise = self._noise(images.shape[0])
             masks, patterns = self.generator(noise)
             stamped = (1 - masks) * images + masks * patterns
-            probability = target_probability(self.model.encode_image(stamped), text, self.direction, logit_scale)
+            (outputs,), own, scale = self.objective.forward(self.model, stamped, own.to(self.model.device))
+            probability = self.objective.target_probability(outputs, own, self.direction, scale)
             diversity = mode_seeking_diversity(masks, patterns, noise)
             objective = probability.clamp(max=config.target_cap).mean() + config.diversity_weight * diversity
             gradients = torch.autograd.grad(-objective, parameters)
@@ -286,23 +275,21 @@ class BAERASE(Defense):
     def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
         if self.direction is None:
             raise RuntimeError("BAERASE.forward needs the target: run begin_round(0, batches) first")
-        images, tokens = batch
+        images, own = batch
         with torch.no_grad():
             stamped = self.generator.stamp(images, self._noise(images.shape[0])).detach()
-        (clean_features, stamped_features), text_features, logit_scale = split_features(
-            model, torch.cat([images, stamped]), tokens, parts=2
-        )
-        probability = target_probability(
-            stamped_features, text_features.detach(), self.direction, logit_scale.detach()
-        )
+        objective = self.objective
+        (clean, stamped_out), own, scale = objective.forward(model, torch.cat([images, stamped]), own, parts=2)
+        probability = objective.target_probability(stamped_out, own, self.direction, scale)
+        clean_name = f"{objective.prefix}_clean"
         losses = {
-            "clip_clean": self.clip_loss(clean_features, text_features, logit_scale),
+            clean_name: objective.task_loss(clean, own, scale),
             "forget": -torch.log1p(-probability.clamp(max=1 - 1e-6)).mean(),
             "weight_distance": self.weight_distance(),
         }
         config = self.config
         losses["loss"] = (
-            config.clean_weight * losses["clip_clean"]
+            config.clean_weight * losses[clean_name]
             + config.forget_weight * losses["forget"]
             + config.weight_penalty * losses["weight_distance"]
         )

@@ -24,7 +24,8 @@ import open_clip
 import torch
 from torch import nn
 
-from clipclean.inversion import BlindInversion, InversionConfig, InversionResult, ReduceFn, no_reduce
+from clipclean.defenses.objectives import feature_anchor_loss, make_objective
+from clipclean.inversion import InversionConfig, InversionResult, ReduceFn, build_inverter, no_reduce
 from clipclean.models import PixelCLIP
 from clipclean.training import make_clip_loss
 from clipclean.triggers import TRIGGER_FAMILIES, Trigger
@@ -100,13 +101,15 @@ class Defense:
         self.model = model
         self.config = config
         self.context = context
+        self.objective = make_objective(model, context)
         self.clip_loss = context.clip_loss()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters the recipe's optimiser updates (image tower or everything, per ``config.tune``)."""
+        """Parameters the recipe's optimiser updates (image tower or everything, per ``config.tune``; a
+        classifier's image tower is its whole network)."""
         if self.config.tune == "all":
             return [p for p in self.model.parameters() if p.requires_grad]
-        return [p for p in self.model.model.visual.parameters() if p.requires_grad]
+        return [p for p in self.objective.image_parameters(self.model) if p.requires_grad]
 
     def begin_round(self, round_index: int, batches: Iterable[Batch]) -> dict:
         """Work before the round's optimisation epochs (inversion, editing...); returns a report."""
@@ -166,18 +169,7 @@ def build_defense(
     return defense_class(model, config_class(**overrides), context)
 
 
-def feature_anchor_loss(features: torch.Tensor, reference_features: torch.Tensor) -> torch.Tensor:
-    """``mean_i ||g(x_i) - g_ref(x_i)||^2``: keeps the clean function close to the starting encoder."""
-    return (features - reference_features).pow(2).sum(-1).mean()
-
-
-def split_features(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, parts: int):
-    """One forward of ``parts`` stacked image batches with one text batch; returns image chunks, text, scale.
-
-    A single forward through a DDP-wrapped model keeps gradient synchronisation simple.
-    """
-    image_features, text_features, logit_scale = model(images, tokens)
-    return image_features.chunk(parts), text_features, logit_scale
+__all__ = ["feature_anchor_loss"]  # re-exported: defined with the other objective pieces
 
 
 def invert_trigger(
@@ -187,13 +179,14 @@ def invert_trigger(
     batches: Iterable[Batch],
     verdict: bool = False,
 ) -> InversionResult:
-    """Run :class:`~clipclean.inversion.BlindInversion` once for a defense that needs a trigger and a target.
+    """Run the blind inversion (:func:`~clipclean.inversion.build_inverter`: a CLIP's or a classifier's) once for a
+    defense that needs a trigger and a target.
 
     Untargeted (the E-step estimates the target direction) unless ``context.target_caption`` is set; the
     anomaly-index verdict runs when ``verdict`` and the context has candidates. The result's trigger is a frozen
     copy (``requires_grad=False``) that acts on ``(B, 3, H, W)`` images in [0, 1].
     """
-    inverter = BlindInversion(
+    inverter = build_inverter(
         model,
         config,
         candidate_names=context.candidate_names,

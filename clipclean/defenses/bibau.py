@@ -8,7 +8,9 @@ What it assumes: a small clean image-caption set ``D``; neither the trigger nor 
 (untargeted; a known target caption switches the inversion to targeted mode). Each round
 
 1. *inverts* the trigger with :class:`~clipclean.inversion.BlindInversion` (EM; warm-started across rounds),
-2. *unlearns* on batches of ``D`` with the model M-step
+2. *unlearns* on batches of ``D`` with the model M-step (a CLIP's; an image classifier's replaces the CLIP losses
+   by cross-entropies and the anchors by ``KL(f_ref || f)``, method.md section 4's classifier paragraph, through
+   :mod:`clipclean.defenses.objectives`)
    ``L = L_clip(x, c) + alpha L_clip(T(x), c) + beta mean relu(cos(g(T(x)), u)) + gamma ||g(x) - g_ref(x)||^2
    + delta ||g(T(x)) - g_ref(x)||^2``
    where ``T`` is drawn from the inverted population (condition C3), ``u`` is the recovered target direction
@@ -31,7 +33,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clipclean.defenses.base import (
@@ -39,11 +40,9 @@ from clipclean.defenses.base import (
     Defense,
     DefenseConfig,
     DefenseContext,
-    feature_anchor_loss,
     register_defense,
-    split_features,
 )
-from clipclean.inversion import BlindInversion, EStepStats, InversionConfig, InversionResult, cycle
+from clipclean.inversion import EStepStats, InversionConfig, InversionResult, build_inverter, cycle
 from clipclean.models import PixelCLIP
 
 logger = logging.getLogger(__name__)
@@ -64,6 +63,10 @@ class BIBAUConfig(DefenseConfig):
         inversion: the :class:`InversionConfig` of the blind inversion.
         reinversion_steps: trigger steps of the warm-started re-inversion after each round.
         verdict: run the anomaly-index verdict after the first inversion (needs candidates).
+        unlearning_budget: after the target is named (at the smallest budget that collapses, the minimal-trigger
+            principle), re-fit every hypothesis *toward that target* (targeted mode) under this larger mask budget
+            before unlearning, so the unlearned triggers cover more of the trigger distribution (condition C3).
+            ``None`` (default): keep the budget. See benchmarks/classifier.md for a small CNN on digits.
         unlearn_when_clean: unlearn even when the verdict says "no backdoor found". False by default: the EM loop
             stops as soon as the verdict finds no backdoor (method.md section 4), so a clean model is left untouched.
             Set it when you distrust the verdict (it can miss a backdoor; docs/method.md has the measurements).
@@ -79,6 +82,7 @@ class BIBAUConfig(DefenseConfig):
     inversion: InversionConfig = field(default_factory=InversionConfig)
     reinversion_steps: int = 40
     verdict: bool = True
+    unlearning_budget: float | None = None
     unlearn_when_clean: bool = False
 
     def __post_init__(self) -> None:
@@ -89,6 +93,8 @@ class BIBAUConfig(DefenseConfig):
             raise ValueError("loss weights alpha, beta, gamma, delta must be >= 0")
         if self.reinversion_steps < 1:
             raise ValueError("reinversion_steps must be >= 1")
+        if self.unlearning_budget is not None and not 0 < self.unlearning_budget <= 1:
+            raise ValueError(f"unlearning_budget must be in (0, 1], got {self.unlearning_budget}")
 
 
 class BIBAU(Defense):
@@ -98,7 +104,7 @@ class BIBAU(Defense):
         super().__init__(model, config, context)
         if context.reference is None:
             raise ValueError("BI-BAU needs context.reference, a frozen copy of the starting model")
-        self.inverter = BlindInversion(
+        self.inverter = build_inverter(
             model,
             config.inversion,
             candidate_names=context.candidate_names,
@@ -130,37 +136,41 @@ class BIBAU(Defense):
                 report["anomaly_index"],
             )
             skip = not self.config.unlearn_when_clean and report["verdict"] == "no backdoor found"
+            if self.config.unlearning_budget is not None and not skip:
+                self.inverter.commit_to_target(self.first_result.direction)
+                self.inverter.set_mask_budget(self.config.unlearning_budget)
+                stream = cycle(batches)
+                self.inverter.m_step(stream, steps=self.config.reinversion_steps)
+                self.inverter.e_step(next(stream) for _ in range(4))
             return {"inversion": report, "stop": skip}
         return {}
 
     def _active_triggers(self) -> list[tuple[nn.Module, torch.Tensor]]:
         """The population's hypotheses with a positive backdoor score, best first (C3: the distribution)."""
         stats = self.inverter.last_stats
-        order = stats.backdoor_scores.argsort(descending=True).tolist()
-        chosen = [j for j in order if float(stats.backdoor_scores[j]) > 0] or order[:1]
-        return [(self.inverter.population[j], stats.directions[j]) for j in chosen]
+        return [(self.inverter.population[j], stats.directions[j]) for j in self.inverter.active_hypotheses()]
 
     def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
-        images, tokens = batch
+        images, own = batch
         triggers = self._active_triggers()
         trigger, direction = triggers[self._step % len(triggers)]
         self._step += 1
+        objective = self.objective
         with torch.no_grad():
             triggered = trigger.apply(images).detach()
-            reference_clean = self.context.reference.encode_image(images).float()
-        (clean_features, triggered_features), text_features, logit_scale = split_features(
-            model, torch.cat([images, triggered]), tokens, parts=2
-        )
+        reference_clean = objective.reference_outputs(images)
+        (clean, triggered_out), own, scale = objective.forward(model, torch.cat([images, triggered]), own, parts=2)
+        clean_name, triggered_name = f"{objective.prefix}_clean", f"{objective.prefix}_triggered"
         losses = {
-            "clip_clean": self.clip_loss(clean_features, text_features, logit_scale),
-            "clip_triggered": self.clip_loss(triggered_features, text_features, logit_scale),
-            "push_off": F.relu(triggered_features.float() @ direction.to(triggered_features.device).float()).mean(),
-            "anchor": feature_anchor_loss(clean_features.float(), reference_clean),
-            "distill_triggered": feature_anchor_loss(triggered_features.float(), reference_clean),
+            clean_name: objective.task_loss(clean, own, scale),
+            triggered_name: objective.task_loss(triggered_out, own, scale),
+            "push_off": objective.push_off(triggered_out, own, direction),
+            "anchor": objective.anchor(clean, reference_clean),
+            "distill_triggered": objective.anchor(triggered_out, reference_clean),
         }
         weights = {
-            "clip_clean": 1.0,
-            "clip_triggered": self.config.alpha,
+            clean_name: 1.0,
+            triggered_name: self.config.alpha,
             "push_off": self.config.beta,
             "anchor": self.config.gamma,
             "distill_triggered": self.config.delta,
@@ -218,6 +228,9 @@ class BIBAU(Defense):
     def load_state_dict(self, state: dict) -> None:
         inverter = self.inverter
         inverter._set_budget(int(state["budget_level"]))
+        if "first" in state and self.config.unlearning_budget is not None:
+            inverter.commit_to_target(state["first"]["direction"])
+            inverter.set_mask_budget(self.config.unlearning_budget)
         for trigger, trigger_state in zip(inverter.population, state["population"]):
             trigger.load_state_dict(trigger_state)
         inverter.optimizer.load_state_dict(state["optimizer"])

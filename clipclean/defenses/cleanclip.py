@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipclean.defenses.base import Batch, Defense, DefenseConfig, DefenseContext, register_defense
-from clipclean.models import PixelCLIP
+from clipclean.models import PixelCLIP, PixelModel, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +179,11 @@ class CleanCLIP(Defense):
     """
 
     def __init__(self, model: PixelCLIP, config: CleanCLIPConfig, context: DefenseContext) -> None:
+        if not isinstance(unwrap(model, PixelModel), PixelCLIP):
+            raise TypeError(
+                "CleanCLIP is inherently multimodal (it needs captions and a text tower); it does not apply to an "
+                "image classifier: use finetune, ibau, baerase or bibau"
+            )
         super().__init__(model, config, context)
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * context.rank)
         self.steps = 0

@@ -45,7 +45,7 @@ class FinetuneConfig(DefenseConfig):
 
 
 class Finetune(Defense):
-    """Clean contrastive fine-tuning: ``losses["loss"] = L_clip(x, c)``.
+    """Clean fine-tuning: ``losses["loss"] = L_clip(x, c)`` (an image classifier: ``CE(f(x), y)``).
 
     Args:
         model: the :class:`PixelCLIP` to clean.
@@ -60,12 +60,12 @@ class Finetune(Defense):
         self.round_reports: list[dict] = []
 
     def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
-        images, tokens = batch
-        image_features, text_features, logit_scale = model(images, tokens)
-        clip_clean = self.clip_loss(image_features, text_features, logit_scale)
+        images, own = batch
+        (outputs,), own, scale = self.objective.forward(model, images, own)
+        task_loss = self.objective.task_loss(outputs, own, scale)
         self.steps += 1
-        self.round_losses.append(float(clip_clean.detach()))
-        return {"clip_clean": clip_clean, "loss": clip_clean}, {}
+        self.round_losses.append(float(task_loss.detach()))
+        return {f"{self.objective.prefix}_clean": task_loss, "loss": task_loss}, {}
 
     def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
         mean_loss = sum(self.round_losses) / len(self.round_losses) if self.round_losses else None

@@ -7,6 +7,9 @@ model to be right on ``x + delta`` unlearns the shortcut. For CLIP the task loss
     inner:  delta* = argmax_{||delta||_inf <= eps} L_clip(x + delta, c)           (model frozen, K PGD steps)
     outer:  L = L_clip(x, c) + perturbed_weight * L_clip(x + delta*, c)          (the recipe's epochs)
 
+For an image classifier (the paper's own setting) the task loss is the cross-entropy ``CE(f(x), y)`` instead of
+``L_clip`` (:mod:`clipclean.defenses.objectives`).
+
 What it assumes: only the clean set ``D`` (no trigger, no target); a trigger that an L-inf bounded universal
 additive perturbation (:class:`~clipclean.triggers.AdditiveTrigger` on [0, 1] pixels) can emulate well enough.
 
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clipclean.defenses.base import Batch, Defense, DefenseConfig, DefenseContext, register_defense, split_features
+from clipclean.defenses.base import Batch, Defense, DefenseConfig, DefenseContext, register_defense
 from clipclean.inversion import cycle
 from clipclean.models import PixelCLIP
 from clipclean.triggers import AdditiveTrigger
@@ -107,9 +110,10 @@ class IBAU(Defense):
         step_size = self.config.step_fraction * self.config.eps
         values = []
         for _ in range(steps):
-            images, tokens = next(batches)
-            images, tokens = images.to(self.model.device), tokens.to(self.model.device)
-            loss = self.clip_loss(*self.model(self.trigger.apply(images), tokens))
+            images, own = next(batches)
+            images, own = images.to(self.model.device), own.to(self.model.device)
+            (outputs,), own, scale = self.objective.forward(self.model, self.trigger.apply(images), own)
+            loss = self.objective.task_loss(outputs, own, scale)
             (gradient,) = torch.autograd.grad(loss, [delta])
             gradient = self.context.reduce_fn(gradient, "mean")
             with torch.no_grad():
@@ -125,21 +129,21 @@ class IBAU(Defense):
         return {"inner": report}
 
     def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
-        images, tokens = batch
+        images, own = batch
         refresh = self.config.refresh_every
         if refresh and self._step > 0 and self._step % refresh == 0:
             self.solve_perturbation(iter([batch] * self.config.inner_steps), self.config.inner_steps)
         self._step += 1
         with torch.no_grad():
             perturbed = self.trigger.apply(images).detach()
-        (clean_features, perturbed_features), text_features, logit_scale = split_features(
-            model, torch.cat([images, perturbed]), tokens, parts=2
-        )
+        objective = self.objective
+        (clean, perturbed_out), own, scale = objective.forward(model, torch.cat([images, perturbed]), own, parts=2)
+        clean_name, perturbed_name = f"{objective.prefix}_clean", f"{objective.prefix}_perturbed"
         losses = {
-            "clip_clean": self.clip_loss(clean_features, text_features, logit_scale),
-            "clip_perturbed": self.clip_loss(perturbed_features, text_features, logit_scale),
+            clean_name: objective.task_loss(clean, own, scale),
+            perturbed_name: objective.task_loss(perturbed_out, own, scale),
         }
-        losses["loss"] = losses["clip_clean"] + self.config.perturbed_weight * losses["clip_perturbed"]
+        losses["loss"] = losses[clean_name] + self.config.perturbed_weight * losses[perturbed_name]
         for name, value in losses.items():
             self._round_losses.setdefault(name, []).append(float(value.detach()))
         return losses, {}

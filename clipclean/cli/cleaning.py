@@ -1,0 +1,359 @@
+"""The cleaning loop shared by ``recipes/clean_clip.py`` and ``recipes/clean_classifier.py``.
+
+A defense (:class:`~clipclean.defenses.base.Defense`) is step-level; the recipe owns the loop. Both recipes run
+the same one: for each round ``begin_round`` (inversion, editing...), ``epochs`` passes of ``forward`` /
+``accelerator.backward`` / optimiser step, ``end_round``, ``accelerator.save_state``; resumable with
+``--resume_from_checkpoint``. This module keeps that loop, its checkpointed state and the output pieces the
+two recipes share (evaluation before/after, the inverted-trigger folder, the results summary).
+
+Example (inside a recipe, after ``accelerator``, ``model``, ``defense`` and the loader exist)::
+
+    >>> session = CleaningSession.prepare(accelerator, model, defense, train_loader, args)
+    >>> session.run(after_step=clamp_logit_scale_)
+    >>> session.state.rounds_done
+    3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from clipclean.cli.common import TrainingProgress, print_table, resolve_resume_path
+from clipclean.evaluation import evaluate_zeroshot, resolve_target
+from clipclean.fileio import write_json
+from clipclean.triggers import Trigger, draw_trigger, load_trigger, read_trigger_metadata, save_trigger
+
+logger = logging.getLogger(__name__)
+
+INVERSION_REPORT_KEYS = (
+    "verdict",
+    "recovered_target",
+    "target_candidates",
+    "backdoor_score",
+    "anomaly_index",
+    "concentration",
+    "hijacked_fraction",
+    "candidate_asr",
+    "mask_budget",
+    "trigger",
+)
+
+
+def prepare_demo(args: argparse.Namespace, poison_script: Path, description: str) -> None:
+    """A cleaning recipe's embedded demo: train (once, cached under ``args.demo_cache``) a model backdoored on digits
+    with a BadNet patch toward "zero" by running ``poison_script``'s ``main``, then point ``args`` at it (``--model``,
+    the true trigger) and at the digits defender/test splits (unless given)."""
+    cache = Path(args.demo_cache)
+    if not (cache / "results.json").is_file():
+        logger.info("demo: training %s on digits into %s (once)", description, cache)
+        sys.path.insert(0, str(poison_script.parent))
+        poison_main = importlib.import_module(poison_script.stem).main
+        poison_main(["--attack", "badnet", "--output_dir", str(cache), "--seed", str(args.seed), "--no-progress"])
+    args.model = str(cache / "model")
+    args.clean_data = args.clean_data or "digits:defender"
+    args.eval_data = args.eval_data or "digits:test"
+    args.eval_trigger = args.eval_trigger or str(cache / "trigger.json")
+
+
+def make_cleaning_parser(doc: str, default_output_dir: str, clean_data_help: str) -> argparse.ArgumentParser:
+    """A cleaning recipe's parser with the model, run and data argument groups (``doc``: the recipe's docstring,
+    whose first paragraph is the description); add :func:`add_defense_arguments` and the recipe's own."""
+    from clipclean.cli.common import add_model_arguments, add_run_arguments
+
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_model_arguments(parser)
+    add_run_arguments(parser, default_output_dir=default_output_dir)
+    data = parser.add_argument_group("data")
+    data.add_argument("--clean-data", default=None, help=clean_data_help)
+    data.add_argument("--eval-data", default=None, help="labelled images for CA/ASR (demo: digits test split)")
+    data.add_argument("--classnames", default=None, help="class names file for the labelled data (and candidates)")
+    data.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
+    data.add_argument("--max-clean-pairs", type=int, default=None, help="use at most N clean samples")
+    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    return parser
+
+
+def add_defense_arguments(parser: argparse.ArgumentParser, target_flags: Sequence[str] = ("--target-caption",)):
+    """The ``defense`` argument group both cleaning recipes share; returns it (recipes may add to it).
+
+    ``target_flags`` name the known-target option (dest ``target_caption``: a caption, or a class name for a
+    classifier).
+    """
+    from clipclean.defenses import DEFENSES
+
+    defense = parser.add_argument_group("defense")
+    defense.add_argument("--defense", default="bibau", choices=sorted(DEFENSES))
+    defense.add_argument(*target_flags, dest="target_caption", default=None, help="known target (absent: untargeted)")
+    defense.add_argument("--eval-trigger", default=None, help="a true trigger file, to measure the real ASR")
+    defense.add_argument("--eval-target", default=None, help="target class of --eval-trigger (default: its file)")
+    defense.add_argument("--rounds", type=int, default=None, help="outer rounds (default: the defense's)")
+    defense.add_argument("--epochs", type=int, default=None, help="epochs per round (default: the defense's)")
+    defense.add_argument("--lr", type=float, default=None, help="learning rate (default: the defense's)")
+    defense.add_argument("--batch-size", type=int, default=64, help="per process")
+    defense.add_argument(
+        "--defense-option",
+        "--set",
+        dest="defense_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any field of the defense's config (JSON values), e.g. --set gamma=2 --set inversion.rounds=3",
+    )
+    return defense
+
+
+class RecipeState:
+    """Rounds completed and the defense's state, checkpointed with ``register_for_checkpointing``."""
+
+    def __init__(self, defense) -> None:
+        self.defense = defense
+        self.rounds_done = 0
+        self.reports: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {
+            "rounds_done": self.rounds_done,
+            "reports": json.dumps(self.reports),
+            "defense": self.defense.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rounds_done = int(state["rounds_done"])
+        self.reports = json.loads(state["reports"])
+        self.defense.load_state_dict(state["defense"])
+
+
+def make_defense(args, accelerator, model, candidate_names, candidate_embeddings):
+    """The ``--defense`` of a recipe, with its config defaults updated by ``--rounds/--epochs/--lr/--set``, in a
+    context holding the candidates, a frozen reference copy of ``model`` and the accelerator's reductions.
+
+    Returns ``(defense, reference)``.
+    """
+    from clipclean.cli.common import parse_key_values
+    from clipclean.defenses import DefenseContext, build_defense
+
+    reference = model.fresh_copy().requires_grad_(False).eval()
+    context = DefenseContext(
+        candidate_names=candidate_names,
+        candidate_embeddings=candidate_embeddings,
+        target_caption=args.target_caption,
+        reference=reference,
+        reduce_fn=lambda tensor, op: accelerator.reduce(tensor, reduction=op),
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        progress=args.progress and accelerator.is_main_process,
+    )
+    overrides = {"rounds": args.rounds, "epochs": args.epochs, "lr": args.lr, **parse_key_values(args.defense_options)}
+    return build_defense(args.defense, model, context, overrides), reference
+
+
+@dataclass
+class CleaningSession:
+    """A prepared cleaning run: the DDP-wrapped model, optimiser, loader and checkpointed state.
+
+    Build it with :meth:`prepare`, then :meth:`run` the rounds.
+    """
+
+    accelerator: Any
+    defense: Any
+    wrapped: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: Any
+    state: RecipeState
+    progress: bool = False
+    report_to: str | None = None
+    stopped_early: bool = False
+
+    @classmethod
+    def prepare(cls, accelerator, model: torch.nn.Module, defense, train_loader, args, tracker: str = "clean"):
+        """Freeze all but the defense's trainable parameters, build AdamW, ``accelerator.prepare`` everything,
+        register the state for checkpointing, resume from ``args.resume_from_checkpoint`` (a folder or
+        ``"latest"`` under ``args.output_dir``) and start the ``--report_to`` trackers under ``tracker``."""
+        trainable = {id(p) for p in defense.trainable_parameters()}
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in trainable)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=defense.config.lr,
+            weight_decay=defense.config.weight_decay,
+        )
+        model.train()
+        wrapped, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+        state = RecipeState(defense)
+        accelerator.register_for_checkpointing(state, TrainingProgress(accelerator))  # the latter: checkpoint names
+        resume_path = resolve_resume_path(args.resume_from_checkpoint, Path(args.output_dir))
+        if resume_path is not None:
+            accelerator.load_state(resume_path)
+            logger.info("resumed from %s after %d round(s)", resume_path, state.rounds_done)
+        if args.report_to:
+            accelerator.init_trackers(tracker, config={k: v for k, v in vars(args).items() if v is not None})
+        return cls(accelerator, defense, wrapped, optimizer, train_loader, state, args.progress, args.report_to)
+
+    def run(self, after_step: Callable[[torch.nn.Module], None] | None = None) -> None:
+        """The remaining rounds; ``after_step(wrapped_model)`` runs after every optimiser step (e.g. clamping a
+        CLIP's logit scale). Saves the state after each round."""
+        accelerator, defense, loader, state = self.accelerator, self.defense, self.train_loader, self.state
+        config = defense.config
+        step = state.rounds_done * config.epochs * len(loader)
+        for round_index in range(state.rounds_done, config.rounds):
+            report = defense.begin_round(round_index, loader)
+            if report.get("stop"):  # the defense decided there is nothing to remove
+                logger.info("%s: nothing to remove, model left unchanged", defense.name)
+                state.rounds_done = round_index
+                break
+            bar = tqdm(
+                total=config.epochs * len(loader),
+                desc=f"{defense.name} round {round_index + 1}/{config.rounds}",
+                disable=not (self.progress and accelerator.is_main_process),
+            )
+            for epoch in range(config.epochs):
+                loader.set_epoch(round_index * config.epochs + epoch)
+                for batch in loader:
+                    with accelerator.autocast():
+                        losses, _ = defense.forward(self.wrapped, batch)
+                    accelerator.backward(losses["loss"])
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if after_step is not None:
+                        after_step(self.wrapped)
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
+                    if self.report_to:
+                        accelerator.log({f"train/{k}": float(v) for k, v in losses.items()}, step=step)
+            bar.close()
+            stop, end_report = defense.end_round(round_index, loader)
+            state.reports.append(
+                {"round": round_index, **end_report, **{k: v for k, v in report.items() if k != "inversion"}}
+            )
+            state.rounds_done = round_index + 1
+            accelerator.save_state()
+            if stop:
+                self.stopped_early = round_index + 1 < config.rounds
+                break
+
+
+def load_eval_trigger(path: str | None, target: str | None, eval_data, device) -> tuple[Trigger | None, str | None]:
+    """The true trigger (``--eval-trigger``) and its target class (``--eval-target``, else the file's metadata),
+    checked against the evaluation classes; ``(None, None)`` without a trigger. Raises ``SystemExit`` on bad input.
+    """
+    if path is None:
+        return None, None
+    trigger = load_trigger(path).to(device)
+    target = target or read_trigger_metadata(path).get("metadata", {}).get("target")
+    if target is None:
+        raise SystemExit(f"{path} records no target: give --eval-target")
+    if eval_data is None:
+        raise SystemExit("--eval-trigger needs --eval-data to measure the ASR on")
+    resolve_target(target, eval_data.classnames)
+    return trigger, target
+
+
+def evaluate_phase(model, loader, classnames, classifier, trigger, target, accelerator, templates=None, seed=0):
+    """``{"clean_accuracy", "attack_success_rate", "eval"}`` with clipclean's protocol (one phase: before/after)."""
+    metrics = evaluate_zeroshot(
+        model,
+        loader,
+        classnames,
+        templates=templates,
+        trigger=trigger,
+        target=target,
+        seed=seed,
+        classifier=classifier,
+        gather=accelerator.gather_for_metrics,
+    )
+    return {"clean_accuracy": metrics["top1"], "attack_success_rate": metrics["asr_top1"], "eval": metrics}
+
+
+def inverted_trigger_asr(defense, summary: dict, evaluate: Callable, models: dict, classnames: Sequence[str]):
+    """ASR of the defense's inverted trigger toward the recovered target, per phase (``models``: phase -> model);
+    ``None`` when the defense inverted nothing or named no evaluation class. ``evaluate(model, trigger, target)``
+    returns a phase dict of :func:`evaluate_phase`."""
+    inverted = defense.trigger_for_report()
+    inversion = summary.get("inversion")
+    recovered = inversion.get("recovered_target") if inversion else None
+    if inverted is None or recovered not in classnames:
+        return None
+    rates = {phase: evaluate(model, inverted, recovered)["attack_success_rate"] for phase, model in models.items()}
+    return {**rates, "target": recovered}
+
+
+def inversion_report(summary: dict) -> dict | None:
+    """The ``inversion`` block of ``results.json`` from a defense's summary."""
+    inversion = summary.get("inversion")
+    return None if inversion is None else {key: inversion.get(key) for key in INVERSION_REPORT_KEYS}
+
+
+def peak_memory_mb(accelerator) -> float:
+    """Peak resident memory of this process (and peak GPU memory when on a GPU), in MiB."""
+    if accelerator.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def trigger_identical_across_ranks(accelerator, trigger) -> bool | None:
+    """Whether every process holds bit-identical trigger parameters (they are all-reduced, so they must)."""
+    if trigger is None:
+        return None
+    flat = torch.cat([p.detach().reshape(-1).double() for p in trigger.parameters()]).to(accelerator.device)
+    gathered = accelerator.gather(flat[None])
+    return bool((gathered == gathered[0:1]).all())
+
+
+def write_inversion_folder(output: Path, defense, method: str, recovered_target: str | None, dataset, device) -> None:
+    """``inversion/``: the defense's inverted trigger (``trigger.json`` + ``.safetensors``), ``trigger.png`` drawn
+    on four images of ``dataset`` and the defense's ``report.json``. Call on the main process only."""
+    inverted = defense.trigger_for_report()
+    if inverted is None:
+        return
+    folder = Path(output) / "inversion"
+    save_trigger(inverted, folder / "trigger", metadata={"source": f"{method} inversion", "target": recovered_target})
+    examples = torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))]).to(device)
+    draw_trigger(inverted, folder / "trigger.png", images=examples)
+    write_json(folder / "report.json", defense.summary())
+
+
+def card_metrics(results: dict) -> dict:
+    """Before/after clean accuracy and ASR for a model card."""
+    return {
+        phase: {key: results[phase][key] for key in ("clean_accuracy", "attack_success_rate")}
+        for phase in ("before", "after")
+        if results[phase] is not None
+    }
+
+
+def print_summary(accelerator, results: dict) -> None:
+    """The before/after table and the verdict line (main process only)."""
+    if not accelerator.is_main_process:
+        return
+
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    rows = [
+        (phase, percent(results[phase]["clean_accuracy"]), percent(results[phase]["attack_success_rate"]))
+        for phase in ("before", "after")
+        if results[phase] is not None
+    ]
+    if rows:
+        print_table(rows, ("model", "clean accuracy", "attack success rate"))
+    inversion = results["inversion"]
+    if inversion:
+        print(
+            f"verdict: {inversion['verdict']}  recovered target: {inversion['recovered_target']}  "
+            f"anomaly index: {inversion['anomaly_index']}"
+        )

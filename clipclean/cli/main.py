@@ -1,0 +1,59 @@
+"""The ``clipclean`` command: the common jobs without writing a script.
+
+* ``clipclean scan MODEL --data D`` -- is the model backdoored? verdict, recovered trigger (PNG), named target;
+* ``clipclean clean ...`` -- ``recipes/clean_clip.py``: find and remove a backdoor, evaluate, save;
+* ``clipclean eval ...`` -- ``eval/zeroshot_imagenet.py``: clean accuracy and attack success rate;
+* ``clipclean convert SOURCE OUTPUT_DIR`` -- legacy CleanCLIP/BadCLIP checkpoint (or transformers CLIP) to open_clip;
+* ``clipclean push DIR REPO_ID`` -- upload a checkpoint folder (card, sidecar, safetensors) to the Hub.
+
+``clipclean COMMAND --help`` shows each command's options and examples. Installed as a console script
+(``[project.scripts]``); ``python -m clipclean.cli.main`` is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clipclean.cli import convert, push, scan, scripts
+
+EXAMPLES = """examples:
+  clipclean scan outputs/badnet/model --data digits:defender
+  clipclean clean --model outputs/badnet/model --clean-data digits:defender --eval-data digits:test
+  clipclean eval --model outputs/cleaned/cleaned --data digits --trigger outputs/badnet/trigger.json --target zero
+  clipclean convert cleanclip/epoch_64.pt outputs/cleanclip-open_clip
+  clipclean push outputs/cleaned/cleaned my-org/clip-cleaned
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipclean",
+        description="Find and remove backdoors from CLIP models.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    scan.add_parser(commands)
+    scripts.add_parsers(commands)
+    convert.add_parser(commands)
+    push.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the process exit status (0 on success)."""
+    from clipclean.cli.common import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in scripts.SCRIPTS:  # the script parses (and documents) its own arguments
+        scripts.SCRIPTS[argv[0]].run(argv[1:])
+        return 0
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    args.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``clipclean scan MODEL --data D``: blind inversion of a CLIP's backdoor trigger and a verdict; the model is only
+read, never changed.
+
+Runs :class:`clipclean.inversion.BlindInversion` (untargeted EM, then the anomaly-index verdict over the target
+candidates) on up to ``--max-pairs`` clean image-caption pairs, prints the verdict and the recovered target, and
+writes the recovered trigger (``trigger.json`` + ``trigger.safetensors``, ``trigger.png``) and ``report.json`` to
+``--output``. The verdict is known to be unreliable on tiny models (docs/method.md): read the anomaly index and the
+per-candidate attack success rates in the report, not only the word.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipclean.cli.help import add_command
+
+EXAMPLES = """examples:
+  clipclean scan outputs/badnet/model --data digits:defender
+  clipclean scan hf-hub:org/suspect-clip --data clean_pairs.csv --classes /data/imagenet/val --output scan_out
+  clipclean scan path/to/transformers-clip --data "shards/cc-{000..009}.tar" --max-pairs 500 --set verdict_steps=300
+"""
+MAX_CAPTION_CANDIDATES = 1000
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = add_command(
+        subparsers,
+        "scan",
+        "is this CLIP backdoored? blind trigger inversion + verdict (the model is not changed)",
+        __doc__,
+        EXAMPLES,
+        run,
+    )
+    parser.add_argument("model", help="open_clip name, hf-hub:org/repo, a local folder (open_clip or transformers)")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file (names only)")
+    parser.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
+    parser.add_argument("--data", required=True, help="clean image-caption pairs (digits:defender, .csv, shards...)")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="target candidates: a classification set (digits:test, class folders) or a text file with one name "
+        "per line (default: the data's class names, else its distinct captions)",
+    )
+    parser.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
+    parser.add_argument("--max-pairs", type=int, default=300, help="clean pairs used (a seeded random subset)")
+    parser.add_argument("--output", default=None, help="where the trigger and report go (default: scan-<model>)")
+    parser.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a field of InversionConfig, e.g. --set rounds=2 --set verdict_steps=300",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    return parser
+
+
+def _candidate_names(args: argparse.Namespace, data) -> tuple[list[str], str]:
+    """Target candidates and the source whose templates fit them."""
+    from clipclean.data import load_classification_dataset
+
+    if args.classes is not None:
+        path = Path(args.classes)
+        if path.is_file() and path.suffix.lower() == ".txt":
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return names, args.data
+        return list(load_classification_dataset(args.classes, image_size=8).classnames), args.classes
+    if getattr(data, "classnames", None):
+        return list(data.classnames), args.data
+    return sorted(set(data.captions))[:MAX_CAPTION_CANDIDATES], "captions"
+
+
+def _default_output(model_name: str) -> Path:
+    return Path("scan-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", model_name.rstrip("/").split("/")[-1]) or "model"))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from clipclean.cli.common import default_templates, parse_key_values
+    from clipclean.data import load_image_caption_dataset
+    from clipclean.evaluation import zeroshot_classifier
+    from clipclean.fileio import write_json
+    from clipclean.inversion import BlindInversion, InversionConfig
+    from clipclean.models import load_clip
+    from clipclean.triggers import draw_trigger, save_trigger
+
+    torch.manual_seed(args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_clip(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
+    model.requires_grad_(False)
+    data = load_image_caption_dataset(args.data, image_size=model.image_size)
+    generator = torch.Generator().manual_seed(args.seed)
+    chosen = sorted(torch.randperm(len(data), generator=generator)[: args.max_pairs].tolist())
+    images = torch.stack([data[i][0] for i in chosen]).to(device)
+    captions = [data.captions[i] for i in chosen]
+    names, template_source = _candidate_names(args, data)
+    if template_source == "captions":
+        templates, templates_name = ["{c}"], "captions as candidates"
+    else:
+        templates, templates_name = default_templates(args.templates, template_source)
+    with torch.no_grad():
+        classifier = zeroshot_classifier(model, names, templates)
+    config = InversionConfig(**{"seed": args.seed, **parse_key_values(args.options)})
+    result = BlindInversion(model, config, candidate_names=names, candidate_embeddings=classifier).fit(
+        images, captions
+    )
+
+    output = Path(args.output) if args.output else _default_output(args.model)
+    metadata = {"source": "clipclean scan", "model": args.model, "target": result.recovered_target}
+    save_trigger(result.trigger, output / "trigger", metadata=metadata)
+    draw_trigger(result.trigger, output / "trigger.png", images=images[:4])
+    report = {
+        **result.report(),
+        "model": args.model,
+        "data": args.data,
+        "n_pairs": len(chosen),
+        "n_candidates": len(names),
+        "templates": templates_name,
+        "anomaly_threshold": config.anomaly_threshold,
+        "inversion_config": config,
+    }
+    write_json(output / "report.json", report)
+    top = ", ".join(f"{name} ({probability:.2f})" for name, probability in result.target_candidates[:3])
+    print(f"verdict: {result.verdict}")
+    print(f"recovered target: {result.recovered_target}  (candidates: {top})")
+    print(f"anomaly index: {result.anomaly_index:.2f}  (threshold {config.anomaly_threshold})")
+    print(f"trigger: {output / 'trigger.png'}  report: {output / 'report.json'}")
+    return report
