@@ -9,7 +9,12 @@ method.md section 3) run on every cleaned model and, once per attack, on the nev
 own process, so wall time and peak memory are per job; finished jobs are reused (delete ``OUTPUT`` to redo).
 
     python benchmarks/run.py                       # full run
+    python benchmarks/run.py --classifier          # plus the image-classifier section (a small CNN, BI-BAU)
     python benchmarks/run.py --quick               # CI-sized smoke run (minutes)
+
+The classifier section (``--classifier``; rows ``cnn/ATTACK``) trains a never-poisoned and a BadNet/Blended
+backdoored small CNN (``recipes/poison_classifier.py``) and cleans each with ``recipes/clean_classifier.py``
+(``--classifier-defenses``, BI-BAU by default, with the CNN flags of ``benchmarks/classifier.md``).
 """
 
 from __future__ import annotations
@@ -34,13 +39,19 @@ COLUMNS = (
 def parse_args(argv=None):
     from clipclean.defenses import DEFENSES
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--output", default="benchmarks/results")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--defenses", nargs="+", default=sorted(DEFENSES), choices=sorted(DEFENSES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline, not the numbers")
     parser.add_argument("--clean-args", default="", help="extra arguments for every clean_clip.py run")
+    parser.add_argument("--classifier", action="store_true", help="add the image-classifier section")
+    parser.add_argument(
+        "--classifier-defenses", nargs="+", default=["bibau"], choices=sorted(DEFENSES), help="for --classifier"
+    )
     return parser.parse_args(argv)
 
 
@@ -115,8 +126,42 @@ def main(argv=None) -> list[dict]:
                 if attack == "none":
                     clean_args += ["--eval-target", "zero"]
                 rows.append(row_of(seed, attack, defense, run_job("clean_clip.py", clean_args, job)))
+        if args.classifier:
+            rows += classifier_rows(seed, output / f"seed{seed}", args)
     write_outputs(rows, output)
     print(f"benchmark finished in {time.time() - started:.0f} s; table: {output / 'table.md'}")
+    return rows
+
+
+# BI-BAU on a CNN trained from scratch needs longer, faster unlearning than on a CLIP (benchmarks/classifier.md).
+CNN_BIBAU_FLAGS = ["--rounds", "3", "--epochs", "20", "--lr", "2e-3", "--set", "unlearning_budget=0.1",
+                   "--set", "reinversion_steps=100"]  # fmt: skip
+CNN_ATTACKS = ("badnet", "blended")
+
+
+def classifier_rows(seed: int, folder: Path, args: argparse.Namespace) -> list[dict]:
+    """The image-classifier section: small CNNs backdoored on digits, cleaned by ``recipes/clean_classifier.py``."""
+    quick = args.quick
+    poison_extra = ["--seed", str(seed), *(["--epochs", "2"] if quick else [])]
+    models = {"none": folder / "cnn_poison_none"}
+    run_job("poison_classifier.py", ["--poison-count", "0", *poison_extra], models["none"])
+    for attack in CNN_ATTACKS:
+        models[attack] = folder / f"cnn_poison_{attack}"
+        run_job("poison_classifier.py", ["--attack", attack, *poison_extra], models[attack])
+    rows = []
+    for attack, model in models.items():
+        trigger = model / "trigger.json" if attack != "none" else models["badnet"] / "trigger.json"
+        for defense in args.classifier_defenses:
+            flags = ["--rounds", "1", "--epochs", "1", "--max-clean-pairs", "64"] if quick else []
+            if defense == "bibau" and not quick:
+                flags = list(CNN_BIBAU_FLAGS)
+            elif not quick:
+                flags = ["--epochs", "10", "--lr", "2e-3"]  # the baselines of classifier.md
+            clean_args = ["--model", str(model / "model"), "--clean-data", "digits:defender", "--eval-data",
+                          "digits:test", "--eval-trigger", str(trigger), "--eval-target", "zero", "--defense",
+                          defense, "--seed", str(seed), *flags]  # fmt: skip
+            results = run_job("clean_classifier.py", clean_args, folder / f"cnn_clean_{attack}_{defense}")
+            rows.append(row_of(seed, f"cnn/{attack}", defense, results))
     return rows
 
 
@@ -198,7 +243,7 @@ def write_outputs(rows: list[dict], output: Path) -> None:
     markers = dict(zip(defenses, "osD^v<>ph*"))
     colors = {defense: plt.get_cmap("tab10")(index % 10) for index, defense in enumerate(defenses)}
     for row in rows:
-        if row["attack"] == "none":
+        if row["attack"].split("/")[-1] == "none":  # the never-poisoned references
             continue
         axis.scatter(
             100 * row["ca_after"],

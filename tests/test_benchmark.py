@@ -29,6 +29,16 @@ def test_quick_benchmark_writes_table_csv_and_plot(tmp_path):
     # finished jobs are reused: a second call trains and cleans nothing and gives the same rows
     assert benchmark.main(arguments) == rows
 
+    # the image-classifier section: small CNNs poisoned and cleaned by the classifier recipes, same table
+    with_cnn = benchmark.main([*arguments, "--classifier"])
+    assert with_cnn[: len(rows)] == rows
+    cnn = with_cnn[len(rows) :]
+    assert [(row["attack"], row["defense"]) for row in cnn] == [
+        ("cnn/none", "bibau"), ("cnn/badnet", "bibau"), ("cnn/blended", "bibau"),
+    ]  # fmt: skip
+    assert all(0 <= row["ca_after"] <= 1 and row["verdict"] is not None for row in cnn)
+    assert "cnn/blended" in (output / "table.md").read_text()
+
     # the persistence study on the same models: mean and spread of RA-ASR over retuning seeds, per setting
     study = load_script("benchmarks/persistence.py").main(
         ["--benchmark-output", str(output), "--seeds", "0", "1", "--settings", "2:0.1:1e-4", "3:0.2:1e-4"]
