@@ -44,6 +44,7 @@ from clipclean.cli.cleaning import evaluate_phase
 from clipclean.cli.common import (
     TrainingProgress,
     add_run_arguments,
+    attack_overrides,
     configure_cpu_threads,
     make_accelerator,
     resolve_resume_path,
@@ -99,15 +100,7 @@ def _prepare_poison(args, accelerator, train) -> tuple[Any, PoisonManifest, dict
     trigger_path, manifest_path = output / "trigger.json", output / "poison_manifest.json"
     reuse = args.resume_from_checkpoint is not None and trigger_path.is_file() and manifest_path.is_file()
     if accelerator.is_main_process and not reuse:
-        overrides = {
-            "target": args.target,
-            "seed": args.seed,
-            "trigger_size": args.trigger_size,
-            "location": args.trigger_location,
-            "alpha": args.alpha,
-            "pattern": args.pattern,
-        }
-        config = make_attack_config(args.attack, **overrides)
+        config = make_attack_config(args.attack, **attack_overrides(args))
         attack = build_attack(args.attack, config, AttackContext(train.image_size))
         rate = 0.1 if args.poison_rate is None and args.poison_count is None else args.poison_rate
         poisoned = poison_classification_dataset(

@@ -43,6 +43,7 @@ from clipclean.cli.common import (
     TrainingProgress,
     add_model_arguments,
     add_run_arguments,
+    attack_overrides,
     configure_cpu_threads,
     default_templates,
     make_accelerator,
@@ -145,12 +146,7 @@ def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifes
     reuse = args.resume_from_checkpoint is not None and trigger_path.is_file() and manifest_path.is_file()
     if accelerator.is_main_process and not reuse:
         overrides = {
-            "target": args.target,
-            "seed": args.seed,
-            "trigger_size": args.trigger_size,
-            "location": args.trigger_location,
-            "alpha": args.alpha,
-            "pattern": args.pattern,
+            **attack_overrides(args),
             "steps": args.badclip_steps,
             "templates": default_templates(args.caption_templates, args.train_data)[0],
         }

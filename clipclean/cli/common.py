@@ -312,3 +312,16 @@ def measure_with_reference(args: argparse.Namespace, model, clean, trigger, targ
     if args.reference_model is not None:
         return measured, measure(load_clip(args.reference_model, device=model.device, cache_dir=args.cache_dir))
     return measured, None
+
+
+def attack_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The attack-config fields every poisoning recipe takes from its flags (``--target``, ``--seed``,
+    ``--trigger-size``, ``--trigger-location``, ``--alpha``, ``--pattern``), for ``make_attack_config``."""
+    return {
+        "target": args.target,
+        "seed": args.seed,
+        "trigger_size": args.trigger_size,
+        "location": args.trigger_location,
+        "alpha": args.alpha,
+        "pattern": args.pattern,
+    }
