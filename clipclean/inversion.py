@@ -79,6 +79,11 @@ class InversionConfig:
             ``u`` than to its own caption; the budget grows only while none is found.
         lambda_mask, lambda_tv: prior weights (L1 of the mask mean, total variation of the pattern).
         patch_hypotheses: number of free patch/blend initialisations in the population.
+        hypothesis_init: ``"focused"`` (default): hypothesis ``j`` starts as a soft square at the ``j``-th of
+            :data:`FOCUS_POINTS` (centre, then opposite corners), the remaining ones diffuse; ``"diffuse"``: every
+            hypothesis starts as a faint full-image mask. Measured on the BadCLIP digits model: diffuse starts all
+            fell into a natural universal patch ("eight", backdoor score 0.45) while focused starts found the
+            implanted target ("zero", 0.61-0.74; the true trigger scores 0.83).
         additive_eps: L-inf budget of an additive hypothesis (0, the default, leaves it out: on tiny CLIPs an
             8/255 additive hypothesis is a universal adversarial perturbation that names a wrong target).
         verdict_budget, verdict_steps: budget and steps of the per-candidate targeted inversions; the budget
@@ -100,6 +105,7 @@ class InversionConfig:
     lambda_mask: float = 0.01
     lambda_tv: float = 0.001
     patch_hypotheses: int = 3
+    hypothesis_init: str = "focused"
     additive_eps: float = 0.0
     verdict_budget: float | None = None
     verdict_steps: int = 150
@@ -120,6 +126,8 @@ class InversionConfig:
         self.mask_budgets = tuple(float(b) for b in self.mask_budgets)
         if self.patch_hypotheses < 1:
             raise ValueError("patch_hypotheses must be >= 1")
+        if self.hypothesis_init not in ("focused", "diffuse"):
+            raise ValueError(f"hypothesis_init must be 'focused' or 'diffuse', got {self.hypothesis_init!r}")
         if self.kappa <= 0 or self.lr <= 0:
             raise ValueError("kappa and lr must be > 0")
         if not 0 < self.collapse_fraction <= 1:
@@ -197,6 +205,15 @@ def cycle(batches: Iterable) -> Iterator:
             raise ValueError("the inversion data is empty")
 
 
+FOCUS_POINTS: tuple[tuple[float, float], ...] = ((0.5, 0.5), (0.15, 0.15), (0.85, 0.85), (0.15, 0.85), (0.85, 0.15))
+"""Relative ``(row, column)`` centres of the focused starts of the population: the centre, then opposite corners."""
+
+
+def free_trigger(image_size, budget: float, seed: int, focus: tuple[float, float] | None) -> PatchBlendTrigger:
+    """A free patch/blend hypothesis under the mask ``budget`` (see :meth:`PatchBlendTrigger.free`)."""
+    return PatchBlendTrigger.free(image_size, mask_budget=budget, seed=seed, focus=focus)
+
+
 def anomaly_index(values: Sequence[float], position: int | None = None) -> tuple[float, int]:
     """``((value - median) / (1.4826 * MAD), position)``: the Neural-Cleanse anomaly index of ``values[position]``
     (default: of the largest value)."""
@@ -249,7 +266,7 @@ class BlindInversion:
         self.budget_level = 0
         budget = self.config.mask_budgets[0]
         self.population: list[Trigger] = [
-            PatchBlendTrigger.free(image_size, mask_budget=budget, seed=self.config.seed * 101 + j).to(self.device)
+            free_trigger(image_size, budget, self.config.seed * 101 + j, self._focus(j)).to(self.device)
             for j in range(self.config.patch_hypotheses)
         ]
         if self.config.additive_eps > 0:
@@ -269,6 +286,11 @@ class BlindInversion:
         self.images_per_step: int | None = None  # M-step images per hypothesis (None: the whole batch)
         self.last_stats: EStepStats | None = None
         self.history: list[dict] = []
+
+    def _focus(self, j: int) -> tuple[float, float] | None:
+        """Where hypothesis ``j`` starts (:data:`FOCUS_POINTS`), or None for a diffuse start."""
+        focused = self.config.hypothesis_init == "focused" and j < len(FOCUS_POINTS)
+        return FOCUS_POINTS[j] if focused else None
 
     # ---- shared pieces ------------------------------------------------------------------------------
     def _text_features(self, captions: Sequence[str] | torch.Tensor) -> torch.Tensor:
@@ -544,12 +566,9 @@ class BlindInversion:
 
     def _targeted_triggers(self, indices: Sequence[int], stream: Iterator) -> list[Trigger]:
         """One trigger per candidate in ``indices``, each optimised toward its candidate at the verdict budget."""
+        budget = self.config.verdict_budget or self.mask_budget
         triggers = [
-            PatchBlendTrigger.free(
-                self.model.image_size,
-                mask_budget=self.config.verdict_budget or self.mask_budget,
-                seed=self.config.seed * 31 + k,
-            ).to(self.device)
+            free_trigger(self.model.image_size, budget, self.config.seed * 31 + k, self._focus(0)).to(self.device)
             for k in indices
         ]
         optimizer = torch.optim.Adam([p for trigger in triggers for p in trigger.parameters()], lr=self.config.lr)

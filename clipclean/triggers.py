@@ -255,11 +255,26 @@ class PatchBlendTrigger(Trigger):
         mask_budget: float = 0.02,
         init_mask: float = 0.01,
         seed: int = 0,
+        focus: tuple[float, float] | None = None,
+        focus_size: float = 0.25,
+        focus_mask: float = 0.3,
     ) -> PatchBlendTrigger:
-        """A free full-image trigger for inversion: ``m = sigmoid(a)``, ``p = sigmoid(b)`` under a budget."""
+        """A free full-image trigger for inversion: ``m = sigmoid(a)``, ``p = sigmoid(b)`` under a budget.
+
+        The mask starts at ``init_mask`` everywhere (a *diffuse* start), or, with ``focus = (row, column)`` in
+        relative coordinates, at ``focus_mask`` on a square of side ``focus_size`` (relative) centred there and
+        ``init_mask / 10`` elsewhere (a *focused* start). Both carry seeded noise; the mask stays free to move.
+        """
         height, width = _pair(image_size)
         generator = torch.Generator().manual_seed(seed)
-        mask_logits = _logit(torch.full((1, height, width), float(init_mask)))
+        mask = torch.full((1, height, width), float(init_mask))
+        if focus is not None:
+            mask.fill_(init_mask / 10)
+            side_h, side_w = max(1, round(focus_size * height)), max(1, round(focus_size * width))
+            top = min(max(0, round(focus[0] * height - side_h / 2)), height - side_h)
+            left = min(max(0, round(focus[1] * width - side_w / 2)), width - side_w)
+            mask[:, top : top + side_h, left : left + side_w] = focus_mask
+        mask_logits = _logit(mask)
         mask_logits = mask_logits + 0.5 * torch.randn(mask_logits.shape, generator=generator)
         pattern_logits = torch.randn(3, height, width, generator=generator)
         return cls(

@@ -21,25 +21,7 @@ def clean(folder, trigger, output, *extra: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "attack",
-    [
-        "badnet",
-        pytest.param(
-            "blended",
-            marks=pytest.mark.xfail(
-                reason="measured (benchmarks/README.md): the verdict misses it (anomaly index 2.45 < 3), so the model "
-                "is left unchanged"
-            ),
-        ),
-        pytest.param(
-            "badclip",
-            marks=pytest.mark.xfail(
-                reason="measured (benchmarks/README.md): the inversion names 'eight', not 'zero'; ASR 99% -> 46%"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("attack", ["badnet", "blended", "badclip"])
 def test_bibau_removes_the_backdoor_untargeted(digits_clips, attack, tmp_path):
     folder, _ = digits_clips(attack)
     results = clean(folder, folder / "trigger.json", tmp_path / "cleaned")

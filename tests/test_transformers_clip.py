@@ -220,7 +220,7 @@ def test_clean_recipe_saves_a_transformers_model_as_open_clip_when_asked(hf_fold
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
 def test_every_defense_steps_on_a_transformers_model(name, hf_folder):
-    """The defenses only use the PixelCLIP interface; AGE edits open_clip ViT blocks and says so."""
+    """The defenses only use the PixelCLIP interface (AGE finds the vision transformer's MLPs in either layout)."""
     model = load_clip(str(hf_folder))
     names = ["zero", "one", "two", "three"]
     images = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -232,12 +232,15 @@ def test_every_defense_steps_on_a_transformers_model(name, hf_folder):
         reference=model.fresh_copy().requires_grad_(False),
     )
     overrides = TINY_DEFENSE_OPTIONS.get(name, {})
-    if name == "age":
-        with pytest.raises(TypeError, match="open_clip VisionTransformer"):
-            build_defense(name, model, context, overrides)
-        return
     defense = build_defense(name, model, context, overrides)
     defense.begin_round(0, batches)
+    if name == "age":  # the edited units are transformers' CLIPMLP fc1 rows and fc2 columns
+        layers = model.model.clip.vision_model.encoder.layers
+        assert sorted(defense.edited_units) == defense.block_indices and defense.edited_units
+        for index, units in defense.edited_units.items():
+            fc1, fc2 = layers[index].mlp.fc1, layers[index].mlp.fc2
+            assert units and float(fc1.weight.detach()[units].abs().sum()) == 0
+            assert float(fc1.bias.detach()[units].abs().sum()) == 0 == float(fc2.weight.detach()[:, units].abs().sum())
     trainable = {id(p) for p in defense.trainable_parameters()}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in trainable)

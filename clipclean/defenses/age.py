@@ -8,12 +8,12 @@ unseen clean samples, then runs a short *repair* step so the target class is not
    or targeted when ``context.target_caption`` is known).
 2. **Localisation** (``begin_round`` of round 0). On ``n_samples`` clean images ``x`` and their triggered copies
    ``T(x)``, forward hooks record the MLP hidden activations (GELU output, the input of ``c_proj``) of the last
-   ``edit_blocks`` residual blocks of ``model.model.visual.transformer.resblocks``, averaged over tokens. Each
+   ``edit_blocks`` residual blocks of the ViT image tower, averaged over tokens. Each
    hidden unit is scored by ``|mean_i (a(T x_i) - a(x_i))| / (std_i a(x_i) + 1e-6)`` and the top
    ``edit_fraction`` of units of every block are selected (``n_samples`` per process; the statistics are
    summed over processes with ``context.reduce_fn``, so every process edits the same units).
-3. **Edit.** Each selected unit is removed: its row of ``mlp.c_fc`` (weight and bias) and its column of
-   ``mlp.c_proj.weight`` are zeroed. With ``freeze_edited`` the gradients of those entries are masked, so the
+3. **Edit.** Each selected unit is removed: its row of the MLP's first linear layer (weight and bias) and its column of
+   the second's weight are zeroed. With ``freeze_edited`` the gradients of those entries are masked, so the
    repair cannot revive them (AdamW leaves a zero entry with zero gradient at zero).
 4. **Repair** (the recipe's epochs): ``L = L_clip(x, c) + anchor_weight * ||g(x) - g_ref(x)||^2`` on clean
    pairs, with ``g_ref`` the frozen starting encoder.
@@ -23,7 +23,8 @@ the output channels of the network's last ``edit_blocks`` ``Conv2d`` layers (spa
 filter and its bias) and the repair loss is ``CE(f(x), y) + anchor_weight * KL(f_ref(x) || f(x))``.
 
 What it assumes: a few clean samples (the recipe passes the defender set; ``n_samples`` of it are used for the
-statistics), an open_clip ``VisionTransformer`` image tower, and no knowledge of the trigger or the target.
+statistics), a vision-transformer image tower (open_clip's, or a transformers ``CLIPModel``'s ``fc1``/``fc2``), and
+no knowledge of the trigger or the target.
 
 Approximations (documented on purpose): the paper's body was not consulted; this follows method.md section 5's
 description. The units are MLP hidden units of ViT blocks (zeroing) rather than the paper's exact choice of
@@ -274,25 +275,27 @@ class AGE(Defense):
 
 
 class MLPUnits:
-    """The hidden units of a ViT block's MLP (open_clip ``resblock.mlp``: ``c_fc`` -> GELU -> ``c_proj``).
+    """The hidden units of a ViT block's MLP: ``fc`` -> activation -> ``proj`` (open_clip ``resblock.mlp``:
+    ``c_fc``/``c_proj``; transformers ``CLIPEncoderLayer.mlp``: ``fc1``/``fc2``).
 
-    A unit's activation is the token-averaged input of ``c_proj``; editing it zeroes its ``c_fc`` row (weight and
-    bias) and its ``c_proj`` column.
+    A unit's activation is the token-averaged input of ``proj``; editing it zeroes its ``fc`` row (weight and
+    bias) and its ``proj`` column.
     """
 
-    def __init__(self, mlp: nn.Module, batch_first: bool = True) -> None:
+    def __init__(self, mlp: nn.Module, batch_first: bool = True, fc: str = "c_fc", proj: str = "c_proj") -> None:
         self.mlp = mlp
         self.token_dim = 1 if batch_first else 0
+        self.fc, self.proj = getattr(mlp, fc), getattr(mlp, proj)
 
     def record(self, recorded: dict, index: int):
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             recorded[index] = inputs[0].float().mean(dim=self.token_dim)
 
-        return self.mlp.c_proj.register_forward_pre_hook(hook)
+        return self.proj.register_forward_pre_hook(hook)
 
     def keep_masks(self, units: list[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """``(parameter, 0/1 mask)`` pairs that zero the units when multiplied in."""
-        fc, proj = self.mlp.c_fc, self.mlp.c_proj
+        fc, proj = self.fc, self.proj
         masks = [(fc.weight, _zeroed(fc.weight, units, 0)), (proj.weight, _zeroed(proj.weight, units, 1))]
         if fc.bias is not None:
             masks.append((fc.bias, _zeroed(fc.bias, units, 0)))
@@ -338,9 +341,16 @@ def editable_unit_layers(model: nn.Module) -> list[MLPUnits | ConvUnits]:
         if not convs:
             raise TypeError("AGE edits the Conv2d channels of an image classifier; this one has no Conv2d layer")
         return [ConvUnits(conv) for conv in convs]
-    transformer = getattr(pixel_model.model.visual, "transformer", None)
+    visual = pixel_model.model.visual
+    # a transformers CLIPModel (clipclean.transformers_clip): the MLP of every CLIPEncoderLayer
+    if isinstance(visual, nn.ModuleDict) and "vision_model" in visual:
+        return [MLPUnits(layer.mlp, True, "fc1", "fc2") for layer in visual["vision_model"].encoder.layers]
+    transformer = getattr(visual, "transformer", None)
     if transformer is None or not hasattr(transformer, "resblocks"):
-        raise TypeError("AGE edits open_clip VisionTransformer blocks (model.model.visual.transformer.resblocks)")
+        raise TypeError(
+            "AGE edits the MLP units of a vision transformer (open_clip VisionTransformer or transformers "
+            f"CLIPVisionModel); this image tower is a {type(visual).__name__}"
+        )
     batch_first = getattr(transformer, "batch_first", True)
     return [MLPUnits(block.mlp, batch_first) for block in transformer.resblocks]
 

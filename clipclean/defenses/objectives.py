@@ -63,6 +63,7 @@ class ContrastiveObjective:
     """
 
     prefix = "clip"
+    default_anchor_weight = 20.0  # BI-BAU's gamma on the squared distance of unit image embeddings
 
     def __init__(self, context: DefenseContext) -> None:
         self.context = context
@@ -103,6 +104,7 @@ class ClassificationObjective(ContrastiveObjective):
     and a target "direction" is a posterior ``r (C,)`` over the classes."""
 
     prefix = "ce"
+    default_anchor_weight = 5.0  # BI-BAU's gamma on KL(f_ref(x) || f(x))
 
     def forward(self, model: nn.Module, images: torch.Tensor, own: torch.Tensor, parts: int = 1):
         return model(images).float().chunk(parts), own.to(images.device).long(), None
