@@ -190,6 +190,19 @@ def retuning_attack(
     }
 
 
+REINVERSION_DEFAULTS: dict[str, Any] = {"hypothesis_init": "diffuse"}
+"""What the re-inversion test changes in :class:`InversionConfig`: diffuse starts. It compares the *best* backdoor
+score the search reaches on two models, and focused starts reach strong natural universal patches on any tiny
+model (measured, digits CLIPs seed 0: never-poisoned 0.64 vs backdoored BadNet 0.55), so the score stopped telling
+them apart; with diffuse starts it did (0.28 vs 0.57). The verdict, which compares candidates within one model,
+keeps the focused starts."""
+
+
+def reinversion_config(**options: Any) -> InversionConfig:
+    """The re-inversion's :class:`InversionConfig`: :data:`REINVERSION_DEFAULTS` updated with ``options``."""
+    return InversionConfig(**{**REINVERSION_DEFAULTS, **options})
+
+
 def reinversion(
     model: PixelCLIP,
     images: torch.Tensor,
@@ -203,14 +216,14 @@ def reinversion(
     Args:
         images: ``(N, 3, H, W)`` clean images in [0, 1]; ``captions``: their captions.
         candidate_names, candidate_embeddings: optional named targets ``(C, d)`` to name the recovered direction.
-        config: the inversion's configuration (default :class:`InversionConfig`; the verdict is not run).
+        config: the inversion's configuration (default :func:`reinversion_config`; the verdict is not run).
 
     Returns:
         ``{"reinversion_score", "reinversion_target", "hijacked_fraction"}``.
     """
     inverter = BlindInversion(
         unwrap(model),
-        config or InversionConfig(),
+        config or reinversion_config(),
         candidate_names=list(candidate_names) if candidate_names is not None else None,
         candidate_embeddings=candidate_embeddings,
     )

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import load_script
 from planted import TARGET, clean_images
 
 from clipclean.complete import (
@@ -11,6 +12,7 @@ from clipclean.complete import (
     complete_block,
     complete_table_rows,
     measure_persistence,
+    retuning_attack,
     retuning_set,
 )
 from clipclean.data import (
@@ -111,3 +113,30 @@ def test_complete_block_has_the_contract_keys_and_compares_with_the_reference():
     rows = complete_table_rows(block)
     assert rows[0] == ("RA-ASR (retuning attack)", "90.0%", "1.0%")
     assert Persistence.from_dict(cleaned.to_dict()) == cleaned
+
+
+@pytest.mark.slow
+def test_default_bibau_relearns_slower_than_functional_unlearning(digits_clips, tmp_path):
+    """The persistence issue's test: under the same retuning attack, the BadNet model cleaned by BI-BAU's defaults
+    (trigger re-fitted at 10% of the image, anchor 20, focused starts) re-learns the backdoor slower than the one
+    cleaned by the earlier, functional-only settings (naming budget, anchor 5, diffuse starts), which also bring ASR
+    to ~0. Measured (benchmarks/README.md, seed 0): RA-ASR 4.5% vs 73.9%; the never-poisoned reference 4.5%."""
+    folder, _ = digits_clips("badnet")
+    trigger = load_trigger(folder / "trigger.json")
+    clean = load_image_caption_dataset("digits:defender", image_size=32)
+    test = load_classification_dataset("digits:test", image_size=32)
+    functional = ["--set", "unlearning_budget=null", "--set", "gamma=5", "--set", "inversion.hypothesis_init=diffuse"]
+    measured = {}
+    for name, extra in {"default": [], "functional": functional}.items():
+        results = load_script("recipes/clean_clip.py").main(
+            [
+                "--model", str(folder / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
+                "--eval-trigger", str(folder / "trigger.json"), "--eval-target", "zero", "--no-progress",
+                "--output_dir", str(tmp_path / name), *extra,
+            ]
+        )  # fmt: skip
+        assert results["after"]["attack_success_rate"] < 0.05, name  # both remove the backdoor functionally
+        cleaned = load_clip(str(tmp_path / name / "cleaned"))
+        attack = retuning_attack(cleaned, clean, trigger, "zero", test, test.classnames, DIGIT_CAPTION_TEMPLATES)
+        measured[name] = attack["ra_asr"]
+    assert measured["default"] + 0.3 < measured["functional"], measured

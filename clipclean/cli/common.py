@@ -255,8 +255,7 @@ def add_complete_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def complete_eval_configs(args: argparse.Namespace):
     """``(RetuningConfig, InversionConfig)`` from :func:`add_complete_eval_arguments`' flags (``ValueError`` on
     bad values)."""
-    from clipclean.complete import RetuningConfig
-    from clipclean.inversion import InversionConfig
+    from clipclean.complete import RetuningConfig, reinversion_config
 
     retuning = RetuningConfig(
         steps=args.retune_steps,
@@ -267,7 +266,7 @@ def complete_eval_configs(args: argparse.Namespace):
         seed=args.seed,
     )
     options = parse_key_values(args.reinversion_options)
-    inversion = InversionConfig(**{"seed": args.seed, **options})
+    inversion = reinversion_config(**{"seed": args.seed, **options})
     return retuning, inversion
 
 
