@@ -93,15 +93,36 @@ def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
     found_mask = result.trigger.full_mask_and_pattern()[0].detach()
     true_mask = true_trigger().full_mask_and_pattern()[0].detach()
     iou = mask_iou(found_mask, true_mask)
-    # Reported, not asserted: the free full-image mask names the target but does not localise the planted patch
-    # (IoU ~0 here and on the digits BadNet model; see the BI-BAU issue note).
-    print(f"planted patch mask IoU: {iou:.2f}")
+    # Reported, not asserted: at the growing budget the search stops at 0.4% of the image, where a natural
+    # universal patch next to the planted 4x4 square (1.6%) already hijacks toward the target, so it names the
+    # target without localising the planted patch (IoU 0 here; on the digits BadNet model the found mask's centroid
+    # is (25.8, 25.8), beside the patch's rows/columns 28-31). The next test localises it at a budget that admits it.
+    print(f"planted patch mask IoU at the growing budget: {iou:.2f}")
     assert 0.0 <= iou <= 1.0
     assert result.verdict == "backdoored"
     assert result.candidate_asr[TARGET] == max(result.candidate_asr.values())
     assert result.anomaly_index > config.anomaly_threshold
     report = result.report()
     assert {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"} <= set(report)
+
+
+def test_inversion_localises_the_planted_patch_when_the_budget_admits_it(planted):
+    """With a mask budget above the planted patch's 1.6% of the image, the focused start in the bottom-right
+    corner grows onto the planted square and outscores the natural universal patches the other starts find.
+    Measured: IoU 0.43, 47% of the mask's mass in the square, backdoor score 0.98 vs 0.65; diffuse starts: IoU 0."""
+    images, captions = clean_images(64)
+    names, embeddings = planted_candidates(planted)
+    config = InversionConfig(rounds=3, steps_per_round=40, mask_budgets=(0.02,), batch_size=32)
+    result = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings).fit(
+        images, captions, verdict=False
+    )
+    found_mask = result.trigger.full_mask_and_pattern()[0].detach()
+    true_mask = true_trigger().full_mask_and_pattern()[0].detach()
+    iou = mask_iou(found_mask, true_mask)
+    print(f"planted patch mask IoU at a 2% budget: {iou:.2f}")
+    assert result.recovered_target == TARGET
+    assert iou > 0.25
+    assert float(found_mask[..., -4:, -4:].sum() / found_mask.sum()) > 0.3
 
 
 def test_targeted_mode_fixes_the_direction(planted):
