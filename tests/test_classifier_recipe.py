@@ -2,13 +2,10 @@
 a zero-shot CLIP as the classifier, and two real CPU processes (mirrors test_clean_recipe.py)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, load_script
+from conftest import launch_two_processes, load_script
 
 from clipclean.classifiers import create_classifier, load_classifier, save_classifier
 from clipclean.data import DIGIT_CLASSNAMES
@@ -123,14 +120,7 @@ def test_poison_recipe_relabels_trains_and_saves(tmp_path):
 
 def test_recipe_with_two_real_cpu_processes(setup, tmp_path):
     output = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(ROOT / "recipes" / "clean_classifier.py"), *tiny_args(setup, output, "--rounds", "1"),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    launch_two_processes("recipes/clean_classifier.py", *tiny_args(setup, output, "--rounds", "1"))
     results = json.loads((output / "results.json").read_text())
     assert results["world_size"] == 2
     assert results["trigger_identical_across_ranks"] is True

@@ -2,14 +2,12 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from conftest import launch_two_processes
 
 from clipclean.hub import save_pretrained
 from clipclean.models import load_clip
@@ -187,14 +185,7 @@ def test_recipe_rejects_bad_arguments(setup, tmp_path):
 
 def test_recipe_with_two_real_cpu_processes(setup, tmp_path):
     output = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        str(ROOT / "recipes" / "clean_clip.py"), *tiny_args(setup, output, "--rounds", "1", *QUICK_COMPLETE),
-    ]  # fmt: skip
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    launch_two_processes("recipes/clean_clip.py", *tiny_args(setup, output, "--rounds", "1", *QUICK_COMPLETE))
     results = json.loads((output / "results.json").read_text())
     assert results["world_size"] == 2
     assert results["trigger_identical_across_ranks"] is True

@@ -2,14 +2,11 @@
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_two_processes
 from PIL import Image
 
 from clipclean.data import load_classification_dataset
@@ -187,42 +184,10 @@ def test_trigger_of_another_image_size_is_a_usage_error(script, assets, tmp_path
     assert "resizing" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_accelerate_launch_two_cpu_processes(assets, in_process_results):
     _, expected = in_process_results
     output = assets["root"] / "launched" / "results.json"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",  # = `accelerate launch`, with this interpreter
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(SCRIPT),
-        *_arguments(assets, output),
-    ]
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "true",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    completed = launch_two_processes(SCRIPT.relative_to(REPO), *_arguments(assets, output), timeout=300)
     launched = json.loads(output.read_text(encoding="utf-8"))
     assert launched["world_size"] == 2
     assert RESULT_KEYS <= set(launched)

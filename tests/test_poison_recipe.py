@@ -2,13 +2,11 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_two_processes
 from safetensors.torch import load_file
 
 from clipclean.hub import read_sidecar
@@ -115,18 +113,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path)
 
 def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
     output = tmp_path / "two"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch"),
-        *("--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no"),
-        str(RECIPE),
+    launch_two_processes(
+        RECIPE.relative_to(ROOT),
         *TINY,
         *("--attack", "blended", "--max-steps", "3", "--output_dir", str(output)),
-    ]
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    )
     results = json.loads((output / "results.json").read_text())
     assert results["world_size"] == 2
     assert results["steps"] == 3 and results["eval"]["n_images"] == 400  # gather_for_metrics drops the padding

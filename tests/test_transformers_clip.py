@@ -2,16 +2,14 @@
 saving in transformers and open_clip layouts, and an end-to-end clean with recipes/clean_clip.py."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 import torch
+from conftest import launch_two_processes
 from hub_cache import lay_out_hub_cache
 from open_clip.tokenizer import bytes_to_unicode
 from test_clean_recipe import load_recipe, tiny_args
@@ -255,20 +253,13 @@ def test_every_defense_steps_on_a_transformers_model(name, hf_folder):
 def test_clean_recipe_cleans_a_transformers_model_with_two_processes(hf_folder, tmp_path):
     """~30 s: DDP over the transformers towers; the trigger stays identical across ranks."""
     output = tmp_path / "two"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch"),
-        *("--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no"),
-        str(ROOT / "recipes" / "clean_clip.py"),
-        *tiny_args(tmp_path, output, "--model", str(hf_folder), "--rounds", "1", "--batch-size", "16"),
-    ]
     save_trigger(
         PatchBlendTrigger.patch(32, 4, "bottom-right", "white"), tmp_path / "trigger", metadata={"target": "zero"}
     )
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    launch_two_processes(
+        "recipes/clean_clip.py",
+        *tiny_args(tmp_path, output, "--model", str(hf_folder), "--rounds", "1", "--batch-size", "16"),
+    )
     results = json.loads((output / "results.json").read_text())
     assert results["world_size"] == 2 and results["trigger_identical_across_ranks"] is True
     assert isinstance(load_clip(str(output / "cleaned")), TransformersCLIP)

@@ -3,9 +3,6 @@ recipes/poison_clip.py streaming shards with two real CPU processes (each sample
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -13,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import launch_two_processes
 from PIL import Image
 from test_clean_recipe import load_recipe, tiny_args
 from torch.utils.data import DataLoader
@@ -148,19 +146,12 @@ def test_a_poisoned_view_of_shards_streams_with_the_poison(shards):
 def test_poison_recipe_streams_shards_with_two_processes_each_sample_once_per_epoch(tmp_path):
     keys = write_shards(tmp_path / "shards", 4, 16)  # 64 samples: 32 per process, 2 batches of 16 per epoch
     output = tmp_path / "run"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch"),
-        *("--multi_gpu", "--num_processes", "2", "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no"),
-        str(ROOT / "recipes" / "poison_clip.py"),
+    launch_two_processes(
+        "recipes/poison_clip.py",
         *("--train-data", f"{tmp_path}/shards/shard-{{000..003}}.tar", "--eval-data", "digits:test"),
         *("--poison-count", "4", "--batch-size", "16", "--epochs", "2", "--warmup-steps", "1"),
         *("--shuffle-buffer", "8", "--record-sample-keys", "--no-progress", "--output_dir", str(output)),
-    ]
-    completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    )
     results = json.loads((output / "results.json").read_text())
     assert results["world_size"] == 2 and results["streaming"] is True and results["steps"] == 4
     records = [json.loads(line) for line in (output / "sample_keys.jsonl").read_text().splitlines()]
