@@ -57,9 +57,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clipclean.fileio import atomic_write, to_jsonable
-from clipclean.inversion import BlindInversion, EStepStats, InversionConfig, InversionResult, register_inverter
+from clipclean.inversion import (
+    BlindInversion,
+    EStepStats,
+    InversionConfig,
+    InversionResult,
+    free_trigger,
+    register_inverter,
+)
 from clipclean.models import PixelCLIP, PixelModel, unwrap
-from clipclean.triggers import PatchBlendTrigger, Trigger
+from clipclean.triggers import Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -413,9 +420,7 @@ class ClassifierInversion(BlindInversion):
         self.class_hypotheses = class_hypotheses
         if self.class_hypotheses:  # one hypothesis per class: hypothesis k is the best trigger toward class k
             self.population = [
-                PatchBlendTrigger.free(
-                    self.model.image_size, mask_budget=self.mask_budget, seed=self.config.seed * 101 + k
-                ).to(self.device)
+                free_trigger(self.model.image_size, self.mask_budget, self.config.seed * 101 + k, None).to(self.device)
                 for k in range(classes)
             ]
             parameters = [p for trigger in self.population for p in trigger.parameters()]

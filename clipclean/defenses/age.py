@@ -283,7 +283,6 @@ class MLPUnits:
     """
 
     def __init__(self, mlp: nn.Module, batch_first: bool = True, fc: str = "c_fc", proj: str = "c_proj") -> None:
-        self.mlp = mlp
         self.token_dim = 1 if batch_first else 0
         self.fc, self.proj = getattr(mlp, fc), getattr(mlp, proj)
 
