@@ -460,6 +460,29 @@ def read_sidecar(directory: str | Path) -> dict:
         return json.load(f)
 
 
+def find_sidecar(name: str, cache_dir: str | None = None) -> dict | None:
+    """The ``clipclean.json`` sidecar of a model given as :func:`~clipclean.models.load_clip` takes it (a local folder,
+    ``local-dir:PATH`` or ``hf-hub:org/repo``, from the local Hub cache when ``HF_HUB_OFFLINE=1``); ``None`` when the
+    model has none (not written by clipclean, an open_clip config name, or a Hub repo without the file).
+
+    Example::
+
+        >>> find_sidecar("out/cleaned")["provenance"]["complete"]["ra_asr"]
+        0.045
+    """
+    if name.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            path = hf_hub_download(name[len("hf-hub:") :], filename=SIDECAR_FILENAME, cache_dir=cache_dir)
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            return None
+        return read_sidecar(Path(path).parent)
+    folder = Path(name[len("local-dir:") :] if name.startswith("local-dir:") else name).expanduser()
+    return read_sidecar(folder) if (folder / SIDECAR_FILENAME).is_file() else None
+
+
 # ------------------------------------------------------------------------------------------------------------ Hub
 
 

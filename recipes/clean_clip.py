@@ -270,6 +270,7 @@ def _write_outputs(args, accelerator, model, defense, results, clean) -> None:
                 "verdict": verdict,
                 "recovered_target": (results["inversion"] or {}).get("recovered_target"),
                 "config": results["config"],
+                "complete": results["complete"],  # persistence (issue 8), shown again by `clipclean scan`
             },
             card_notes=f"Cleaned with clipclean's `{args.defense}` defense. Inversion verdict on the source model: "
             f"**{verdict}**." + _persistence_note(results["complete"]),

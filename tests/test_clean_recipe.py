@@ -128,6 +128,8 @@ def test_complete_eval_writes_the_complete_block_and_reuses_reference_measuremen
     assert complete["retuning"]["n_pairs"] == 32 and complete["retuning"]["n_poisoned"] == 3
     assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"] == complete
     assert "RA-ASR" in (tmp_path / "run" / "cleaned" / "README.md").read_text()
+    sidecar = json.loads((tmp_path / "run" / "cleaned" / "clipclean.json").read_text())
+    assert sidecar["provenance"]["complete"] == complete  # shown again by `clipclean scan`
 
     # The reference measured once by eval/complete_unlearning.py, then reused: the same numbers.
     measured = tmp_path / "reference.json"

@@ -72,6 +72,23 @@ def test_scan_writes_the_trigger_and_report_and_leaves_the_model_unchanged(tiny_
     assert report["n_pairs"] == 64 and report["n_candidates"] == 10 and report["inversion_config"]["rounds"] == 1
     assert {"trigger.json", "trigger.safetensors", "trigger.png", "report.json"} <= {p.name for p in output.iterdir()}
     assert folder_digest(tiny_folder) == before
+    assert "recorded_cleaning" not in report and "recorded when cleaned" not in printed
+
+
+def test_scan_shows_the_persistence_recorded_when_the_model_was_cleaned(tmp_path, capsys):
+    complete = {"ra_asr": 0.574, "reference_ra_asr": 0.398, "reinversion_score": 0.391, "reference_score": 0.283}
+    torch.manual_seed(0)
+    provenance = {"method": "bibau", "source_model": "suspect", "verdict": "backdoored", "complete": complete}
+    cleaned = save_pretrained(load_clip("clipclean-tiny"), tmp_path / "cleaned", provenance=provenance)
+    output = tmp_path / "scan"
+    args = ["scan", str(cleaned), "--data", "digits:defender", "--max-pairs", "32", "--output", str(output)]
+    assert main([*args, *FAST_INVERSION]) == 0
+    printed = capsys.readouterr().out
+    assert "recorded when cleaned: method bibau, verdict on the source: backdoored" in printed
+    assert "RA-ASR (retuning attack): 57.4%  (never-poisoned reference: 39.8%)" in printed
+    assert "re-inversion score: 0.391  (never-poisoned reference: 0.283)" in printed
+    recorded = json.loads((output / "report.json").read_text())["recorded_cleaning"]
+    assert recorded["complete"] == complete and recorded["method"] == "bibau"
 
 
 @pytest.mark.slow

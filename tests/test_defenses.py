@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from planted import TARGET, PlantedBackdoorCLIP, clean_images, planted_candidates
 
 from clipclean.defenses import DEFENSES, DefenseConfig, DefenseContext, build_defense
 from clipclean.defenses.baerase import TriggerGenerator, mode_seeking_diversity, target_probability
+from clipclean.defenses.bibau import relearned_outputs
 from clipclean.defenses.cleanclip import augment_images, augment_tokens
+from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.fileio import to_jsonable
 from clipclean.models import load_clip
 from clipclean.triggers import Trigger, load_trigger
@@ -243,6 +246,45 @@ def test_baerase_generator_respects_the_budget_and_learns_the_known_target():
     features = torch.nn.functional.normalize(torch.randn(4, 64), dim=-1)
     probability = target_probability(features, features, -features[0], torch.tensor(100.0))
     assert float(probability.max()) < 1e-3
+
+
+def test_simulated_retuning_step_pulls_toward_the_target_without_touching_the_model(tiny_clip):
+    """BI-BAU's simulated retuning (issue 8): the outputs after one simulated re-poisoning step of the image tower
+    match the target direction better, the model itself is unchanged, and a loss on those outputs trains the image
+    tower only (first order, through the swapped-in parameters)."""
+    model = tiny_clip.train()
+    objective = ContrastiveObjective(DefenseContext())
+    images, captions = clean_images(16)
+    direction = F.normalize(torch.randn(model.embed_dim, generator=torch.Generator().manual_seed(3)), dim=0)
+    with torch.no_grad():
+        own = model.encode_text(model.tokenize(captions))
+    before = {name: value.clone() for name, value in model.named_parameters()}
+
+    def pulled(outputs) -> float:
+        return float(objective.target_probability(outputs, own, direction, model.logit_scale).mean().detach())
+
+    start = pulled(objective.image_outputs(model, images))
+    relearned = relearned_outputs(objective, model, images, own, direction, model.logit_scale, step=3e-4)
+    assert pulled(relearned) > 1.5 * start
+    assert all(torch.equal(value, before[name]) for name, value in model.named_parameters())
+    (relearned @ direction).mean().backward()
+    visual = {id(parameter) for parameter in model.model.visual.parameters()}
+    graded = [parameter for parameter in model.parameters() if parameter.grad is not None]
+    assert graded and all(id(parameter) in visual for parameter in graded)
+
+
+def test_bibau_simulated_retuning_term_trains():
+    model, context, batches = _setup()
+    config = {**TINY["bibau"], "retune_weight": 1.0}
+    defense = build_defense("bibau", model, context, config)
+    defense.begin_round(0, batches)
+    trainable = _prepare_like_the_recipe(model, defense)
+    losses, _ = defense.forward(model, batches[0])
+    assert torch.isfinite(losses["simulated_retuning"]) and float(losses["simulated_retuning"]) > 0
+    losses["loss"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
+    with pytest.raises(ValueError, match="retune_step"):
+        build_defense("bibau", model, context, {**config, "retune_step": 0.0})
 
 
 def test_trigger_generator_starts_small_and_within_budget():

@@ -18,7 +18,15 @@ from open_clip.push_to_hf_hub import save_config_for_hf
 from safetensors import safe_open
 
 from clipclean import hub
-from clipclean.hub import SIDECAR_FILENAME, WEIGHTS_FILENAME, model_card, push_to_hub, read_sidecar, save_pretrained
+from clipclean.hub import (
+    SIDECAR_FILENAME,
+    WEIGHTS_FILENAME,
+    find_sidecar,
+    model_card,
+    push_to_hub,
+    read_sidecar,
+    save_pretrained,
+)
 from clipclean.models import CONFIG_FILENAME, PixelCLIP, load_clip
 
 GROUPED_METRICS = {
@@ -198,6 +206,19 @@ def test_sidecar_content(tiny_clip, tmp_path):
 def test_read_sidecar_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="clipclean.json"):
         read_sidecar(tmp_path)
+
+
+def test_find_sidecar_in_folders_and_the_offline_hub_cache(saved, tmp_path):
+    assert find_sidecar(str(saved)) == read_sidecar(saved) == find_sidecar(f"local-dir:{saved}")
+    cache = tmp_path / "hub-cache"
+    lay_out_hub_cache(saved, cache, "clipclean-test/with-sidecar")
+    assert find_sidecar("hf-hub:clipclean-test/with-sidecar", cache_dir=str(cache)) == read_sidecar(saved)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "open_clip_config.json").write_text("{}")
+    lay_out_hub_cache(bare, cache, "clipclean-test/no-sidecar")
+    assert find_sidecar("hf-hub:clipclean-test/no-sidecar", cache_dir=str(cache)) is None
+    assert find_sidecar(str(bare)) is None and find_sidecar("clipclean-tiny") is None
 
 
 def test_unserialisable_provenance_writes_nothing(tiny_clip, tmp_path):

@@ -4,8 +4,11 @@ read, never changed.
 Runs :class:`clipclean.inversion.BlindInversion` (untargeted EM, then the anomaly-index verdict over the target
 candidates) on up to ``--max-pairs`` clean image-caption pairs, prints the verdict and the recovered target, and
 writes the recovered trigger (``trigger.json`` + ``trigger.safetensors``, ``trigger.png``) and ``report.json`` to
-``--output``. The verdict is known to be unreliable on tiny models (docs/method.md): read the anomaly index and the
-per-candidate attack success rates in the report, not only the word.
+``--output``. A model cleaned by clipclean carries what was measured when it was cleaned (``clipclean.json``): the
+method, the verdict on its source, and the complete-unlearning tests (RA-ASR under the retuning attack and the
+re-inversion score, each next to a never-poisoned reference); scan prints them and copies them into the report
+(``recorded_cleaning``). The verdict is known to be unreliable on tiny models (docs/method.md): read the anomaly
+index and the per-candidate attack success rates in the report, not only the word.
 """
 
 from __future__ import annotations
@@ -125,10 +128,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "anomaly_threshold": config.anomaly_threshold,
         "inversion_config": config,
     }
+    recorded = _recorded_cleaning(args.model, args.cache_dir)
+    if recorded is not None:
+        report["recorded_cleaning"] = recorded
     write_json(output / "report.json", report)
     top = ", ".join(f"{name} ({probability:.2f})" for name, probability in result.target_candidates[:3])
     print(f"verdict: {result.verdict}")
     print(f"recovered target: {result.recovered_target}  (candidates: {top})")
     print(f"anomaly index: {result.anomaly_index:.2f}  (threshold {config.anomaly_threshold})")
+    if recorded is not None:
+        _print_recorded(recorded)
     print(f"trigger: {output / 'trigger.png'}  report: {output / 'report.json'}")
     return report
+
+
+def _recorded_cleaning(model: str, cache_dir: str | None) -> dict[str, Any] | None:
+    """What clipclean recorded when ``model`` was cleaned (its sidecar), or ``None``."""
+    from clipclean.hub import find_sidecar
+
+    sidecar = find_sidecar(model, cache_dir)
+    provenance = (sidecar or {}).get("provenance") or {}
+    if "method" not in provenance:
+        return None
+    keys = ("method", "source_model", "verdict", "recovered_target", "complete")
+    return {key: provenance.get(key) for key in keys} | {"metrics": sidecar.get("metrics")}
+
+
+def _print_recorded(recorded: dict[str, Any]) -> None:
+    from clipclean.complete import complete_table_rows
+
+    print(f"recorded when cleaned: method {recorded['method']}, verdict on the source: {recorded['verdict']}")
+    if recorded.get("complete"):
+        for name, value, reference in complete_table_rows(recorded["complete"]):
+            print(f"  {name}: {value}  (never-poisoned reference: {reference})")
+    else:
+        print("  complete-unlearning tests (persistence): not measured (clean with --complete-eval)")

@@ -42,8 +42,9 @@ from clipclean.defenses.base import (
     DefenseContext,
     register_defense,
 )
+from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.inversion import EStepStats, InversionConfig, InversionResult, build_inverter, cycle
-from clipclean.models import PixelCLIP
+from clipclean.models import PixelCLIP, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ class BIBAUConfig(DefenseConfig):
             Default 0.1 (a tenth of the image; ``None`` keeps the naming budget). Measured on the digits CLIPs (seed
             0): with ``None`` the Blended and BadCLIP triggers kept 9-30% ASR after unlearning, with 0.1 0.3-1.4%
             (docs/method.md); on a small CNN, benchmarks/classifier.md.
+        retune_weight: weight of the *simulated retuning* term (issue 8, complete removal): the push-off loss
+            ``-log(1 - p_target(T x))`` measured after one simulated re-poisoning step of the image parameters (an
+            Adam-like sign step of size ``retune_step`` that raises ``p_target(T x)`` toward the recovered target
+            direction ``u``), so the unlearning prefers weights from which a few poisoned pairs do not bring the
+            backdoor back. 0 turns it off. Costs about one more forward and backward of the triggered batch.
+        retune_step: size of that simulated step (per-parameter displacement; the default retuning attack's 60
+            AdamW steps at lr 1e-4 move a parameter by at most 6e-3).
         unlearn_when_clean: unlearn even when the verdict says "no backdoor found". False by default: the EM loop
             stops as soon as the verdict finds no backdoor (method.md section 4), so a clean model is left untouched.
             Set it when you distrust the verdict (it can miss a backdoor; docs/method.md has the measurements).
@@ -88,14 +96,18 @@ class BIBAUConfig(DefenseConfig):
     reinversion_steps: int = 40
     verdict: bool = True
     unlearning_budget: float | None = 0.1
+    retune_weight: float = 0.0
+    retune_step: float = 3e-3
     unlearn_when_clean: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.inversion, dict):
             self.inversion = InversionConfig(**self.inversion)
-        if min(self.alpha, self.beta, self.gamma or 0.0, self.delta) < 0:
-            raise ValueError("loss weights alpha, beta, gamma, delta must be >= 0")
+        if min(self.alpha, self.beta, self.gamma or 0.0, self.delta, self.retune_weight) < 0:
+            raise ValueError("loss weights alpha, beta, gamma, delta, retune_weight must be >= 0")
+        if self.retune_step <= 0:
+            raise ValueError(f"retune_step must be > 0, got {self.retune_step}")
         if self.reinversion_steps < 1:
             raise ValueError("reinversion_steps must be >= 1")
         if self.unlearning_budget is not None and not 0 < self.unlearning_budget <= 1:
@@ -182,6 +194,13 @@ class BIBAU(Defense):
             "anchor": self.config.gamma,
             "distill_triggered": self.config.delta,
         }
+        if self.config.retune_weight > 0:
+            relearned = relearned_outputs(
+                objective, model, triggered, own.detach(), direction, scale, self.config.retune_step
+            )
+            probability = objective.target_probability(relearned, own, direction, scale)
+            losses["simulated_retuning"] = -torch.log1p(-probability.clamp(max=1 - 1e-6)).mean()
+            weights["simulated_retuning"] = self.config.retune_weight
         losses["loss"] = sum(weights[name] * losses[name] for name in weights)
         return losses, {"trigger_index": self._step % len(triggers)}
 
@@ -269,6 +288,36 @@ class BIBAU(Defense):
                 candidate_asr=report["candidate_asr"],
                 history=report["history"],
             )
+
+
+def relearned_outputs(
+    objective: ContrastiveObjective,
+    model: nn.Module,
+    triggered: torch.Tensor,
+    own: torch.Tensor,
+    direction: torch.Tensor,
+    scale: torch.Tensor | None,
+    step: float,
+) -> torch.Tensor:
+    """The image outputs of ``triggered`` after one simulated re-poisoning step of the image parameters.
+
+    The step is Adam-like: every image parameter ``w`` moves by ``-step * sign(grad_w L)`` with
+    ``L = -log p_target(T x)`` (the attacker's pull of triggered images toward the target direction ``u``; the
+    captions' features ``own`` and the temperature are held fixed). The sign is a constant, so the returned outputs
+    are differentiable in the *current* parameters (first order, as in first-order MAML): a loss on them tells the
+    unlearning how to move so that the re-poisoned model stays clean. Runs on the unwrapped model: the gradient
+    reaches the parameters through the caller's single backward (DDP synchronises it as usual).
+    """
+    named = dict(unwrap(model, objective.kind).named_parameters())
+    image_parameters = {id(parameter) for parameter in objective.image_parameters(model)}
+    movable = {name: value for name, value in named.items() if id(value) in image_parameters and value.requires_grad}
+    outputs = objective.image_outputs(model, triggered)
+    pull = -torch.log(objective.target_probability(outputs, own, direction, scale).clamp_min(1e-6)).mean()
+    grads = torch.autograd.grad(pull, list(movable.values()), allow_unused=True)
+    moved = {
+        name: value - step * grad.sign() for (name, value), grad in zip(movable.items(), grads) if grad is not None
+    }
+    return objective.image_outputs(model, triggered, moved)
 
 
 register_defense("bibau", BIBAUConfig, BIBAU)

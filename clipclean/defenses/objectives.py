@@ -11,6 +11,7 @@ piece                       CLIP (:class:`ContrastiveObjective`)         classif
 ``push_off(out, own, u)``   ``relu(cos(g(T x), u))``                     ``sum_{k != y} r_k p(k | T x)``
 ``target_probability``      ``softmax(s g [u, h(c_1..B)])[0]``           ``sum_{k != y} r_k p(k | x)``
 ``image_parameters``        the image tower                              the whole network
+``image_outputs(m, x, P)``  ``g(x)`` with parameters ``P`` swapped in    logits with parameters ``P`` swapped in
 ==========================  ===========================================  ==========================================
 
 so BI-BAU's classifier loss is method.md section 4's ``CE(f(T x), y) + CE(f(x), y) + gamma KL(f_ref(x) || f(x))``
@@ -64,6 +65,7 @@ class ContrastiveObjective:
 
     prefix = "clip"
     default_anchor_weight = 20.0  # BI-BAU's gamma on the squared distance of unit image embeddings
+    kind: type[PixelModel] = PixelCLIP
 
     def __init__(self, context: DefenseContext) -> None:
         self.context = context
@@ -98,6 +100,16 @@ class ContrastiveObjective:
     def image_parameters(model: PixelModel) -> list[nn.Parameter]:
         return list(unwrap(model).model.visual.parameters())
 
+    def image_outputs(
+        self, model: nn.Module, images: torch.Tensor, parameters: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The image outputs (a CLIP's unit ``g(x)``, a classifier's logits) of the *unwrapped* model, with the named
+        ``parameters`` (names as in ``unwrap(model).named_parameters()``) swapped in for this call only
+        (``torch.func.functional_call``), so a loss on them is differentiable through the swapped-in tensors."""
+        base = unwrap(model, self.kind)
+        outputs = torch.func.functional_call(base, parameters or {}, (images,), strict=False)
+        return (outputs[0] if isinstance(outputs, tuple) else outputs).float()
+
 
 class ClassificationObjective(ContrastiveObjective):
     """An :class:`~clipclean.classifiers.ImageClassifier`'s pieces (see the module table); ``own`` is labels ``(B,)``
@@ -105,6 +117,7 @@ class ClassificationObjective(ContrastiveObjective):
 
     prefix = "ce"
     default_anchor_weight = 5.0  # BI-BAU's gamma on KL(f_ref(x) || f(x))
+    kind = ImageClassifier
 
     def forward(self, model: nn.Module, images: torch.Tensor, own: torch.Tensor, parts: int = 1):
         return model(images).float().chunk(parts), own.to(images.device).long(), None
