@@ -22,7 +22,7 @@ from clipclean.defenses.cleanclip import augment_images, augment_tokens
 from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.fileio import to_jsonable
 from clipclean.models import load_clip
-from clipclean.triggers import Trigger, load_trigger
+from clipclean.triggers import AdditiveTrigger, Trigger, load_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "clean_clip.py"
@@ -280,11 +280,34 @@ def test_bibau_simulated_retuning_term_trains():
     defense.begin_round(0, batches)
     trainable = _prepare_like_the_recipe(model, defense)
     losses, _ = defense.forward(model, batches[0])
-    assert torch.isfinite(losses["simulated_retuning"]) and float(losses["simulated_retuning"]) > 0
+    assert torch.isfinite(losses["simulated_retuning"]) and float(losses["simulated_retuning"].detach()) > 0
     losses["loss"].backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
     with pytest.raises(ValueError, match="retune_step"):
         build_defense("bibau", model, context, {**config, "retune_step": 0.0})
+
+
+def test_bibau_unlearns_an_additive_hypothesis_too_and_resumes_with_it():
+    model, context, batches = _setup()
+    config = {**TINY["bibau"], "unlearning_additive_eps": 0.1}
+    defense = build_defense("bibau", model, context, config)
+    defense.begin_round(0, batches)
+    population = defense.inverter.population
+    assert len(population) == 2 and isinstance(population[-1], AdditiveTrigger)
+    assert float(population[-1].delta.abs().max()) <= 0.1 + 1e-6
+    assert defense.inverter.directions.shape[0] == 2
+    _prepare_like_the_recipe(model, defense)
+    defense.forward(model, batches[0])[0]["loss"].backward()
+    buffer = io.BytesIO()
+    torch.save(defense.state_dict(), buffer)
+    buffer.seek(0)
+    fresh_model, fresh_context, _ = _setup()
+    restored = build_defense("bibau", fresh_model, fresh_context, config)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert len(restored.inverter.population) == 2
+    assert torch.equal(restored.inverter.population[-1].delta, population[-1].delta)
+    with pytest.raises(ValueError, match="unlearning_additive_eps"):
+        build_defense("bibau", model, context, {**config, "unlearning_additive_eps": 2.0})
 
 
 def test_trigger_generator_starts_small_and_within_budget():

@@ -45,6 +45,7 @@ from clipclean.defenses.base import (
 from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.inversion import EStepStats, InversionConfig, InversionResult, build_inverter, cycle
 from clipclean.models import PixelCLIP, unwrap
+from clipclean.triggers import AdditiveTrigger
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,11 @@ class BIBAUConfig(DefenseConfig):
             Default 0.1 (a tenth of the image; ``None`` keeps the naming budget). Measured on the digits CLIPs (seed
             0): with ``None`` the Blended and BadCLIP triggers kept 9-30% ASR after unlearning, with 0.1 0.3-1.4%
             (docs/method.md); on a small CNN, benchmarks/classifier.md.
+        unlearning_additive_eps: when > 0, after the target is named the population also gets a full-image additive
+            hypothesis (``||delta||_inf <= eps``) fitted toward the target and unlearned with the others: a
+            full-image trigger family next to the local patches (condition C3; a Blended trigger changes every
+            pixel). Not used to *name* the target (on tiny CLIPs an additive hypothesis is a universal adversarial
+            perturbation that names a wrong one, docs/method.md). 0 (default) leaves it out.
         retune_weight: weight of the *simulated retuning* term (issue 8, complete removal): the push-off loss
             ``-log(1 - p_target(T x))`` measured after one simulated re-poisoning step of the image parameters (an
             Adam-like sign step of size ``retune_step`` that raises ``p_target(T x)`` toward the recovered target
@@ -96,6 +102,7 @@ class BIBAUConfig(DefenseConfig):
     reinversion_steps: int = 40
     verdict: bool = True
     unlearning_budget: float | None = 0.1
+    unlearning_additive_eps: float = 0.0
     retune_weight: float = 0.0
     retune_step: float = 3e-3
     unlearn_when_clean: bool = False
@@ -106,6 +113,8 @@ class BIBAUConfig(DefenseConfig):
             self.inversion = InversionConfig(**self.inversion)
         if min(self.alpha, self.beta, self.gamma or 0.0, self.delta, self.retune_weight) < 0:
             raise ValueError("loss weights alpha, beta, gamma, delta, retune_weight must be >= 0")
+        if not 0 <= self.unlearning_additive_eps <= 1:
+            raise ValueError(f"unlearning_additive_eps must be in [0, 1], got {self.unlearning_additive_eps}")
         if self.retune_step <= 0:
             raise ValueError(f"retune_step must be > 0, got {self.retune_step}")
         if self.reinversion_steps < 1:
@@ -155,14 +164,26 @@ class BIBAU(Defense):
                 report["anomaly_index"],
             )
             skip = not self.config.unlearn_when_clean and report["verdict"] == "no backdoor found"
-            if self.config.unlearning_budget is not None and not skip:
-                self.inverter.commit_to_target(self.first_result.direction)
-                self.inverter.set_mask_budget(self.config.unlearning_budget)
+            if self._widens() and not skip:
+                self._widen_population(self.first_result.direction)
                 stream = cycle(batches)
                 self.inverter.m_step(stream, steps=self.config.reinversion_steps)
                 self.inverter.e_step(next(stream) for _ in range(4))
             return {"inversion": report, "stop": skip}
         return {}
+
+    def _widens(self) -> bool:
+        return self.config.unlearning_budget is not None or self.config.unlearning_additive_eps > 0
+
+    def _widen_population(self, direction: torch.Tensor) -> None:
+        """Targeted mode toward the named target, under the unlearning budget, plus the additive hypothesis."""
+        inverter = self.inverter
+        inverter.commit_to_target(direction)
+        if self.config.unlearning_budget is not None:
+            inverter.set_mask_budget(self.config.unlearning_budget)
+        if self.config.unlearning_additive_eps > 0:
+            eps, seed = self.config.unlearning_additive_eps, inverter.config.seed * 101 + 89
+            inverter.add_hypothesis(AdditiveTrigger.random(inverter.model.image_size, eps, seed))
 
     def _active_triggers(self) -> list[tuple[nn.Module, torch.Tensor]]:
         """The population's hypotheses with a positive backdoor score, best first (C3: the distribution)."""
@@ -254,9 +275,8 @@ class BIBAU(Defense):
     def load_state_dict(self, state: dict) -> None:
         inverter = self.inverter
         inverter._set_budget(int(state["budget_level"]))
-        if "first" in state and self.config.unlearning_budget is not None:
-            inverter.commit_to_target(state["first"]["direction"])
-            inverter.set_mask_budget(self.config.unlearning_budget)
+        if "first" in state and self._widens():  # the state was saved after the population was widened
+            self._widen_population(state["first"]["direction"])
         for trigger, trigger_state in zip(inverter.population, state["population"]):
             trigger.load_state_dict(trigger_state)
         inverter.optimizer.load_state_dict(state["optimizer"])
