@@ -43,15 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for setting in args.settings:
         try:
-            parse_setting(setting, 0)
+            RetuningConfig.from_setting(setting)
         except ValueError as error:
             parser.error(f"bad setting {setting!r}: {error}")
     return args
-
-
-def parse_setting(setting: str, seed: int) -> RetuningConfig:
-    steps, fraction, lr = setting.split(":")
-    return RetuningConfig(steps=int(steps), poison_fraction=float(fraction), lr=float(lr), seed=seed)
 
 
 def models_of(folder: Path, attack: str, defenses: list[str] | None) -> dict[str, Path]:
@@ -83,7 +78,7 @@ def main(argv=None) -> list[dict]:
             for setting in args.settings:
                 runs = [
                     retuning_attack(model, clean, trigger, "zero", test, test.classnames, templates,
-                                    parse_setting(setting, seed))
+                                    RetuningConfig.from_setting(setting, seed))
                     for seed in args.seeds
                 ]  # fmt: skip
                 rows.append(summarise(attack, defense, setting, runs))

@@ -80,6 +80,16 @@ class RetuningConfig:
         if self.n_pairs is not None and self.n_pairs < 2:
             raise ValueError(f"n_pairs must be >= 2, got {self.n_pairs}")
 
+    @classmethod
+    def from_setting(cls, setting: str, seed: int = 0) -> RetuningConfig:
+        """``"STEPS:POISON_FRACTION:LR"`` (e.g. ``"60:0.1:1e-4"``, the default attack) -> a config with that seed;
+        ``ValueError`` on a malformed or out-of-range setting."""
+        parts = setting.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"a retuning setting is STEPS:POISON_FRACTION:LR, got {setting!r}")
+        steps, fraction, lr = parts
+        return cls(steps=int(steps), poison_fraction=float(fraction), lr=float(lr), seed=seed)
+
     def resolve_pairs(self, n_clean: int) -> int:
         """The retuning set size for a clean set of ``n_clean`` pairs."""
         wanted = self.n_pairs if self.n_pairs is not None else max(100, math.ceil(0.01 * n_clean))

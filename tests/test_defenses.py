@@ -17,7 +17,7 @@ from planted import TARGET, PlantedBackdoorCLIP, clean_images, planted_candidate
 
 from clipclean.defenses import DEFENSES, DefenseConfig, DefenseContext, build_defense
 from clipclean.defenses.baerase import TriggerGenerator, mode_seeking_diversity, target_probability
-from clipclean.defenses.bibau import relearned_outputs
+from clipclean.defenses.bibau import interpolate, relearned_outputs
 from clipclean.defenses.cleanclip import augment_images, augment_tokens
 from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.fileio import to_jsonable
@@ -285,6 +285,30 @@ def test_bibau_simulated_retuning_term_trains():
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
     with pytest.raises(ValueError, match="retune_step"):
         build_defense("bibau", model, context, {**config, "retune_step": 0.0})
+
+
+def test_bibau_path_term_interpolates_between_the_starting_and_the_current_model():
+    model, context, batches = _setup()
+    defense = build_defense("bibau", model, context, {**TINY["bibau"], "path_weight": 1.0})
+    defense.begin_round(0, batches)
+    trainable = _prepare_like_the_recipe(model, defense)
+    with torch.no_grad():
+        for parameter in model.model.visual.parameters():
+            parameter.add_(0.01)
+    objective = defense.objective
+    ends = {a: interpolate(objective, model, a) for a in (0.0, 0.5, 1.0)}
+    current = dict(model.named_parameters())
+    reference = dict(context.reference.named_parameters())
+    assert ends[1.0] and set(ends[1.0]) == {
+        n for n, p in model.named_parameters() if p in set(model.model.visual.parameters())
+    }
+    for name in ends[1.0]:
+        assert torch.allclose(ends[1.0][name], current[name]) and torch.allclose(ends[0.0][name], reference[name])
+        assert torch.allclose(ends[0.5][name], (current[name] + reference[name]) / 2)
+    losses, _ = defense.forward(model, batches[0])
+    assert torch.isfinite(losses["path"]) and float(losses["path"].detach()) > 0
+    losses["loss"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
 
 
 def test_bibau_unlearns_an_additive_hypothesis_too_and_resumes_with_it():
