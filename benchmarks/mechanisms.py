@@ -18,7 +18,6 @@ A variant is ``NAME=FLAGS`` (extra ``clean_clip.py`` flags) or ``default`` (none
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from clipclean.complete import RetuningConfig
+from clipclean.fileio import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (
@@ -179,10 +179,7 @@ def format_row(row: dict) -> str:
 
 def write_outputs(rows: list[dict], output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    with (output / "mechanisms.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(output / "mechanisms.csv", rows, COLUMNS)
     header = [
         "| variant | attack | cleanings | CA % before → after (mean) | ASR % after (mean, max) | verdicts | "
         "retunes | RA-ASR % (mean ± std) | reference RA-ASR % |",

@@ -14,7 +14,6 @@ A setting is ``STEPS:POISON_FRACTION:LR`` (e.g. ``60:0.1:1e-4``, method.md's def
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 from clipclean.complete import RetuningConfig, retuning_attack
 from clipclean.data import DIGIT_CAPTION_TEMPLATES, load_classification_dataset, load_image_caption_dataset
+from clipclean.fileio import write_csv
 from clipclean.models import load_clip
 from clipclean.triggers import load_trigger
 
@@ -107,10 +107,7 @@ def format_row(row: dict) -> str:
 
 def write_outputs(rows: list[dict], output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    with (output / "persistence.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(output / "persistence.csv", rows, COLUMNS)
     header = [
         "| attack | defense | steps:poison fraction:lr | seeds | RA-ASR % (mean ± std) | CA after retuning % |",
         "|---|---|---|---:|---:|---:|",

@@ -20,7 +20,6 @@ backdoored small CNN (``recipes/poison_classifier.py``) and cleans each with ``r
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -226,10 +225,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_outputs(rows: list[dict], output: Path) -> None:
-    with (output / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    from clipclean.fileio import write_csv
+
+    write_csv(output / "results.csv", rows, COLUMNS)
     (output / "table.md").write_text(markdown_table(rows))
     try:
         import matplotlib

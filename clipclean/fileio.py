@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -55,3 +56,15 @@ def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     text = json.dumps(to_jsonable(data), indent=2, sort_keys=False)
     return atomic_write(path, lambda temporary: Path(temporary).write_text(text + "\n", encoding="utf-8"))
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Path:
+    """Write ``rows`` (dicts keyed by ``columns``) as a CSV file with a header row, atomically."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, write)
