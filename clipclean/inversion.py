@@ -90,7 +90,11 @@ class InversionConfig:
             defaults to the one the untargeted search ended at (the smallest that collapsed the embeddings).
         verdict_batch_size: images per step and per candidate in the verdict's targeted inversions.
         anomaly_threshold: anomaly index (of the untargeted winner's targeted ASR) above which a backdoor is
-            declared; 3 separated a BadNet tiny CLIP (4.0) from a never-poisoned one (2.0) in our measurements.
+            declared. Default 2.5 (method.md says 2). Measured with the current search on the digits CLIPs
+            (seed-0 models): never-poisoned 0.78-1.45 over three cleaning seeds (1.34-1.76 from ``clipclean
+            scan``), backdoored 2.91-6.38 (BadNet, Blended, BadCLIP, three cleaning seeds each); the earlier 3.0
+            missed the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model scored 3.2
+            once (benchmarks/classifier.md): a false positive at either threshold.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         batch_size: images per M-step gradient step (per process).
         seed: seeds trigger initialisations and the verdict's candidate sample.
@@ -109,7 +113,7 @@ class InversionConfig:
     additive_eps: float = 0.0
     verdict_budget: float | None = None
     verdict_steps: int = 150
-    anomaly_threshold: float = 3.0
+    anomaly_threshold: float = 2.5
     max_verdict_candidates: int = 20
     verdict_batch_size: int = 32
     online_direction: bool = True

@@ -21,7 +21,7 @@ from clipclean.data import (
     load_classification_dataset,
     load_image_caption_dataset,
 )
-from clipclean.models import load_clip
+from clipclean.models import PixelCLIP, load_clip
 from clipclean.poisoning import mentions
 from clipclean.triggers import PatchBlendTrigger, load_trigger
 
@@ -115,28 +115,70 @@ def test_complete_block_has_the_contract_keys_and_compares_with_the_reference():
     assert Persistence.from_dict(cleaned.to_dict()) == cleaned
 
 
+def clean_with_bibau(folder, output, *extra: str) -> tuple[dict, PixelCLIP]:
+    """``recipes/clean_clip.py`` (BI-BAU, untargeted) on a digits CLIP of ``digits_clips``; (results, cleaned)."""
+    results = load_script("recipes/clean_clip.py").main(
+        [
+            "--model", str(folder / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
+            "--eval-trigger", str(folder / "trigger.json"), "--eval-target", "zero", "--no-progress",
+            "--output_dir", str(output), *extra,
+        ]
+    )  # fmt: skip
+    return results, load_clip(str(output / "cleaned"))
+
+
+# BI-BAU before the persistence mechanisms of issue 8: it removes the backdoor functionally (ASR ~0)
+FUNCTIONAL_ONLY = (
+    *("--epochs", "2", "--set", "reset_fraction=0", "--set", "stop_early=true", "--set", "unlearning_budget=null"),
+    *("--set", "gamma=5", "--set", "inversion.hypothesis_init=diffuse"),
+)
+
+
 @pytest.mark.slow
 def test_default_bibau_relearns_slower_than_functional_unlearning(digits_clips, tmp_path):
     """The persistence issue's test: under the same retuning attack, the BadNet model cleaned by BI-BAU's defaults
-    (trigger re-fitted at 10% of the image, anchor 20, focused starts) re-learns the backdoor slower than the one
-    cleaned by the earlier, functional-only settings (naming budget, anchor 5, diffuse starts), which also bring ASR
-    to ~0. Measured (benchmarks/README.md, seed 0): RA-ASR 4.5% vs 73.9%; the never-poisoned reference 4.5%."""
+    (unit reset, every EM round, six epochs a round, trigger re-fitted at 10% of the image, anchor 20) re-learns the
+    backdoor slower than the one cleaned by the earlier, functional-only settings, which also bring ASR to ~0.
+    Measured (benchmarks/README.md, seed 0, retuning seed 0): 0.8% vs 73.9% (never-poisoned reference 4.5%)."""
     folder, _ = digits_clips("badnet")
     trigger = load_trigger(folder / "trigger.json")
     clean = load_image_caption_dataset("digits:defender", image_size=32)
     test = load_classification_dataset("digits:test", image_size=32)
-    functional = ["--set", "unlearning_budget=null", "--set", "gamma=5", "--set", "inversion.hypothesis_init=diffuse"]
     measured = {}
-    for name, extra in {"default": [], "functional": functional}.items():
-        results = load_script("recipes/clean_clip.py").main(
-            [
-                "--model", str(folder / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
-                "--eval-trigger", str(folder / "trigger.json"), "--eval-target", "zero", "--no-progress",
-                "--output_dir", str(tmp_path / name), *extra,
-            ]
-        )  # fmt: skip
+    for name, extra in {"default": (), "functional": FUNCTIONAL_ONLY}.items():
+        results, cleaned = clean_with_bibau(folder, tmp_path / name, *extra)
         assert results["after"]["attack_success_rate"] < 0.05, name  # both remove the backdoor functionally
-        cleaned = load_clip(str(tmp_path / name / "cleaned"))
         attack = retuning_attack(cleaned, clean, trigger, "zero", test, test.classnames, DIGIT_CAPTION_TEMPLATES)
         measured[name] = attack["ra_asr"]
     assert measured["default"] + 0.3 < measured["functional"], measured
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["badnet", "blended", "badclip"])
+def test_default_bibau_removal_is_persistent(digits_clips, attack, tmp_path):
+    """The persistence issue's done-means on one attack: BI-BAU's defaults, untargeted, over cleaning seeds 0-2 x
+    retuning seeds 0-2 (the default retuning attack), RA-ASR mean <= the never-poisoned reference's mean (same
+    retuning seeds) + 10 points, every cleaning with ASR < 5% and CA >= the backdoored model's - 3 points. The same
+    runs as ``benchmarks/mechanisms.py --variants default``; measured (seed-0 models): BadNet, Blended, BadCLIP in
+    benchmarks/README.md. About 8 minutes per attack on one core."""
+    folder, _ = digits_clips(attack)
+    trigger = load_trigger(folder / "trigger.json")
+    clean = load_image_caption_dataset("digits:defender", image_size=32)
+    test = load_classification_dataset("digits:test", image_size=32)
+
+    def ra_asr(model, seed: int) -> float:
+        config = RetuningConfig(seed=seed)
+        return retuning_attack(model, clean, trigger, "zero", test, test.classnames, DIGIT_CAPTION_TEMPLATES, config)[
+            "ra_asr"
+        ]
+
+    reference = load_clip(str(digits_clips("none")[0] / "model"))
+    reference_mean = sum(ra_asr(reference, seed) for seed in range(3)) / 3
+    cleaned_ra = []
+    for cleaning_seed in range(3):
+        results, cleaned = clean_with_bibau(folder, tmp_path / f"s{cleaning_seed}", "--seed", str(cleaning_seed))
+        assert results["after"]["attack_success_rate"] < 0.05, cleaning_seed
+        assert results["after"]["clean_accuracy"] >= results["before"]["clean_accuracy"] - 0.03, cleaning_seed
+        cleaned_ra += [ra_asr(cleaned, seed) for seed in range(3)]
+    mean = sum(cleaned_ra) / len(cleaned_ra)
+    assert mean <= reference_mean + 0.10, (mean, reference_mean, cleaned_ra)

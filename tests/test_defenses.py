@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from planted import TARGET, PlantedBackdoorCLIP, clean_images, planted_candidates
 
+from clipclean.classifiers import create_classifier
 from clipclean.defenses import DEFENSES, DefenseConfig, DefenseContext, build_defense
 from clipclean.defenses.baerase import TriggerGenerator, mode_seeking_diversity, target_probability
 from clipclean.defenses.bibau import interpolate, relearned_outputs
@@ -273,6 +274,17 @@ def test_simulated_retuning_step_pulls_toward_the_target_without_touching_the_mo
     assert graded and all(id(parameter) in visual for parameter in graded)
 
 
+def _restored_bibau(defense, config: dict):
+    """A fresh BI-BAU on a fresh planted model, restored from ``defense``'s state through a saved checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(defense.state_dict(), buffer)
+    buffer.seek(0)
+    fresh_model, fresh_context, _ = _setup()
+    restored = build_defense("bibau", fresh_model, fresh_context, config)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    return restored
+
+
 def test_bibau_simulated_retuning_term_trains():
     model, context, batches = _setup()
     config = {**TINY["bibau"], "retune_weight": 1.0}
@@ -322,16 +334,73 @@ def test_bibau_unlearns_an_additive_hypothesis_too_and_resumes_with_it():
     assert defense.inverter.directions.shape[0] == 2
     _prepare_like_the_recipe(model, defense)
     defense.forward(model, batches[0])[0]["loss"].backward()
-    buffer = io.BytesIO()
-    torch.save(defense.state_dict(), buffer)
-    buffer.seek(0)
-    fresh_model, fresh_context, _ = _setup()
-    restored = build_defense("bibau", fresh_model, fresh_context, config)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored = _restored_bibau(defense, config)
     assert len(restored.inverter.population) == 2
     assert torch.equal(restored.inverter.population[-1].delta, population[-1].delta)
     with pytest.raises(ValueError, match="unlearning_additive_eps"):
         build_defense("bibau", model, context, {**config, "unlearning_additive_eps": 2.0})
+
+
+def test_bibau_unit_reset_reinitialises_the_top_units_and_resumes_with_its_report():
+    model, context, batches = _setup()
+    config = {**TINY["bibau"], "reset_fraction": 0.05, "reset_samples": 32, "hidden_distill_weight": 1.0}
+    defense = build_defense("bibau", model, context, config)
+    begin = defense.begin_round(0, batches)
+    blocks = model.model.visual.transformer.resblocks
+    hidden = blocks[0].mlp.c_fc.out_features
+    assert begin["unit_reset"] == {str(index): math.ceil(0.05 * hidden) for index in range(len(blocks))}
+    reference_blocks = context.reference.model.visual.transformer.resblocks
+    for index, block in enumerate(blocks):
+        item = defense.reset_report[str(index)]
+        units, others = item["units"], sorted(set(range(hidden)) - set(item["units"]))
+        assert item["mean_score_reset"] >= item["mean_score_all"]
+        assert block.mlp.c_proj.weight[:, units].abs().max() == 0  # fresh units: no output yet
+        assert torch.equal(block.mlp.c_fc.weight[others], reference_blocks[index].mlp.c_fc.weight[others])
+        assert not torch.equal(block.mlp.c_fc.weight[units], reference_blocks[index].mlp.c_fc.weight[units])
+    trainable = _prepare_like_the_recipe(model, defense)
+    losses, _ = defense.forward(model, batches[0])
+    assert torch.isfinite(losses["hidden_distill"]) and float(losses["hidden_distill"].detach()) > 0
+    losses["loss"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
+    assert defense.summary()["unit_reset"] == defense.reset_report
+    restored = _restored_bibau(defense, config)
+    assert restored.reset_report == defense.reset_report
+    for bad in ({"reset_fraction": 1.0}, {"reset_samples": 1}, {"hidden_distill_weight": -1.0}):
+        with pytest.raises(ValueError):
+            build_defense("bibau", model, context, {**config, **bad})
+
+
+def test_bibau_resolves_its_persistence_defaults_per_kind_of_model():
+    """A CLIP gets the unit reset and every EM round (measured on CLIPs); an image classifier keeps the measured CNN
+    behaviour (no reset, early stop); explicit values win and are what the config records."""
+    model, context, _ = _setup()
+    config = build_defense("bibau", model, context, TINY["bibau"]).config
+    assert (config.reset_fraction, config.stop_early, config.gamma) == (0.25, False, 20.0)
+    classifier = create_classifier("small-cnn", [str(k) for k in range(10)], image_size=32)
+    classifier_context = DefenseContext(reference=classifier.fresh_copy().requires_grad_(False))
+    config = build_defense("bibau", classifier, classifier_context, TINY["bibau"]).config
+    assert (config.reset_fraction, config.stop_early, config.gamma) == (0.0, True, 5.0)
+    explicit = {**TINY["bibau"], "reset_fraction": 0.0, "stop_early": True}
+    config = build_defense("bibau", model, context, explicit).config
+    assert (config.reset_fraction, config.stop_early) == (0.0, True)
+
+
+def test_bibau_hidden_distillation_is_zero_exactly_when_triggered_activations_match_the_reference_clean_ones():
+    model, context, batches = _setup()
+    defense = build_defense("bibau", model, context, {**TINY["bibau"], "hidden_distill_weight": 1.0})
+    images = batches[0][0]
+
+    def distillation(triggered: torch.Tensor) -> float:
+        hidden: dict[int, torch.Tensor] = {}
+        handles = [layer.record(hidden, index) for index, layer in enumerate(defense.unit_layers)]
+        with torch.no_grad():
+            model.encode_image(torch.cat([images, triggered]))
+        for handle in handles:
+            handle.remove()
+        return float(defense._hidden_distillation(hidden, images))
+
+    assert distillation(images) == pytest.approx(0.0, abs=1e-10)  # the model is still the reference
+    assert distillation(images.flip(0)) > 1e-3
 
 
 def test_trigger_generator_starts_small_and_within_budget():

@@ -20,11 +20,13 @@ unseen clean samples, then runs a short *repair* step so the target class is not
 
 On an image classifier (:class:`~clipclean.classifiers.ImageClassifier`, the paper's own setting) the units are
 the output channels of the network's last ``edit_blocks`` ``Conv2d`` layers (spatially averaged; editing zeroes the
-filter and its bias) and the repair loss is ``CE(f(x), y) + anchor_weight * KL(f_ref(x) || f(x))``.
+filter and its bias) and the repair loss is ``CE(f(x), y) + anchor_weight * KL(f_ref(x) || f(x))``. A CLIP with a
+ResNet image tower is edited the same way, channel by channel (:func:`clipclean.units.editable_unit_layers`; a
+BatchNorm after a zeroed filter still adds its shift, so there the edit dampens a unit rather than removing it).
 
 What it assumes: a few clean samples (the recipe passes the defender set; ``n_samples`` of it are used for the
-statistics), a vision-transformer image tower (open_clip's, or a transformers ``CLIPModel``'s ``fc1``/``fc2``), and
-no knowledge of the trigger or the target.
+statistics), an image tower with units (:mod:`clipclean.units`: a ViT's MLP units, open_clip's or a transformers
+``CLIPModel``'s ``fc1``/``fc2``; else Conv2d channels), and no knowledge of the trigger or the target.
 
 Approximations (documented on purpose): the paper's body was not consulted; this follows method.md section 5's
 description. The units are MLP hidden units of ViT blocks (zeroing) rather than the paper's exact choice of
@@ -48,7 +50,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from clipclean.classifiers import ImageClassifier
 from clipclean.defenses.base import (
     Batch,
     Defense,
@@ -60,8 +61,9 @@ from clipclean.defenses.base import (
     trigger_state,
 )
 from clipclean.inversion import InversionConfig
-from clipclean.models import PixelCLIP, PixelModel, unwrap
+from clipclean.models import PixelCLIP
 from clipclean.triggers import Trigger
+from clipclean.units import collect_images, editable_unit_layers, record_unit_activations, unit_scores
 
 logger = logging.getLogger(__name__)
 
@@ -131,40 +133,17 @@ class AGE(Defense):
         return list(range(len(self.blocks) - self.config.edit_blocks, len(self.blocks)))
 
     # ---- localisation ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def hidden_activations(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """Token-averaged MLP hidden activations ``{block: (N, hidden)}`` of ``(N, 3, H, W)`` images in [0, 1]."""
-        recorded: dict[int, torch.Tensor] = {}
-        handles = [self.blocks[i].record(recorded, i) for i in self.block_indices]
-        try:
-            self.model.encode_image(images.to(self.model.device))
-        finally:
-            for handle in handles:
-                handle.remove()
-        return recorded
+        return record_unit_activations(self.model, self.blocks, self.block_indices, images)
 
     def unit_scores(self, clean: torch.Tensor, triggered: torch.Tensor) -> torch.Tensor:
-        """``|mean_i (triggered_i - clean_i)| / (std_i clean_i + 1e-6)`` per unit, from ``(N, hidden)`` pairs.
-
-        The sums behind the mean and the standard deviation go through ``context.reduce_fn``, so every process
-        scores the units on all processes' samples and edits the same units.
-        """
-        sums = torch.stack([(triggered - clean).sum(dim=0), clean.sum(dim=0), clean.pow(2).sum(dim=0)])
-        difference_sum, clean_sum, clean_square_sum = self.context.reduce_fn(sums, "sum")
-        count = self.context.reduce_fn(torch.tensor(float(clean.shape[0]), device=clean.device), "sum")
-        variance = ((clean_square_sum - clean_sum.pow(2) / count) / (count - 1).clamp_min(1)).clamp_min(0)
-        return (difference_sum / count).abs() / (variance.sqrt() + 1e-6)
+        """:func:`clipclean.units.unit_scores` summed over processes with ``context.reduce_fn`` (so every process
+        edits the same units)."""
+        return unit_scores(clean, triggered, self.context.reduce_fn)
 
     def _collect(self, batches: Iterable[Batch]) -> torch.Tensor:
-        chunks, count = [], 0
-        for images, _tokens in batches:
-            chunks.append(images[: self.config.n_samples - count].to(self.model.device))
-            count += chunks[-1].shape[0]
-            if count >= self.config.n_samples:
-                break
-        if count < 2:
-            raise ValueError("AGE needs at least 2 clean images for the activation statistics")
-        return torch.cat(chunks)
+        return collect_images(batches, self.config.n_samples).to(self.model.device)
 
     @torch.no_grad()
     def _target_similarity(self, images: torch.Tensor, direction: torch.Tensor) -> float:
@@ -272,86 +251,6 @@ class AGE(Defense):
         if "trigger" in state:
             self.trigger = trigger_from_state(state["trigger"], self.model.device)
         self.apply_edit()
-
-
-class MLPUnits:
-    """The hidden units of a ViT block's MLP: ``fc`` -> activation -> ``proj`` (open_clip ``resblock.mlp``:
-    ``c_fc``/``c_proj``; transformers ``CLIPEncoderLayer.mlp``: ``fc1``/``fc2``).
-
-    A unit's activation is the token-averaged input of ``proj``; editing it zeroes its ``fc`` row (weight and
-    bias) and its ``proj`` column.
-    """
-
-    def __init__(self, mlp: nn.Module, batch_first: bool = True, fc: str = "c_fc", proj: str = "c_proj") -> None:
-        self.token_dim = 1 if batch_first else 0
-        self.fc, self.proj = getattr(mlp, fc), getattr(mlp, proj)
-
-    def record(self, recorded: dict, index: int):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            recorded[index] = inputs[0].float().mean(dim=self.token_dim)
-
-        return self.proj.register_forward_pre_hook(hook)
-
-    def keep_masks(self, units: list[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        """``(parameter, 0/1 mask)`` pairs that zero the units when multiplied in."""
-        fc, proj = self.fc, self.proj
-        masks = [(fc.weight, _zeroed(fc.weight, units, 0)), (proj.weight, _zeroed(proj.weight, units, 1))]
-        if fc.bias is not None:
-            masks.append((fc.bias, _zeroed(fc.bias, units, 0)))
-        return masks
-
-
-class ConvUnits:
-    """The output channels of a ``Conv2d`` (a CNN classifier's units): a unit's activation is its spatially averaged
-    output; editing it zeroes its filter and bias (what follows sees a constant 0, e.g. ReLU(0) = 0)."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        self.conv = conv
-
-    def record(self, recorded: dict, index: int):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            recorded[index] = output.float().mean(dim=(2, 3))
-
-        return self.conv.register_forward_hook(hook)
-
-    def keep_masks(self, units: list[int]) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        masks = [(self.conv.weight, _zeroed(self.conv.weight, units, 0))]
-        if self.conv.bias is not None:
-            masks.append((self.conv.bias, _zeroed(self.conv.bias, units, 0)))
-        return masks
-
-
-def _zeroed(parameter: torch.Tensor, units: list[int], dim: int) -> torch.Tensor:
-    keep = torch.ones_like(parameter)
-    keep.index_fill_(dim, torch.tensor(units, dtype=torch.long, device=parameter.device), 0)
-    return keep
-
-
-def editable_unit_layers(model: nn.Module) -> list[MLPUnits | ConvUnits]:
-    """The layers whose units AGE may edit, input to output: a CLIP's ViT MLP blocks, or an image classifier's
-    ``Conv2d`` layers (a CNN: the paper's own setting).
-
-    Raises:
-        TypeError: neither (e.g. a CLIP with a ResNet image tower, a classifier without convolutions).
-    """
-    pixel_model = unwrap(model, PixelModel)
-    if isinstance(pixel_model, ImageClassifier):
-        convs = [module for module in pixel_model.network.modules() if isinstance(module, nn.Conv2d)]
-        if not convs:
-            raise TypeError("AGE edits the Conv2d channels of an image classifier; this one has no Conv2d layer")
-        return [ConvUnits(conv) for conv in convs]
-    visual = pixel_model.model.visual
-    # a transformers CLIPModel (clipclean.transformers_clip): the MLP of every CLIPEncoderLayer
-    if isinstance(visual, nn.ModuleDict) and "vision_model" in visual:
-        return [MLPUnits(layer.mlp, True, "fc1", "fc2") for layer in visual["vision_model"].encoder.layers]
-    transformer = getattr(visual, "transformer", None)
-    if transformer is None or not hasattr(transformer, "resblocks"):
-        raise TypeError(
-            "AGE edits the MLP units of a vision transformer (open_clip VisionTransformer or transformers "
-            f"CLIPVisionModel); this image tower is a {type(visual).__name__}"
-        )
-    batch_first = getattr(transformer, "batch_first", True)
-    return [MLPUnits(block.mlp, batch_first) for block in transformer.resblocks]
 
 
 register_defense("age", AGEConfig, AGE)
