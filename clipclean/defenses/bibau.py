@@ -17,7 +17,13 @@ What it assumes: a small clean image-caption set ``D``; neither the trigger nor 
    and ``g_ref`` the frozen starting encoder (conditions C1, C2 through the triggered terms, C4 through the
    clean terms); the last term (distilling triggered images to the clean embedding of the *starting* model)
    is clipclean's addition, measured to help in method.md's prototype table.
-3. *re-inverts* (warm start) and stops early when the trigger no longer hijacks the embeddings.
+3. *re-inverts* (warm start), handing the next round the triggers the model still responds to (every round runs on
+   a CLIP; ``stop_early`` ends the loop once the trigger no longer hijacks, the image classifier's default).
+
+Before the first unlearning round the *unit reset* (``reset_fraction``; :mod:`clipclean.units`) re-initialises the
+image-encoder units that the inverted triggers drive most, so the distillation terms rebuild the clean function
+without the trigger detector. Running every round, six epochs a round and the unit reset are what make the removal
+survive the retuning attack on the digits CLIPs (issue 8; benchmarks/README.md, docs/method.md).
 
 Example::
 
@@ -122,7 +128,7 @@ class BIBAUConfig(DefenseConfig):
             so every round runs; on for an image classifier, as measured in benchmarks/classifier.md). On a CLIP each
             round's re-inversion hands the next round fresh triggers, and measured on the digits BadNet model (three
             cleaning seeds, benchmarks/README.md) the cleanings that stopped after one round re-learned the backdoor
-            under the retuning attack to 38-70% ASR, those that ran all three rounds to 1.6-2.1% (the never-poisoned
+            under the retuning attack to 38-71% ASR, those that ran all three rounds to 1.6-2.1% (the never-poisoned
             reference: 3.4%).
         unlearn_when_clean: unlearn even when the verdict says "no backdoor found". False by default: the EM loop
             stops as soon as the verdict finds no backdoor (method.md section 4), so a clean model is left untouched.
