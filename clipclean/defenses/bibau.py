@@ -109,7 +109,7 @@ class BIBAUConfig(DefenseConfig):
         reset_fraction: *unit reset* (issue 8, complete unlearning; the "targeted re-initialisation of the units that
             carry the trigger detector, followed by distillation" of method.md section 4): after the target is named
             (and the population re-fitted under ``unlearning_budget``), score every hidden unit of the image encoder
-            (a ViT block's MLP units, a CNN's channels; :mod:`clipclean.units`) by how differently it fires on
+            (a ViT block's MLP units, else Conv2d channels; :mod:`clipclean.units`) by how differently it fires on
             triggered and clean defender images (the score of activation-guided editing, averaged over the active
             hypotheses), and *re-initialise* this fraction of the highest-scoring units of every layer (fresh
             incoming weights, zero outgoing ones). The unlearning's anchor and triggered-image distillation to the
@@ -209,9 +209,9 @@ class BIBAU(Defense):
         self.round_reports: list[dict] = []
         self._step = 0
         self.reset_report: dict = {}
-        uses_units = config.reset_fraction > 0 or config.hidden_distill_weight > 0
-        self.unit_layers = editable_unit_layers(model) if uses_units else []
-        self.reference_unit_layers = editable_unit_layers(context.reference) if uses_units else []
+        distills_hidden = config.hidden_distill_weight > 0
+        self.unit_layers = editable_unit_layers(model) if config.reset_fraction > 0 or distills_hidden else []
+        self.reference_unit_layers = editable_unit_layers(context.reference) if distills_hidden else []
 
     def begin_round(self, round_index: int, batches: Iterable[Batch]) -> dict:
         if round_index == 0:
@@ -300,8 +300,11 @@ class BIBAU(Defense):
         with torch.no_grad():
             triggered = trigger.apply(images).detach()
         reference_clean = objective.reference_outputs(images)
-        hidden: dict[int, torch.Tensor] = {}
-        handles = [layer.record(hidden, index) for index, layer in enumerate(self.unit_layers)]
+        hidden: dict[int, torch.Tensor] = {}  # the hidden activations, recorded only for the hidden distillation
+        distills_hidden = self.config.hidden_distill_weight > 0
+        handles = (
+            [layer.record(hidden, index) for index, layer in enumerate(self.unit_layers)] if distills_hidden else []
+        )
         try:
             (clean, triggered_out), own, scale = objective.forward(model, torch.cat([images, triggered]), own, parts=2)
         finally:
@@ -322,7 +325,7 @@ class BIBAU(Defense):
             "anchor": self.config.gamma,
             "distill_triggered": self.config.delta,
         }
-        if self.config.hidden_distill_weight > 0:
+        if distills_hidden:
             losses["hidden_distill"] = self._hidden_distillation(hidden, images)
             weights["hidden_distill"] = self.config.hidden_distill_weight
         if self.config.path_weight > 0:
@@ -356,7 +359,8 @@ class BIBAU(Defense):
         return torch.stack(terms).mean()
 
     def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
-        """Warm-started re-inversion on the updated model; stop when the trigger no longer hijacks."""
+        """Warm-started re-inversion on the updated model; with ``stop_early``, stop when the trigger no longer
+        hijacks."""
         stream = cycle(batches)
         self.inverter.m_step(stream, steps=self.config.reinversion_steps)
         stats = self.inverter.e_step(next(stream) for _ in range(4))
