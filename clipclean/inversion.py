@@ -92,7 +92,7 @@ class InversionConfig:
         anomaly_threshold: anomaly index (of the untargeted winner's targeted ASR) above which a backdoor is
             declared. Default 2.5 (method.md says 2). Measured with the current search on the digits CLIPs
             (seed-0 models): never-poisoned 0.78-1.45 over three cleaning seeds (1.34-1.76 from ``clipclean
-            scan``), backdoored 2.91-6.38 (BadNet, Blended, BadCLIP, three cleaning seeds each); the earlier 3.0
+            scan``), backdoored 2.91-7.26 (BadNet, Blended, BadCLIP, three cleaning seeds each); the earlier 3.0
             missed the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model scored 3.2
             once (benchmarks/classifier.md): a false positive at either threshold.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -173,6 +174,12 @@ def record_unit_activations(
         for handle in handles:
             handle.remove()
     return recorded
+
+
+def top_units(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices (ascending) of the ``ceil(fraction * units)`` highest ``scores`` (at least one)."""
+    count = max(1, math.ceil(fraction * scores.numel()))
+    return scores.topk(count).indices.sort().values
 
 
 def unit_scores(clean: torch.Tensor, triggered: torch.Tensor, reduce_fn: ReduceFn = no_reduce) -> torch.Tensor:

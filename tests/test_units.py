@@ -12,6 +12,7 @@ from clipclean.units import (
     collect_images,
     editable_unit_layers,
     record_unit_activations,
+    top_units,
     unit_scores,
 )
 
@@ -82,6 +83,7 @@ def test_unit_scores_rank_the_unit_the_trigger_drives_and_collect_images_stops_a
     triggered[:, 4] += 1.0
     scores = unit_scores(clean, triggered)
     assert scores.argsort(descending=True)[:2].tolist() == [2, 4]
+    assert top_units(scores, 0.4).tolist() == [2, 4] and top_units(scores, 0.01).tolist() == [2]
     batches = [(torch.rand(4, 3, 8, 8), None), (torch.rand(4, 3, 8, 8), None), (torch.rand(4, 3, 8, 8), None)]
     assert collect_images(batches, 6).shape[0] == 6
     with pytest.raises(ValueError, match="at least 2"):

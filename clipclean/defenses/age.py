@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -63,7 +62,7 @@ from clipclean.defenses.base import (
 from clipclean.inversion import InversionConfig
 from clipclean.models import PixelCLIP
 from clipclean.triggers import Trigger
-from clipclean.units import collect_images, editable_unit_layers, record_unit_activations, unit_scores
+from clipclean.units import collect_images, editable_unit_layers, record_unit_activations, top_units, unit_scores
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +158,7 @@ class AGE(Defense):
         report: dict = {"n_samples": int(count), "blocks": {}}
         for index in self.block_indices:
             scores = self.unit_scores(clean[index], triggered[index])
-            count = max(1, math.ceil(self.config.edit_fraction * scores.numel()))
-            chosen = scores.topk(count).indices.sort().values
+            chosen = top_units(scores, self.config.edit_fraction)
             self.edited_units[index] = chosen.tolist()
             report["blocks"][str(index)] = {
                 "units": self.edited_units[index],

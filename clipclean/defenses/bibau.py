@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -53,7 +52,7 @@ from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.inversion import EStepStats, InversionConfig, InversionResult, build_inverter, cycle
 from clipclean.models import PixelCLIP, unwrap
 from clipclean.triggers import AdditiveTrigger
-from clipclean.units import collect_images, editable_unit_layers, record_unit_activations, unit_scores
+from clipclean.units import collect_images, editable_unit_layers, record_unit_activations, top_units, unit_scores
 
 logger = logging.getLogger(__name__)
 
@@ -261,8 +260,7 @@ class BIBAU(Defense):
         generator = torch.Generator().manual_seed(self.config.inversion.seed * 7_919 + 17)
         report = {}
         for index, layer in enumerate(layers):
-            count = max(1, math.ceil(self.config.reset_fraction * scores[index].numel()))
-            chosen = scores[index].topk(count).indices.sort().values
+            chosen = top_units(scores[index], self.config.reset_fraction)
             layer.reinitialise(chosen.tolist(), generator)
             report[str(index)] = {
                 "units": chosen.tolist(),
