@@ -29,8 +29,10 @@ budgets, verdict, distributed reductions) is :class:`~clipclean.inversion.BlindI
 **Model format** (a folder; never pickle): ``clipclean_classifier.json`` (``{"format": "clipclean-classifier",
 "architecture", "architecture_kwargs", "classnames", "image_size", "image_mean", "image_std", "metadata"}``) and
 ``model.safetensors`` (the network's state dict). ``architecture`` is a built-in name (see
-:data:`CLASSIFIER_ARCHITECTURES`, e.g. ``"small-cnn"``) or a ``"package.module:factory"`` spec of your own
-architecture (e.g. ``"torchvision.models:resnet18"``), called as ``factory(num_classes=C, **architecture_kwargs)``.
+:data:`CLASSIFIER_ARCHITECTURES`, e.g. ``"small-cnn"``), a torchvision constructor (``"torchvision.models:resnet18"``)
+or a ``"package.module:factory"`` spec of your own architecture, called as
+``factory(num_classes=C, **architecture_kwargs)``. Loading a folder never imports a module it names unless you
+pass ``trust_code=True`` (``--trust-architecture-code``): see :func:`build_network` and docs/security.md.
 
 Example::
 
@@ -129,21 +131,54 @@ def register_classifier_architecture(name: str, factory: Callable[..., nn.Module
 register_classifier_architecture("small-cnn", SmallCNN)
 
 
-def build_network(architecture: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """A freshly initialised network: a registered name, or a ``"package.module:factory"`` spec (your own code or
-    e.g. ``"torchvision.models:resnet18"``), called as ``factory(num_classes=num_classes, **kwargs)``.
+class UntrustedCodeError(ValueError):
+    """An architecture would import code that the user has not said they trust (see :func:`build_network`)."""
+
+
+def is_trusted_architecture(architecture: str) -> bool:
+    """Whether building ``architecture`` runs only code clipclean vouches for, with no opt-in: a registered name
+    (:data:`CLASSIFIER_ARCHITECTURES`) or a torchvision classification constructor (``"torchvision.models:NAME"``
+    with ``NAME`` in ``torchvision.models.list_models(torchvision.models)``)."""
+    if architecture in CLASSIFIER_ARCHITECTURES:
+        return True
+    module_name, _, attribute = architecture.partition(":")
+    if module_name != "torchvision.models" or not attribute:
+        return False
+    import torchvision
+
+    return attribute in torchvision.models.list_models(module=torchvision.models)
+
+
+def build_network(architecture: str, num_classes: int, trust_code: bool = False, **kwargs: Any) -> nn.Module:
+    """A freshly initialised network: a registered name, a torchvision constructor (``"torchvision.models:resnet18"``)
+    or -- only with ``trust_code=True`` -- any ``"package.module:factory"`` spec (your own code), called as
+    ``factory(num_classes=num_classes, **kwargs)``.
+
+    A spec names a module to import: read from a downloaded model folder, it would run whatever that module (or a
+    ``.py`` file shipped beside it) does on import. So nothing outside :func:`is_trusted_architecture` is imported
+    unless the caller passes ``trust_code=True`` (the recipes' ``--trust-architecture-code``), and then the log says
+    what is imported.
 
     Raises:
         ValueError: an unknown name or a malformed spec.
+        UntrustedCodeError: a spec outside the trusted set without ``trust_code=True``.
     """
     if architecture in CLASSIFIER_ARCHITECTURES:
         return CLASSIFIER_ARCHITECTURES[architecture](num_classes=num_classes, **kwargs)
     module_name, _, attribute = architecture.partition(":")
     if not module_name or not attribute:
         raise ValueError(
-            f"unknown architecture {architecture!r}: use one of {sorted(CLASSIFIER_ARCHITECTURES)} or "
-            "'package.module:factory'"
+            f"unknown architecture {architecture!r}: use one of {sorted(CLASSIFIER_ARCHITECTURES)}, "
+            "'torchvision.models:NAME' or 'package.module:factory'"
         )
+    if not is_trusted_architecture(architecture):
+        if not trust_code:
+            raise UntrustedCodeError(
+                f"architecture {architecture!r} would import and run the module {module_name!r}; pass "
+                "--trust-architecture-code (trust_code=True) only if you trust it (built-in names "
+                f"{sorted(CLASSIFIER_ARCHITECTURES)} and 'torchvision.models:NAME' need no opt-in)"
+            )
+        logger.warning("importing %r and calling %r (trusted by --trust-architecture-code)", module_name, attribute)
     factory = getattr(importlib.import_module(module_name), attribute, None)
     if factory is None:
         raise ValueError(f"{module_name} has no attribute {attribute!r}")
@@ -301,15 +336,17 @@ def create_classifier(
     image_size: int | Sequence[int] = 32,
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
+    trust_code: bool = False,
     **architecture_kwargs: Any,
 ) -> ImageClassifier:
-    """A randomly initialised classifier of a built-in or ``module:factory`` architecture.
+    """A randomly initialised classifier of a built-in, torchvision or (with ``trust_code=True``) ``module:factory``
+    architecture (see :func:`build_network`).
 
     Example::
 
         >>> model = create_classifier("small-cnn", DIGIT_CLASSNAMES, image_size=32, width=16)
     """
-    network = build_network(architecture, len(classnames), **architecture_kwargs)
+    network = build_network(architecture, len(classnames), trust_code=trust_code, **architecture_kwargs)
     return ImageClassifier(network, classnames, image_size, mean, std, architecture, architecture_kwargs, architecture)
 
 
@@ -356,16 +393,26 @@ def read_classifier_config(directory: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -> ImageClassifier:
-    """Load a classifier saved by :func:`save_classifier` (safetensors weights, strict keys), in eval mode."""
+def load_classifier(
+    directory: str | Path, device: str | torch.device = "cpu", trust_code: bool = False
+) -> ImageClassifier:
+    """Load a classifier saved by :func:`save_classifier` (safetensors weights, strict keys), in eval mode.
+
+    The folder's ``architecture`` is rebuilt without importing anything it names unless ``trust_code=True``
+    (:func:`build_network`): loading a downloaded folder never runs code from it by default.
+    """
     document = read_classifier_config(directory)
+    kwargs = document.get("architecture_kwargs", {})
+    if not isinstance(document.get("architecture"), str) or not isinstance(kwargs, dict):
+        raise ValueError(f"{directory}: 'architecture' must be a string and 'architecture_kwargs' an object")
     model = create_classifier(
         document["architecture"],
         document["classnames"],
         document["image_size"],
         document["image_mean"],
         document["image_std"],
-        **document.get("architecture_kwargs", {}),
+        trust_code=trust_code,
+        **kwargs,
     )
     model.network.load_state_dict(load_file(str(Path(directory) / CLASSIFIER_WEIGHTS_FILENAME)), strict=True)
     model.name = str(directory)

@@ -68,3 +68,87 @@ def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Pat
             writer.writerows(rows)
 
     return atomic_write(path, write)
+
+
+# ---- resumable state without pickle ----------------------------------------------------------------------------
+STATE_TENSOR_KEY = "__tensor__"
+STATE_TUPLE_KEY = "__tuple__"
+STATE_ITEMS_KEY = "__items__"
+_STATE_RESERVED = (STATE_TENSOR_KEY, STATE_TUPLE_KEY, STATE_ITEMS_KEY)
+
+
+def _encode_state(value: Any, tensors: dict[str, Any]) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = value.detach().cpu().contiguous().clone()
+        return {STATE_TENSOR_KEY: name}
+    if isinstance(value, tuple):
+        return {STATE_TUPLE_KEY: [_encode_state(item, tensors) for item in value]}
+    if isinstance(value, list):
+        return [_encode_state(item, tensors) for item in value]
+    if isinstance(value, dict):
+        if all(isinstance(key, str) and key not in _STATE_RESERVED for key in value):
+            return {key: _encode_state(item, tensors) for key, item in value.items()}
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise TypeError(f"state keys must be str, int, float, bool or None, got {type(key).__name__}")
+            items.append([key, _encode_state(item, tensors)])
+        return {STATE_ITEMS_KEY: items}
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise TypeError(
+        f"cannot save a {type(value).__name__} in resumable state: only tensors, numbers, strings, None, lists, "
+        "tuples and dicts (no pickle)"
+    )
+
+
+def _decode_state(value: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(value, list):
+        return [_decode_state(item, tensors) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if STATE_TENSOR_KEY in value:
+        return tensors[value[STATE_TENSOR_KEY]]
+    if STATE_TUPLE_KEY in value:
+        return tuple(_decode_state(item, tensors) for item in value[STATE_TUPLE_KEY])
+    if STATE_ITEMS_KEY in value:
+        return {key: _decode_state(item, tensors) for key, item in value[STATE_ITEMS_KEY]}
+    return {key: _decode_state(item, tensors) for key, item in value.items()}
+
+
+def save_state_tree(folder: str | Path, name: str, tree: Any) -> tuple[Path, Path]:
+    """Save a nested state (dicts, lists, tuples, tensors, numbers, strings, None) without pickle: the tensors in
+    ``folder/NAME.safetensors``, the structure in ``folder/NAME.json`` (both written atomically).
+
+    Dict keys may be ints (an optimizer's state) and tuples stay tuples, so :func:`load_state_tree` returns a tree
+    equal to ``tree`` (tensors on the CPU). Anything else (an arbitrary object) raises ``TypeError``: resumable
+    state never needs code to read back.
+
+    Example::
+
+        >>> save_state_tree("ckpt", "defense", {"step": 3, "optimizer": optimizer.state_dict()})
+        >>> optimizer.load_state_dict(load_state_tree("ckpt", "defense")["optimizer"])
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    structure = _encode_state(tree, tensors)
+    folder = Path(folder)
+    tensor_path = atomic_write(folder / f"{name}.safetensors", lambda temporary: save_file(tensors, temporary))
+    text = json.dumps({"format": "clipclean-state", "state": structure}, indent=1) + "\n"
+    json_path = atomic_write(folder / f"{name}.json", lambda temporary: Path(temporary).write_text(text))
+    return json_path, tensor_path
+
+
+def load_state_tree(folder: str | Path, name: str) -> Any:
+    """Read back :func:`save_state_tree` (JSON + safetensors; nothing is unpickled or imported)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    document = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or document.get("format") != "clipclean-state":
+        raise ValueError(f"{folder / (name + '.json')} is not a clipclean state file")
+    return _decode_state(document["state"], load_file(str(folder / f"{name}.safetensors")))

@@ -63,6 +63,7 @@ from clipclean.cli.cleaning import (
     write_inversion_folder,
 )
 from clipclean.cli.common import (
+    add_trust_code_argument,
     configure_cpu_threads,
     default_templates,
     make_accelerator,
@@ -90,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_defense_arguments(parser, target_flags=("--target-class", "--target-caption"))
     out = parser.add_argument_group("output")
     out.add_argument("--demo-cache", default=DEMO_CACHE, help="where the demo's backdoored CNN is cached")
+    add_trust_code_argument(parser)
     args = parser.parse_args(argv)
     if args.eval_target is not None and args.eval_trigger is None:
         parser.error("--eval-target needs --eval-trigger")
@@ -110,7 +112,7 @@ def _load_model_and_data(args, device) -> tuple[ImageClassifier, Any, Any, Any, 
     a zero-shot head over the data's classes."""
     clip = None
     if is_classifier_directory(args.model):
-        model = load_classifier(args.model, device)
+        model = load_classifier(args.model, device, trust_code=args.trust_architecture_code)
         image_size = model.image_size
     else:
         clip = load_clip(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)

@@ -42,12 +42,13 @@ from clipclean.attacks import AttackContext, build_attack, make_attack_config
 from clipclean.classifiers import CLASSIFIER_ARCHITECTURES, create_classifier, save_classifier
 from clipclean.cli.cleaning import evaluate_phase
 from clipclean.cli.common import (
+    RunCheckpoints,
     TrainingProgress,
     add_run_arguments,
+    add_trust_code_argument,
     attack_overrides,
     configure_cpu_threads,
     make_accelerator,
-    resolve_resume_path,
     setup_logging,
     write_main_process_json,
 )
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"built-in ({', '.join(sorted(CLASSIFIER_ARCHITECTURES))}) or 'package.module:factory'",
     )
     model.add_argument("--architecture-kwargs", default="{}", help="JSON keyword arguments of the architecture")
+    add_trust_code_argument(model)
     model.add_argument("--image-size", type=int, default=32)
     data = parser.add_argument_group("data")
     data.add_argument("--train-data", default="digits:train", help="labelled images to poison (default: digits)")
@@ -147,18 +149,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("%s: %d of %d images poisoned toward %r", args.attack, manifest.n_poison, len(train), manifest.target)
 
     model = create_classifier(
-        args.architecture, train.classnames, args.image_size, **json.loads(args.architecture_kwargs)
+        args.architecture,
+        train.classnames,
+        args.image_size,
+        trust_code=args.trust_architecture_code,
+        **json.loads(args.architecture_kwargs),
     ).to(accelerator.device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     train_loader = DataLoader(poisoned, batch_size=args.batch_size, shuffle=True, collate_fn=collate_pairs)
     eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False)
     wrapped, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    progress = TrainingProgress(accelerator)
-    accelerator.register_for_checkpointing(progress)
-    resume_path = resolve_resume_path(args.resume_from_checkpoint, output)
+    progress = TrainingProgress()
+    checkpoints = RunCheckpoints(accelerator, output, progress=progress)
+    resume_path = checkpoints.resume(args.resume_from_checkpoint)
     if resume_path is not None:
-        accelerator.load_state(resume_path)
         logger.info("resumed from %s after %d epoch(s)", resume_path, progress.step)
     loss = torch.tensor(float("nan"))
     for epoch in range(progress.step, args.epochs):  # progress.step counts epochs here
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         progress.step = epoch + 1
-        accelerator.save_state()
+        checkpoints.save()
     model.eval()
     metrics = evaluate_phase(
         model, eval_loader, eval_data.classnames, model.class_embeddings, trigger, manifest.target, accelerator

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from clipclean.attacks import AttackContext, build_attack, list_attacks, make_attack_config
 from clipclean.cli.common import (
+    RunCheckpoints,
     TrainingProgress,
     add_model_arguments,
     add_run_arguments,
@@ -47,7 +48,6 @@ from clipclean.cli.common import (
     configure_cpu_threads,
     default_templates,
     make_accelerator,
-    resolve_resume_path,
     setup_logging,
     write_main_process_json,
 )
@@ -252,15 +252,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     # Not prepared: an AcceleratedScheduler would step num_processes times per optimisation step.
     scheduler = cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
-    progress = TrainingProgress(accelerator)
-    accelerator.register_for_checkpointing(scheduler, progress)
+    progress = TrainingProgress()
+    checkpoints = RunCheckpoints(accelerator, output, scheduler=scheduler, progress=progress)
     loss_fn = make_clip_loss(accelerator.process_index, accelerator.num_processes)
     if args.report_to:
         accelerator.init_trackers("poison_clip", config={k: v for k, v in vars(args).items() if v is not None})
 
-    resume_path = resolve_resume_path(args.resume_from_checkpoint, output)
+    resume_path = checkpoints.resume(args.resume_from_checkpoint)
     if resume_path is not None:
-        accelerator.load_state(resume_path)
         logger.info("resumed from %s at step %d", resume_path, progress.step)
     start_epoch, skip_batches = divmod(progress.step, steps_per_epoch)
     checkpoint_every = args.checkpointing_steps
@@ -292,16 +291,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step
                 )
             if checkpoint_every and progress.step % checkpoint_every == 0:
-                accelerator.save_state()
+                checkpoints.save()
             if args.stop_after_steps is not None and progress.step >= args.stop_after_steps:
-                accelerator.save_state()  # simulate a run killed right after a checkpoint (tests only)
+                checkpoints.save()  # simulate a run killed right after a checkpoint (tests only)
                 bar.close()
                 accelerator.end_training()
                 return {"stopped_at_step": progress.step, "world_size": accelerator.num_processes}
             if progress.step >= total_steps:
                 break
         if not checkpoint_every:
-            accelerator.save_state()
+            checkpoints.save()
         if streaming and args.record_sample_keys:
             fresh = epoch == start_epoch and resume_path is None
             _record_sample_keys(accelerator, output, epoch, train_loader.seen, fresh)

@@ -43,21 +43,30 @@ def load_script(relative_path: str):
     return module
 
 
-def launch_two_processes(script, *arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``script`` (a path relative to the repository) under ``accelerate launch`` with two real CPU processes
-    (gloo, a free port, one thread each) and assert that it exits 0; returns the completed process."""
+def script_command(script, *arguments: str, processes: int = 1) -> tuple[list[str], dict[str, str]]:
+    """``(command, env)`` running ``script`` (a path relative to the repository) in one process, or under
+    ``accelerate launch`` with ``processes`` real CPU processes (gloo, a free port, one thread each)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    if processes == 1:
+        return [sys.executable, str(ROOT / script), *arguments], env
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     command = [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)),
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
         *("--main_process_port", str(port)),
         str(ROOT / script),
         *arguments,
     ]
+    return command, env
+
+
+def launch_two_processes(script, *arguments: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``script`` (a path relative to the repository) under ``accelerate launch`` with two real CPU processes
+    (gloo, a free port, one thread each) and assert that it exits 0; returns the completed process."""
+    command, env = script_command(script, *arguments, processes=2)
     completed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-4000:]
     return completed

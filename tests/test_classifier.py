@@ -138,13 +138,13 @@ def test_save_and_load_round_trip_builtin_and_user_architectures(tmp_path):
         ("small-cnn", {"width": 4}, 32),
         ("test_classifier:make_mlp", {"hidden": 5}, 8),
     ):
-        model = create_classifier(architecture, CLASSES, image_size=size, **kwargs)
+        model = create_classifier(architecture, CLASSES, image_size=size, trust_code=True, **kwargs)
         folder = save_classifier(model, tmp_path / architecture.replace(":", "_"), metadata={"note": "x"})
         assert {p.name for p in folder.iterdir()} == {"clipclean_classifier.json", "model.safetensors"}
         config = read_classifier_config(folder)
         assert config["architecture"] == architecture and config["architecture_kwargs"] == kwargs
         assert config["classnames"] == CLASSES and config["metadata"] == {"note": "x"}
-        loaded = load_classifier(folder)
+        loaded = load_classifier(folder, trust_code=True)
         images = torch.rand(3, 3, size, size)
         assert torch.equal(loaded(images), model.eval()(images)) and not loaded.training
     with pytest.raises(ValueError, match="unknown architecture"):

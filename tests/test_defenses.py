@@ -5,9 +5,9 @@ Everything runs on a planted-backdoor tiny CLIP (``tests/planted.py``) or a save
 """
 
 import importlib.util
-import io
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from clipclean.defenses.baerase import TriggerGenerator, mode_seeking_diversity,
 from clipclean.defenses.bibau import interpolate, relearned_outputs
 from clipclean.defenses.cleanclip import augment_images, augment_tokens
 from clipclean.defenses.objectives import ContrastiveObjective
-from clipclean.fileio import to_jsonable
+from clipclean.fileio import load_state_tree, save_state_tree, to_jsonable
 from clipclean.models import load_clip
 from clipclean.triggers import AdditiveTrigger, Trigger, load_trigger
 
@@ -121,11 +121,8 @@ def test_defense_contract(name):
             triggered = trigger.apply(batches[0][0])
         assert triggered.shape == batches[0][0].shape and 0 <= float(triggered.min()) <= float(triggered.max()) <= 1
 
-    # the checkpointed state holds only plain values (it loads with weights_only) and restores the summary
-    buffer = io.BytesIO()
-    torch.save(defense.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    # the checkpointed state holds only plain values (JSON + safetensors, no pickle) and restores the summary
+    state = _state_round_trip(defense.state_dict())
     fresh_model, fresh_context, _ = _setup()
     restored = build_defense(name, fresh_model, fresh_context, TINY.get(name, {}))
     restored.load_state_dict(state)
@@ -276,13 +273,18 @@ def test_simulated_retuning_step_pulls_toward_the_target_without_touching_the_mo
 
 def _restored_bibau(defense, config: dict):
     """A fresh BI-BAU on a fresh planted model, restored from ``defense``'s state through a saved checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(defense.state_dict(), buffer)
-    buffer.seek(0)
+    state = _state_round_trip(defense.state_dict())
     fresh_model, fresh_context, _ = _setup()
     restored = build_defense("bibau", fresh_model, fresh_context, config)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored.load_state_dict(state)
     return restored
+
+
+def _state_round_trip(state: dict) -> dict:
+    """``state`` written and read back the way a checkpoint holds it (:func:`clipclean.fileio.save_state_tree`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        save_state_tree(folder, "state", state)
+        return load_state_tree(folder, "state")
 
 
 def test_bibau_simulated_retuning_term_trains():

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from clipclean.cli.common import TrainingProgress, print_table, resolve_resume_path
+from clipclean.cli.common import RunCheckpoints, print_table
 from clipclean.evaluation import evaluate_zeroshot, resolve_target
 from clipclean.fileio import write_json
 from clipclean.triggers import Trigger, draw_trigger, load_trigger, read_trigger_metadata, save_trigger
@@ -117,7 +117,7 @@ def add_defense_arguments(parser: argparse.ArgumentParser, target_flags: Sequenc
 
 
 class RecipeState:
-    """Rounds completed and the defense's state, checkpointed with ``register_for_checkpointing``."""
+    """Rounds completed and the defense's state, checkpointed by :class:`~clipclean.cli.common.RunCheckpoints`."""
 
     def __init__(self, defense) -> None:
         self.defense = defense
@@ -174,6 +174,7 @@ class CleaningSession:
     optimizer: torch.optim.Optimizer
     train_loader: Any
     state: RecipeState
+    checkpoints: RunCheckpoints
     progress: bool = False
     report_to: str | None = None
     stopped_early: bool = False
@@ -194,14 +195,15 @@ class CleaningSession:
         model.train()
         wrapped, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
         state = RecipeState(defense)
-        accelerator.register_for_checkpointing(state, TrainingProgress(accelerator))  # the latter: checkpoint names
-        resume_path = resolve_resume_path(args.resume_from_checkpoint, Path(args.output_dir))
+        checkpoints = RunCheckpoints(accelerator, args.output_dir, recipe=state)
+        resume_path = checkpoints.resume(args.resume_from_checkpoint)
         if resume_path is not None:
-            accelerator.load_state(resume_path)
             logger.info("resumed from %s after %d round(s)", resume_path, state.rounds_done)
         if args.report_to:
             accelerator.init_trackers(tracker, config={k: v for k, v in vars(args).items() if v is not None})
-        return cls(accelerator, defense, wrapped, optimizer, train_loader, state, args.progress, args.report_to)
+        return cls(
+            accelerator, defense, wrapped, optimizer, train_loader, state, checkpoints, args.progress, args.report_to
+        )
 
     def run(self, after_step: Callable[[torch.nn.Module], None] | None = None) -> None:
         """The remaining rounds; ``after_step(wrapped_model)`` runs after every optimiser step (e.g. clamping a
@@ -241,7 +243,7 @@ class CleaningSession:
                 {"round": round_index, **end_report, **{k: v for k, v in report.items() if k != "inversion"}}
             )
             state.rounds_done = round_index + 1
-            accelerator.save_state()
+            self.checkpoints.save()
             if stop:
                 self.stopped_early = round_index + 1 < config.rounds
                 break

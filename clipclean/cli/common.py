@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from clipclean.fileio import write_json
+from clipclean.fileio import load_state_tree, save_state_tree, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False)
     )
     group.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file (names only)")
     group.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
+
+
+def add_trust_code_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-architecture-code``: the opt-in to import a classifier architecture outside the built-in names and
+    torchvision (``clipclean.classifiers.build_network``); without it no module named by a file is imported."""
+    parser.add_argument(
+        "--trust-architecture-code",
+        action="store_true",
+        help="allow a classifier architecture 'package.module:factory' to be imported and run (a model folder's "
+        "clipclean_classifier.json or --architecture); only for code you trust. Built-in names and "
+        "'torchvision.models:NAME' need no opt-in",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_output_dir: str) -> None:
@@ -105,18 +118,6 @@ def setup_logging(accelerator=None, script_logger: str | None = None) -> None:
             logging.getLogger(name).setLevel(level)
 
 
-def resolve_resume_path(resume: str | None, output_dir: str | Path) -> str | None:
-    """``'latest'`` -> the newest accelerate checkpoint under ``OUTPUT_DIR/checkpoints`` (None if none)."""
-    if resume is None or resume != "latest":
-        return resume
-    folder = Path(output_dir) / "checkpoints"
-    candidates = [path for path in folder.glob("checkpoint_*") if path.is_dir()] if folder.is_dir() else []
-    if not candidates:
-        logger.info("no checkpoint under %s: starting from scratch", folder)
-        return None
-    return str(max(candidates, key=lambda path: int(path.name.rsplit("_", 1)[-1])))
-
-
 def write_main_process_json(accelerator, path: str | Path, data: Any) -> None:
     """Write JSON atomically on the main process only, then wait for everyone."""
     if accelerator is None or accelerator.is_main_process:
@@ -156,29 +157,148 @@ def configure_cpu_threads(accelerator) -> int:
 
 
 class TrainingProgress:
-    """The optimisation step a run has reached, checkpointed with ``accelerator.register_for_checkpointing``.
-
-    Restoring it also restores the accelerator's automatic checkpoint counter, so a resumed run saves
-    ``checkpoint_<n+1>`` after the ``checkpoint_<n>`` it resumed from instead of colliding with an old name.
+    """The optimisation step (or epoch) a run has reached; :class:`RunCheckpoints` saves and restores it.
 
     Example::
 
-        >>> progress = TrainingProgress(accelerator)
-        >>> accelerator.register_for_checkpointing(progress)
-        >>> accelerator.load_state(path)            # progress.step is the step the checkpoint was saved at
+        >>> progress = TrainingProgress()
+        >>> checkpoints = RunCheckpoints(accelerator, output_dir, progress=progress)
+        >>> checkpoints.resume("latest")            # progress.step is the step the checkpoint was saved at
     """
 
-    def __init__(self, accelerator, step: int = 0) -> None:
-        self.accelerator = accelerator
+    def __init__(self, step: int = 0) -> None:
         self.step = step
 
     def state_dict(self) -> dict[str, int]:
-        # save_state writes custom objects before it increments the iteration: this is the folder's own number.
-        return {"step": self.step, "checkpoint_iteration": self.accelerator.save_iteration}
+        return {"step": self.step}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step = int(state["step"])
-        self.accelerator.project_configuration.iteration = int(state["checkpoint_iteration"]) + 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (missing, incomplete, not written by clipclean)."""
+
+
+CHECKPOINT_STATE_NAME = "clipclean_state"
+CHECKPOINT_COMPLETE_FILENAME = "clipclean_checkpoint.json"
+
+
+def checkpoint_number(path: Path) -> int:
+    """``checkpoint_7`` -> 7 (accelerate's automatic naming); -1 for any other name."""
+    prefix, _, number = path.name.rpartition("_")
+    return int(number) if prefix == "checkpoint" and number.isdigit() else -1
+
+
+def is_complete_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint folder :meth:`RunCheckpoints.save` finished writing (its marker is the last
+    file written, so a run killed while saving leaves a folder without it)."""
+    return (Path(path) / CHECKPOINT_COMPLETE_FILENAME).is_file()
+
+
+class RunCheckpoints:
+    """Resumable checkpoints of a run, with no pickle anywhere a resumed run reads.
+
+    ``accelerator.save_state`` writes the model (safetensors), the optimizer and the RNG states (which
+    ``load_state`` reads with ``torch.load(weights_only=True)``); the run's own state -- ``objects``, anything with
+    ``state_dict``/``load_state_dict`` returning tensors, numbers, strings and containers -- goes to
+    ``clipclean_state.json`` + ``clipclean_state.safetensors`` (:func:`clipclean.fileio.save_state_tree`), never to
+    accelerate's ``register_for_checkpointing``, whose files are unpickled with ``weights_only=False``. A marker file
+    written last tells a complete checkpoint from one a kill interrupted: ``resume("latest")`` takes the newest
+    complete one and deletes the incomplete ones.
+
+    Folders are ``OUTPUT_DIR/checkpoints/checkpoint_<n>`` (accelerate's automatic naming, the last two kept).
+
+    Example::
+
+        >>> progress = TrainingProgress()
+        >>> checkpoints = RunCheckpoints(accelerator, args.output_dir, progress=progress, scheduler=scheduler)
+        >>> resumed_from = checkpoints.resume(args.resume_from_checkpoint)   # None, a folder or "latest"
+        >>> ...; checkpoints.save()
+    """
+
+    def __init__(self, accelerator, output_dir: str | Path, **objects: Any) -> None:
+        for name, value in objects.items():
+            if not (hasattr(value, "state_dict") and hasattr(value, "load_state_dict")):
+                raise TypeError(f"{name!r} has no state_dict/load_state_dict")
+        self.accelerator = accelerator
+        self.folder = Path(output_dir) / "checkpoints"
+        self.objects = objects
+
+    def save(self) -> Path:
+        """``accelerator.save_state()`` plus the run's state, then the completeness marker; returns the folder."""
+        accelerator = self.accelerator
+        location = Path(accelerator.save_state())
+        if accelerator.is_main_process:
+            save_state_tree(location, CHECKPOINT_STATE_NAME, {n: obj.state_dict() for n, obj in self.objects.items()})
+            write_json(location / CHECKPOINT_COMPLETE_FILENAME, {"format": "clipclean-checkpoint", "complete": True})
+        accelerator.wait_for_everyone()
+        return location
+
+    def resolve(self, resume: str | None) -> Path | None:
+        """The folder ``resume`` names: ``None`` -> ``None``; ``"latest"`` -> the newest complete checkpoint under
+        ``OUTPUT_DIR/checkpoints``; a path -> itself. Raises :class:`CheckpointError` when there is none or the
+        folder is incomplete or not clipclean's."""
+        if resume is None:
+            return None
+        if resume == "latest":
+            candidates = sorted(self._numbered(), key=checkpoint_number, reverse=True)
+            for candidate in candidates:
+                if is_complete_checkpoint(candidate):
+                    return self.resolve(str(candidate))
+                logger.warning("skipping %s: incomplete (the run was interrupted while saving it)", candidate)
+            raise CheckpointError(
+                f"--resume_from_checkpoint latest: no complete checkpoint under {self.folder}; "
+                "run without --resume_from_checkpoint to start from scratch"
+            )
+        path = Path(resume)
+        if not path.is_dir():
+            raise CheckpointError(f"--resume_from_checkpoint {resume}: no such folder")
+        if not is_complete_checkpoint(path):
+            raise CheckpointError(
+                f"--resume_from_checkpoint {resume}: not a complete clipclean checkpoint (no "
+                f"{CHECKPOINT_COMPLETE_FILENAME}: interrupted while saving, or written by another program or an "
+                "older clipclean); use 'latest' or another checkpoint_<n> folder"
+            )
+        planted = sorted(candidate.name for candidate in path.glob("custom_checkpoint_*"))
+        if planted:
+            raise CheckpointError(
+                f"{path} holds {planted}, pickles that clipclean never writes (accelerate would unpickle them with "
+                "weights_only=False): refusing to resume from it"
+            )
+        return path
+
+    def resume(self, resume: str | None) -> Path | None:
+        """Restore the run from :meth:`resolve`'s folder (no-op for ``None``); returns the folder restored from.
+
+        Later saves continue the numbering after the newest folder present; incomplete folders are deleted."""
+        path = self.resolve(resume)
+        if path is None:
+            return None
+        accelerator = self.accelerator
+        accelerator.load_state(str(path))
+        state = load_state_tree(path, CHECKPOINT_STATE_NAME)
+        missing = sorted(set(self.objects) - set(state))
+        if missing:
+            raise CheckpointError(f"{path}: the checkpoint holds no state for {missing}: written by another recipe?")
+        for name, obj in self.objects.items():
+            obj.load_state_dict(state[name])
+        accelerator.wait_for_everyone()
+        numbered = self._numbered()
+        if accelerator.is_main_process:
+            for candidate in numbered:
+                if not is_complete_checkpoint(candidate):
+                    logger.info("deleting the incomplete checkpoint %s", candidate)
+                    shutil.rmtree(candidate, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        numbers = [checkpoint_number(candidate) for candidate in numbered if is_complete_checkpoint(candidate)]
+        accelerator.project_configuration.iteration = max([checkpoint_number(path), *numbers]) + 1
+        return path
+
+    def _numbered(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return [path for path in self.folder.iterdir() if path.is_dir() and checkpoint_number(path) >= 0]
 
 
 def default_templates(templates: str | None, data_source: str | None) -> tuple[list[str], str]:

@@ -1,0 +1,96 @@
+"""kill -9 of recipes/clean_clip.py at two points after its first checkpoint, then ``--resume_from_checkpoint
+latest``: the resumed run reports the same numbers as an uninterrupted one, on one process and on two (slow)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from conftest import ROOT, script_command
+
+from clipclean.cli.common import CHECKPOINT_COMPLETE_FILENAME
+from clipclean.hub import save_pretrained
+from clipclean.models import load_clip
+from clipclean.triggers import PatchBlendTrigger, save_trigger
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faults")
+    torch.manual_seed(0)
+    save_pretrained(load_clip("clipclean-tiny"), folder / "model")
+    save_trigger(
+        PatchBlendTrigger.patch(32, 4, "bottom-right", "white"), folder / "trigger", metadata={"target": "zero"}
+    )
+    return folder
+
+
+def _arguments(setup, output):
+    return [
+        "--model", str(setup / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
+        "--eval-trigger", str(setup / "trigger.json"), "--max-clean-pairs", "96", "--batch-size", "32",
+        "--rounds", "3", "--epochs", "2", "--set", "inversion.rounds=1", "--set", "inversion.steps_per_round=3",
+        "--set", "inversion.verdict_steps=2", "--set", "reinversion_steps=2", "--set", "unlearn_when_clean=true",
+        "--no-progress", "--output_dir", str(output),
+    ]  # fmt: skip
+
+
+def _run(setup, output, processes, *extra, kill_when=None):
+    """Run the recipe; with ``kill_when(output) -> bool``, SIGKILL its whole process group as soon as it holds.
+    Returns whether the run was killed."""
+    command, env = script_command("recipes/clean_clip.py", *_arguments(setup, output), *extra, processes=processes)
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.time() + 900
+    while process.poll() is None and time.time() < deadline:
+        if kill_when is not None and kill_when(output):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.005)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the recipe did not finish in 15 minutes")
+    assert process.returncode == 0, process.stderr.read().decode()[-4000:]
+    return False
+
+
+def _first_checkpoint_complete(output):
+    return (output / "checkpoints" / "checkpoint_0" / CHECKPOINT_COMPLETE_FILENAME).is_file()
+
+
+def _second_checkpoint_started(output):
+    return (output / "checkpoints" / "checkpoint_1").exists()
+
+
+def _numbers(output):
+    results = json.loads((output / "results.json").read_text())
+    inversion = results["inversion"]
+    return {
+        "before": (results["before"]["clean_accuracy"], results["before"]["attack_success_rate"]),
+        "after": (results["after"]["clean_accuracy"], results["after"]["attack_success_rate"]),
+        "verdict": inversion["verdict"],
+        "target": inversion["recovered_target"],
+        "score": inversion["backdoor_score"],
+        "rounds": results["rounds_done"],
+        "world_size": results["world_size"],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_9_then_resume_latest_reports_the_uninterrupted_numbers(setup, tmp_path, processes):
+    reference = tmp_path / "uninterrupted"
+    _run(setup, reference, processes)
+    expected = _numbers(reference)
+    assert expected["rounds"] == 3 and expected["world_size"] == processes
+    for point, kill_when in (("first", _first_checkpoint_complete), ("second", _second_checkpoint_started)):
+        output = tmp_path / point
+        assert _run(setup, output, processes, kill_when=kill_when), f"the run finished before the {point} kill"
+        assert not (output / "results.json").exists() and not (output / "cleaned").exists()
+        _run(setup, output, processes, "--resume_from_checkpoint", "latest")
+        assert _numbers(output) == expected, point
