@@ -39,6 +39,7 @@ def load_script(relative_path: str):
     path = ROOT / relative_path
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is being created
     spec.loader.exec_module(module)
     return module
 

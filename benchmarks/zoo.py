@@ -1,0 +1,433 @@
+"""A population ("zoo") of backdoored and never-poisoned tiny digits CLIPs, split into a development and a held-out
+half, each model cleaned untargeted by ``recipes/clean_clip.py`` with its defaults; per-split detection and cleaning
+metrics.
+
+The zoo (``ZooSpec``; default 36 backdoored + 12 never-poisoned models):
+
+* backdoored: every attack (badnet, blended, badclip) x every target (default ``one three five eight``; "zero", the
+  class every earlier benchmark used, is not among them) x every model seed (default 0 1 2), each with one of two
+  trigger variants per attack (``VARIANTS``: BadNet 3 px white at the bottom right or 4 px noise at the top left;
+  Blended noise at alpha 0.1 or a natural photo at alpha 0.15; BadCLIP 4 px at the bottom right or 3 px at the
+  centre), chosen by ``(target index // 2 + seed index) % 2``. BadCLIP optimises its patch against a never-poisoned model
+  of *another* seed (``surrogate seed = seed + 3``), never the same-seed reference it is compared with;
+* never-poisoned: one per seed of ``--clean-seeds`` (default 0-11), trained by the same recipe with
+  ``--poison-count 0``.
+
+**Split rule** (fixed, decided before any model was looked at): a backdoored model is *held-out* when
+``(target index + seed index)`` is odd, a never-poisoned one when its seed index is odd; the rest is the
+*development* half. Defaults and thresholds may be chosen on development models only; only held-out numbers are
+results. The rule puts every attack, target, seed and trigger variant in both halves (6 + 6 models per attack).
+
+Every model lives in its own folder under ``--zoo-dir`` (outside the repository; default ``~/.cache/clipclean/zoo``):
+``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning). Finished jobs are reused, an interrupted
+one is resumed from its last checkpoint, and ``--jobs N`` runs N jobs at once (one CPU thread each).
+``--persistence`` adds the retuning attack (``eval/complete_unlearning.py``, three retuning seeds) on the first
+``--persistence`` held-out models of each attack, next to the never-poisoned model of the same seed.
+
+    python benchmarks/zoo.py --jobs 2                                  # build, clean and report the whole zoo
+    python benchmarks/zoo.py --jobs 2 --limit 4                         # the first 4 models of each kind only
+    python benchmarks/zoo.py --report-only                              # tables from what is finished
+
+Writes ``OUTPUT/zoo.csv`` (one row per model), ``OUTPUT/zoo.md`` (the metrics per split) and ``OUTPUT/roc.png``,
+``OUTPUT/by_attack.png`` (``--output``, default ``benchmarks/results/zoo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACKS = ("badnet", "blended", "badclip")
+DEFAULT_TARGETS = ("one", "three", "five", "eight")
+NEVER_POISONED_ARGS = ("--attack", "badnet", "--poison-count", "0")
+PHOTO_PATTERN = "photo"  # replaced by scikit-image's astronaut picture, written once into the zoo folder
+VARIANTS: dict[str, tuple[list[str], list[str]]] = {
+    "badnet": (
+        ["--trigger-size", "3", "--trigger-location", "bottom-right", "--pattern", "white"],
+        ["--trigger-size", "4", "--trigger-location", "top-left", "--pattern", "noise"],
+    ),
+    "blended": (["--alpha", "0.1", "--pattern", "noise"], ["--alpha", "0.15", "--pattern", PHOTO_PATTERN]),
+    "badclip": (
+        ["--trigger-size", "4", "--trigger-location", "bottom-right"],
+        ["--trigger-size", "3", "--trigger-location", "center"],
+    ),
+}
+COLUMNS = (
+    "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",
+    "verdict", "anomaly_index", "recovered_target", "named_correctly", "ca_before", "ca_after", "asr_before",
+    "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
+)  # fmt: skip
+SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
+SUCCESS_CA_DROP = 0.02  # ... and clean accuracy drops by at most 2 points
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One model of the zoo: ``attack`` is ``"none"`` for a never-poisoned one."""
+
+    attack: str
+    seed: int
+    target: str | None = None
+    variant: int = 0
+    held_out: bool = False
+    poison_args: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def name(self) -> str:
+        if self.attack == "none":
+            return f"none_s{self.seed}"
+        return f"{self.attack}_{self.target}_s{self.seed}_v{self.variant}"
+
+    @property
+    def split(self) -> str:
+        return "held-out" if self.held_out else "development"
+
+
+def zoo_models(targets=DEFAULT_TARGETS, seeds=(0, 1, 2), clean_seeds=tuple(range(12)), attacks=ATTACKS):
+    """The zoo's models with their split (module docstring): backdoored ones first, then never-poisoned ones."""
+    models = []
+    for attack in attacks:
+        for target_index, target in enumerate(targets):
+            for seed_index, seed in enumerate(seeds):
+                variant = (target_index // 2 + seed_index) % 2
+                held_out = (target_index + seed_index) % 2 == 1
+                arguments = ["--attack", attack, "--target", target, *VARIANTS[attack][variant]]
+                models.append(ZooModel(attack, seed, target, variant, held_out, tuple(arguments)))
+    for seed_index, seed in enumerate(clean_seeds):
+        models.append(ZooModel("none", seed, None, 0, seed_index % 2 == 1, NEVER_POISONED_ARGS))
+    return models
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("--zoo-dir", default=str(Path.home() / ".cache" / "clipclean" / "zoo"))
+    parser.add_argument("--output", default="benchmarks/results/zoo")
+    parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="model seeds of backdoored models")
+    parser.add_argument("--clean-seeds", nargs="+", type=int, default=list(range(12)))
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--jobs", type=int, default=1, help="jobs run at once (one CPU thread each)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N models of each attack and of clean")
+    parser.add_argument("--split", choices=["development", "held-out", "both"], default="both", help="which to run")
+    parser.add_argument("--poison-args", default="", help="extra poison_clip.py flags (smoke: --epochs 2)")
+    parser.add_argument("--clean-args", default="", help="extra clean_clip.py flags for every cleaning")
+    parser.add_argument("--persistence", type=int, default=0, help="retuning attack on N held-out models per attack")
+    parser.add_argument("--persistence-args", default="", help="extra eval/complete_unlearning.py flags")
+    parser.add_argument("--report-only", action="store_true", help="no training: tables from finished jobs")
+    return parser.parse_args(argv)
+
+
+def selected_models(args: argparse.Namespace) -> list[ZooModel]:
+    models = zoo_models(args.targets, args.seeds, args.clean_seeds, args.attacks)
+    if args.split != "both":
+        models = [model for model in models if model.split == args.split]
+    if args.limit is not None:
+        kept, counts = [], Counter()
+        for model in models:
+            if counts[model.attack] < args.limit:
+                kept.append(model)
+                counts[model.attack] += 1
+        models = kept
+    return models
+
+
+def run_script(script: str, arguments: list[str], output: Path, output_flag: str = "--output_dir") -> dict:
+    """Run ``recipes/`` or ``eval/`` ``script`` in its own process (one CPU thread) unless ``output`` holds its
+    results; an earlier run interrupted after a checkpoint is resumed. Returns the results."""
+    results = output / "results.json" if output_flag == "--output_dir" else output
+    if not results.is_file():
+        command = [sys.executable, str(ROOT / script), *arguments, output_flag, str(output), "--no-progress"]
+        if output_flag == "--output_dir" and any((output / "checkpoints").glob("checkpoint_*")):
+            command += ["--resume_from_checkpoint", "latest"]
+        elif output_flag == "--output_dir" and output.exists():
+            command += ["--overwrite"]  # a run that died before its first checkpoint: start it again
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        log = Path(f"{results}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as handle:
+            subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
+    return json.loads(results.read_text())
+
+
+def _photo_pattern(zoo: Path) -> str:
+    path = zoo / "astronaut.png"
+    if not path.is_file():
+        from PIL import Image
+        from skimage import data
+
+        zoo.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.astronaut()).save(path)
+    return str(path)
+
+
+def poison(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
+    arguments = [_photo_pattern(zoo) if a == PHOTO_PATTERN else a for a in model.poison_args]
+    if model.attack == "badclip":
+        surrogate = ZooModel("none", model.seed + 3)
+        run_script("recipes/poison_clip.py", [*NEVER_POISONED_ARGS, "--seed", str(surrogate.seed),
+                   *args.poison_args.split()], zoo / surrogate.name / "poison")  # fmt: skip
+        arguments += ["--victim-model", str(zoo / surrogate.name / "poison" / "model")]
+    return run_script(
+        "recipes/poison_clip.py", [*arguments, "--seed", str(model.seed), *args.poison_args.split()],
+        zoo / model.name / "poison",
+    )  # fmt: skip
+
+
+def clean(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
+    poisoned = zoo / model.name / "poison"
+    arguments = ["--model", str(poisoned / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
+                 "--seed", str(model.seed), *args.clean_args.split()]  # fmt: skip
+    if model.attack != "none":  # the true trigger measures ASR only; the cleaning itself is untargeted
+        arguments += ["--eval-trigger", str(poisoned / "trigger.json")]
+    return run_script("recipes/clean_clip.py", arguments, zoo / model.name / "clean")
+
+
+def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
+    """Mean RA-ASR over three retuning seeds of the cleaned model and of the same-seed never-poisoned model."""
+    trigger = zoo / model.name / "poison" / "trigger.json"
+    reference = zoo / ZooModel("none", model.seed).name / "poison" / "model"
+    measured = {}
+    for role, checkpoint in (("cleaned", zoo / model.name / "clean" / "cleaned"), ("reference", reference)):
+        rates = []
+        for seed in (0, 1, 2):
+            results = run_script(
+                "eval/complete_unlearning.py",
+                ["--model", str(checkpoint), "--trigger", str(trigger), "--target", model.target, "--clean-data",
+                 "digits:defender", "--eval-data", "digits:test", "--seed", str(seed),
+                 *args.persistence_args.split()],
+                zoo / model.name / f"retune_{role}_s{seed}.json", output_flag="--output",
+            )  # fmt: skip
+            rates.append(results["complete"]["ra_asr"])
+        measured[role] = statistics.mean(rates)
+    return measured
+
+
+def build(models: list[ZooModel], zoo: Path, args: argparse.Namespace) -> None:
+    """Poison then clean every model, ``args.jobs`` at a time; never-poisoned models first (BadCLIP needs them)."""
+    started = time.time()
+    clean_first = sorted(models, key=lambda model: model.attack != "none")
+
+    def job(model: ZooModel) -> str:
+        poison(model, zoo, args)
+        clean(model, zoo, args)
+        return model.name
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for done, name in enumerate(pool.map(job, clean_first), start=1):
+            print(f"[{done}/{len(models)}] {name} ({time.time() - started:.0f} s)", flush=True)
+    if args.persistence:
+        chosen = [
+            m for a in args.attacks for m in [m for m in models if m.attack == a and m.held_out][: args.persistence]
+        ]
+        needed = {ZooModel("none", model.seed) for model in chosen}
+        for reference in needed:
+            poison(ZooModel("none", reference.seed, poison_args=NEVER_POISONED_ARGS), zoo, args)
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(lambda model: persistence(model, zoo, args), chosen))
+
+
+def row_of(model: ZooModel, zoo: Path) -> dict | None:
+    """The model's CSV row, or ``None`` while its cleaning has not finished."""
+    poisoned_path = zoo / model.name / "poison" / "results.json"
+    cleaned_path = zoo / model.name / "clean" / "results.json"
+    if not (poisoned_path.is_file() and cleaned_path.is_file()):
+        return None
+    poisoned, cleaned = json.loads(poisoned_path.read_text()), json.loads(cleaned_path.read_text())
+    inversion = cleaned.get("inversion") or {}
+    before, after = cleaned["before"], cleaned["after"]
+    row = {
+        "name": model.name, "split": model.split, "attack": model.attack, "target": model.target or "",
+        "seed": model.seed, "variant": model.variant, "poison_converged": poisoned.get("converged"),
+        "ca_poisoned": poisoned.get("clean_accuracy"), "asr_poisoned": poisoned.get("attack_success_rate"),
+        "verdict": inversion.get("verdict"), "anomaly_index": inversion.get("anomaly_index"),
+        "recovered_target": inversion.get("recovered_target"),
+        "named_correctly": None if model.attack == "none" else inversion.get("recovered_target") == model.target,
+        "ca_before": before["clean_accuracy"], "ca_after": after["clean_accuracy"],
+        "asr_before": before["attack_success_rate"], "asr_after": after["attack_success_rate"],
+        "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
+        "poison_wall_s": poisoned.get("wall_time_s"), "clean_wall_s": cleaned.get("wall_time_s"),
+    }  # fmt: skip
+    if model.attack != "none":
+        drop = row["ca_before"] - row["ca_after"]
+        row["cleaned"] = row["asr_after"] < SUCCESS_ASR and drop <= SUCCESS_CA_DROP
+        retuned = [zoo / model.name / f"retune_{role}_s{seed}.json" for role in ("cleaned", "reference")
+                   for seed in (0, 1, 2)]  # fmt: skip
+        if all(path.is_file() for path in retuned):
+            rates = [json.loads(path.read_text())["complete"]["ra_asr"] for path in retuned]
+            row["ra_asr"], row["reference_ra_asr"] = statistics.mean(rates[:3]), statistics.mean(rates[3:])
+    return row
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (``(nan, nan)`` for ``total == 0``)."""
+    if total == 0:
+        return math.nan, math.nan
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def split_metrics(rows: list[dict]) -> dict:
+    """Detection and cleaning metrics of one split's rows (module docstring of the report)."""
+    from sklearn.metrics import roc_auc_score
+
+    backdoored = [row for row in rows if row["attack"] != "none"]
+    clean = [row for row in rows if row["attack"] == "none"]
+
+    def rate(selected, predicate):
+        hits = sum(1 for row in selected if predicate(row))
+        low, high = wilson_interval(hits, len(selected))
+        return {"k": hits, "n": len(selected), "rate": hits / len(selected) if selected else math.nan,
+                "ci95": (low, high)}  # fmt: skip
+
+    scores = [row["anomaly_index"] for row in backdoored + clean]
+    labels = [1] * len(backdoored) + [0] * len(clean)
+    auc = roc_auc_score(labels, scores) if backdoored and clean and None not in scores else math.nan
+    drops = [row["ca_before"] - row["ca_after"] for row in backdoored]
+    return {
+        "n_backdoored": len(backdoored),
+        "n_clean": len(clean),
+        "roc_auc": auc,
+        "true_positive": rate(backdoored, lambda row: row["verdict"] == "backdoored"),
+        "false_positive": rate(clean, lambda row: row["verdict"] == "backdoored"),
+        "target_named": rate(backdoored, lambda row: row["named_correctly"]),
+        "cleaning_success": rate(backdoored, lambda row: row["cleaned"]),
+        "median_ca_drop": statistics.median(drops) if drops else math.nan,
+        "worst_ca_drop": max(drops) if drops else math.nan,
+        "clean_winner": dict(Counter(row["recovered_target"] for row in clean)),
+        "poison_not_converged": sum(1 for row in backdoored if row["poison_converged"] is False),
+        "clean_wall_s_median": statistics.median([row["clean_wall_s"] for row in rows]) if rows else math.nan,
+    }
+
+
+def report(rows: list[dict], output: Path) -> dict:
+    """Write ``zoo.csv``, ``zoo.md`` and the plots; return the metrics per split."""
+    from clipclean.fileio import write_csv, write_json
+
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(output / "zoo.csv", rows, COLUMNS)
+    metrics = {}
+    for split in ("development", "held-out"):
+        selected = [row for row in rows if row["split"] == split]
+        if not selected:
+            continue
+        metrics[split] = {"all": split_metrics(selected)}
+        for attack in ATTACKS:
+            chosen = [row for row in selected if row["attack"] in (attack, "none")]
+            if any(row["attack"] == attack for row in chosen):
+                metrics[split][attack] = split_metrics(chosen)
+    write_json(output / "zoo.json", metrics)
+    (output / "zoo.md").write_text(markdown(metrics, rows))
+    _plots(rows, output)
+    return metrics
+
+
+def _format_rate(entry: dict) -> str:
+    if not entry["n"]:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['k']}/{entry['n']} ({100 * entry['rate']:.0f}%, 95% CI {100 * low:.0f}-{100 * high:.0f})"
+
+
+def markdown(metrics: dict, rows: list[dict]) -> str:
+    lines = [
+        "| split | models | ROC-AUC | backdoored called backdoored | clean called backdoored | target named top-1 | "
+        "cleaning success | CA drop median / worst (points) | untargeted winner on clean models |",
+        "|---|---|---:|---|---|---|---|---|---|",
+    ]
+    for split, by_group in metrics.items():
+        for group, entry in by_group.items():
+            winners = ", ".join(f"{name} {count}" for name, count in sorted(entry["clean_winner"].items()))
+            lines.append(
+                f"| {split} | {group}: {entry['n_backdoored']} backdoored + {entry['n_clean']} clean | "
+                f"{entry['roc_auc']:.3f} | {_format_rate(entry['true_positive'])} | "
+                f"{_format_rate(entry['false_positive'])} | {_format_rate(entry['target_named'])} | "
+                f"{_format_rate(entry['cleaning_success'])} | {100 * entry['median_ca_drop']:.1f} / "
+                f"{100 * entry['worst_ca_drop']:.1f} | {winners or '-'} |"
+            )
+    lines += ["", "| model | split | CA/ASR poisoned | verdict (index) | named | ASR after | CA before -> after |",
+              "|---|---|---|---|---|---:|---|"]  # fmt: skip
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['split']} | {_pct(row['ca_poisoned'])}/{_pct(row['asr_poisoned'])} | "
+            f"{row['verdict']} ({row['anomaly_index']:.2f}) | {row['recovered_target']} | {_pct(row['asr_after'])} | "
+            f"{_pct(row['ca_before'])} -> {_pct(row['ca_after'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _plots(rows: list[dict], output: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from sklearn.metrics import roc_curve
+    except ImportError:  # matplotlib is a dev extra
+        return
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    for split in ("development", "held-out"):
+        selected = [row for row in rows if row["split"] == split]
+        labels = [row["attack"] != "none" for row in selected]
+        if len(set(labels)) == 2:
+            fpr, tpr, _ = roc_curve(labels, [row["anomaly_index"] for row in selected])
+            axis.plot(fpr, tpr, label=split)
+    axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict: anomaly index ROC")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(output / "roc.png", dpi=120)
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    groups = [(split, attack) for split in ("development", "held-out") for attack in ATTACKS]
+    kinds = (("backdoored", lambda r: r["verdict"] == "backdoored"), ("named", lambda r: r["named_correctly"]),
+             ("cleaned", lambda r: r["cleaned"]))  # fmt: skip
+    width = 0.25
+    for offset, (label, predicate) in enumerate(kinds):
+        values = []
+        for split, attack in groups:
+            chosen = [row for row in rows if row["split"] == split and row["attack"] == attack]
+            values.append(sum(1 for row in chosen if predicate(row)) / len(chosen) if chosen else 0)
+        axis.bar([index + offset * width for index in range(len(groups))], values, width, label=label)
+    axis.set_xticks([index + width for index in range(len(groups))])
+    axis.set_xticklabels([f"{attack}\n{split}" for split, attack in groups], fontsize=7)
+    axis.set(ylabel="fraction of models", ylim=(0, 1.05))
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(output / "by_attack.png", dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    zoo, output = Path(args.zoo_dir).expanduser(), Path(args.output)
+    models = selected_models(args)
+    if not args.report_only:
+        build(models, zoo, args)
+    rows = [row for row in (row_of(model, zoo) for model in models) if row is not None]
+    print(f"{len(rows)} of {len(models)} models finished")
+    metrics = report(rows, output) if rows else {}
+    print((output / "zoo.md").read_text() if rows else "nothing finished yet")
+    return {"rows": rows, "metrics": metrics}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
