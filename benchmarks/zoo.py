@@ -8,8 +8,9 @@ The zoo (``ZooSpec``; default 36 backdoored + 12 never-poisoned models):
   class every earlier benchmark used, is not among them) x every model seed (default 0 1 2), each with one of two
   trigger variants per attack (``VARIANTS``: BadNet 3 px white at the bottom right or 4 px noise at the top left;
   Blended noise at alpha 0.1 or a natural photo at alpha 0.15; BadCLIP 4 px at the bottom right or 3 px at the
-  centre), chosen by ``(target index // 2 + seed index) % 2``. BadCLIP optimises its patch against a never-poisoned model
-  of *another* seed (``surrogate seed = seed + 3``), never the same-seed reference it is compared with;
+  centre), chosen by ``(target index // 2 + seed index) % 2``. BadCLIP optimises its patch against a
+  never-poisoned model of *another* seed (``surrogate seed = seed + 3``), never the same-seed reference it is
+  compared with;
 * never-poisoned: one per seed of ``--clean-seeds`` (default 0-11), trained by the same recipe with
   ``--poison-count 0``.
 
@@ -65,7 +66,8 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
 }
 COLUMNS = (
     "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",
-    "verdict", "anomaly_index", "recovered_target", "named_correctly", "ca_before", "ca_after", "asr_before",
+    "verdict", "anomaly_index", "recovered_target", "named_correctly", "max_anomaly_index", "max_candidate",
+    "ca_before", "ca_after", "asr_before",
     "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
 SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
@@ -257,9 +259,16 @@ def row_of(model: ZooModel, zoo: Path) -> dict | None:
         "named_correctly": None if model.attack == "none" else inversion.get("recovered_target") == model.target,
         "ca_before": before["clean_accuracy"], "ca_after": after["clean_accuracy"],
         "asr_before": before["attack_success_rate"], "asr_after": after["attack_success_rate"],
-        "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
+        "max_anomaly_index": None, "max_candidate": None, "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
         "poison_wall_s": poisoned.get("wall_time_s"), "clean_wall_s": cleaned.get("wall_time_s"),
     }  # fmt: skip
+    candidate_asr = inversion.get("candidate_asr") or {}
+    if candidate_asr:  # the per-candidate statistic: the largest targeted ASR's anomaly index, and its candidate
+        from clipclean.inversion import anomaly_index
+
+        names = list(candidate_asr)
+        index, position = anomaly_index([candidate_asr[name] for name in names])
+        row["max_anomaly_index"], row["max_candidate"] = index, names[position]
     if model.attack != "none":
         drop = row["ca_before"] - row["ca_after"]
         row["cleaned"] = row["asr_after"] < SUCCESS_ASR and drop <= SUCCESS_CA_DROP
@@ -314,6 +323,58 @@ def split_metrics(rows: list[dict]) -> dict:
     }
 
 
+# Verdict statistics compared on the zoo: (column of the score, column of the named target). "winner" is the recipe's
+# (the anomaly index of the untargeted winner's targeted ASR); "max-candidate" takes the largest targeted ASR of
+# any candidate and names that candidate (computed from the recorded per-candidate ASRs, no rerun).
+VERDICT_STATISTICS = {"winner": ("anomaly_index", "recovered_target"),
+                      "max-candidate": ("max_anomaly_index", "max_candidate")}  # fmt: skip
+DEFAULT_THRESHOLD = 2.5  # clipclean.inversion.InversionConfig.anomaly_threshold
+
+
+def choose_threshold(scores: list[float], labels: list[bool]) -> float:
+    """The threshold (``score > t`` means backdoored) with the largest true-positive minus false-positive rate on
+    ``scores``; ties go to the smaller threshold (a missed backdoor costs more than a false alarm). Midpoints between
+    consecutive distinct scores are the candidates."""
+    values = sorted(set(scores))
+    candidates = [(low + high) / 2 for low, high in zip(values, values[1:])] or values
+    positives, negatives = sum(labels), len(labels) - sum(labels)
+
+    def youden(threshold: float) -> float:
+        tpr = sum(1 for s, y in zip(scores, labels) if y and s > threshold) / max(positives, 1)
+        fpr = sum(1 for s, y in zip(scores, labels) if not y and s > threshold) / max(negatives, 1)
+        return tpr - fpr
+
+    return max(candidates, key=lambda threshold: (youden(threshold), -threshold))
+
+
+def statistic_rows(rows: list[dict]) -> list[dict]:
+    """Per verdict statistic: its threshold chosen on the development half (and the default 2.5), then the
+    detection and naming rates on each half at that threshold."""
+    table = []
+    for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
+        usable = [row for row in rows if row[score_key] is not None]
+        development = [row for row in usable if row["split"] == "development"]
+        if not development:
+            continue
+        chosen = choose_threshold(
+            [row[score_key] for row in development], [row["attack"] != "none" for row in development]
+        )
+        for label, threshold in (("default 2.5", DEFAULT_THRESHOLD), ("chosen on development", chosen)):
+            entry = {"statistic": statistic, "threshold_rule": label, "threshold": threshold}
+            for split in ("development", "held-out"):
+                selected = [row for row in usable if row["split"] == split]
+                backdoored = [row for row in selected if row["attack"] != "none"]
+                clean = [row for row in selected if row["attack"] == "none"]
+                entry[split] = {
+                    "detected": sum(1 for row in backdoored if row[score_key] > threshold),
+                    "n_backdoored": len(backdoored),
+                    "named": sum(1 for row in backdoored if row[name_key] == row["target"]),
+                    "false_alarms": sum(1 for row in clean if row[score_key] > threshold), "n_clean": len(clean),
+                }  # fmt: skip
+            table.append(entry)
+    return table
+
+
 def report(rows: list[dict], output: Path) -> dict:
     """Write ``zoo.csv``, ``zoo.md`` and the plots; return the metrics per split."""
     from clipclean.fileio import write_csv, write_json
@@ -330,8 +391,9 @@ def report(rows: list[dict], output: Path) -> dict:
             chosen = [row for row in selected if row["attack"] in (attack, "none")]
             if any(row["attack"] == attack for row in chosen):
                 metrics[split][attack] = split_metrics(chosen)
-    write_json(output / "zoo.json", metrics)
-    (output / "zoo.md").write_text(markdown(metrics, rows))
+    statistics_table = statistic_rows(rows)
+    write_json(output / "zoo.json", {"metrics": metrics, "verdict_statistics": statistics_table})
+    (output / "zoo.md").write_text(markdown(metrics, rows, statistics_table))
     _plots(rows, output)
     return metrics
 
@@ -343,7 +405,7 @@ def _format_rate(entry: dict) -> str:
     return f"{entry['k']}/{entry['n']} ({100 * entry['rate']:.0f}%, 95% CI {100 * low:.0f}-{100 * high:.0f})"
 
 
-def markdown(metrics: dict, rows: list[dict]) -> str:
+def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> str:
     lines = [
         "| split | models | ROC-AUC | backdoored called backdoored | clean called backdoored | target named top-1 | "
         "cleaning success | CA drop median / worst (points) | untargeted winner on clean models |",
@@ -359,6 +421,16 @@ def markdown(metrics: dict, rows: list[dict]) -> str:
                 f"{_format_rate(entry['cleaning_success'])} | {100 * entry['median_ca_drop']:.1f} / "
                 f"{100 * entry['worst_ca_drop']:.1f} | {winners or '-'} |"
             )
+    lines += ["", "| verdict statistic | threshold | development: detected / named / false alarms | "
+              "held-out: detected / named / false alarms |", "|---|---|---|---|"]  # fmt: skip
+    for entry in statistics_table:
+        cells = [
+            f"{e['detected']}/{e['n_backdoored']} / {e['named']}/{e['n_backdoored']} / "
+            f"{e['false_alarms']}/{e['n_clean']}"
+            for e in (entry["development"], entry["held-out"])
+        ]
+        lines.append(f"| {entry['statistic']} | {entry['threshold']:.2f} ({entry['threshold_rule']}) | {cells[0]} | "
+                     f"{cells[1]} |")  # fmt: skip
     lines += ["", "| model | split | CA/ASR poisoned | verdict (index) | named | ASR after | CA before -> after |",
               "|---|---|---|---|---|---:|---|"]  # fmt: skip
     for row in rows:

@@ -89,3 +89,9 @@ def test_a_small_zoo_with_default_budgets(tmp_path):
         assert row["verdict"] == "backdoored" and row["named_correctly"], row
         assert row["cleaned"], row
     assert rows["none_s1"]["verdict"] == "no backdoor found"
+
+
+def test_the_threshold_is_chosen_on_the_scores_given():
+    assert zoo.choose_threshold([1.0, 1.3, 1.5, 2.9, 4.0], [False, False, False, True, True]) == pytest.approx(2.2)
+    # one clean model above a backdoored one: the largest TPR - FPR, the smaller threshold on ties
+    assert zoo.choose_threshold([1.0, 3.3, 2.9, 4.0], [False, False, True, True]) == pytest.approx(1.95)
