@@ -43,6 +43,9 @@ from clipclean.triggers import Trigger
 
 logger = logging.getLogger(__name__)
 
+# One persistence criterion everywhere (library flag, tests, benchmarks, README): a cleaned model re-learns the
+# backdoor under the retuning attack no more than 10 points faster than a never-poisoned model.
+PERSISTENCE_MARGIN = 0.10
 COMPLETE_KEYS = ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_score")
 
 
@@ -258,15 +261,19 @@ def measure_persistence(
     inversion: InversionConfig | None = None,
     max_inversion_images: int = 512,
     progress: bool = False,
+    retuning_pool: Dataset | None = None,
 ) -> Persistence:
     """Both tests of complete unlearning on one model.
 
-    The retuning attack needs the true ``trigger``, its ``target`` and ``eval_data``; without them only
-    re-inversion runs (its images and captions are the first ``max_inversion_images`` pairs of ``clean``).
+    The retuning attack needs the true ``trigger``, its ``target`` and ``eval_data``; it draws its pairs from
+    ``retuning_pool`` (the attacker's data; default ``clean``, but a pool disjoint from the defender's set is the
+    fair test: the cleaned model has been trained on ``clean``). Without them only re-inversion runs (its images and
+    captions are the first ``max_inversion_images`` pairs of ``clean``).
     """
     persistence = Persistence()
     if trigger is not None and target is not None and eval_data is not None:
-        attack = retuning_attack(model, clean, trigger, target, eval_data, classnames, templates, retuning, progress)
+        pool = clean if retuning_pool is None else retuning_pool
+        attack = retuning_attack(model, pool, trigger, target, eval_data, classnames, templates, retuning, progress)
         persistence.ra_asr = attack["ra_asr"]
         persistence.ra_clean_accuracy = attack["ra_clean_accuracy"]
         persistence.retuning = {key: attack[key] for key in ("n_pairs", "n_poisoned", "config")}
@@ -288,7 +295,8 @@ def complete_block(cleaned: Persistence, reference: Persistence | None) -> dict[
     Keys: ``ra_asr``, ``reference_ra_asr``, ``reinversion_score``, ``reference_score`` (``None`` when not
     measured), plus ``ra_clean_accuracy``, ``reference_ra_clean_accuracy``, the re-inverted targets, the retuning
     set's size and config, and ``persistent`` / ``not_reinvertible``: whether the cleaned model is no worse than
-    the reference (RA-ASR within 5 points; score no higher) -- ``None`` without a reference.
+    the reference (RA-ASR at most :data:`PERSISTENCE_MARGIN` above it; score no higher) -- ``None`` without a
+    reference.
     """
     reference = reference or Persistence()
     block = {
@@ -305,7 +313,7 @@ def complete_block(cleaned: Persistence, reference: Persistence | None) -> dict[
         "not_reinvertible": None,
     }
     if cleaned.ra_asr is not None and reference.ra_asr is not None:
-        block["persistent"] = cleaned.ra_asr <= reference.ra_asr + 0.05
+        block["persistent"] = cleaned.ra_asr <= reference.ra_asr + PERSISTENCE_MARGIN
     if cleaned.reinversion_score is not None and reference.reinversion_score is not None:
         block["not_reinvertible"] = cleaned.reinversion_score <= reference.reinversion_score
     return block

@@ -32,9 +32,8 @@ from torch.utils.data import Subset
 from clipclean.cli.common import (
     add_complete_eval_arguments,
     add_model_arguments,
-    complete_eval_configs,
+    check_complete_eval_arguments,
     default_templates,
-    load_reference_measurements,
     measure_with_reference,
     print_table,
     setup_logging,
@@ -81,9 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.reference_model is not None and args.reference_measurements is not None:
         parser.error("give --reference-model or --reference-measurements, not both")
     try:  # validate before any work
-        retuning, _ = complete_eval_configs(args)
-        if args.reference_measurements is not None:
-            load_reference_measurements(args.reference_measurements, retuning)
+        check_complete_eval_arguments(args)
     except (OSError, TypeError, ValueError) as error:
         parser.error(str(error))
     setup_logging()

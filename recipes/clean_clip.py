@@ -52,10 +52,9 @@ from clipclean.cli.cleaning import (
 from clipclean.cli.cleaning import inverted_trigger_asr as inverted_trigger_asr_of
 from clipclean.cli.common import (
     add_complete_eval_arguments,
-    complete_eval_configs,
+    check_complete_eval_arguments,
     configure_cpu_threads,
     default_templates,
-    load_reference_measurements,
     make_accelerator,
     measure_with_reference,
     setup_logging,
@@ -104,9 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.complete_eval and (args.reference_model or args.reference_measurements):
         parser.error("--reference-model/--reference-measurements are used by --complete-eval: add it")
     try:  # validate now, not after the defense has run
-        retuning, _ = complete_eval_configs(args)
-        if args.reference_measurements is not None:
-            load_reference_measurements(args.reference_measurements, retuning)
+        check_complete_eval_arguments(args)
     except (OSError, TypeError, ValueError) as error:
         parser.error(str(error))
     return args

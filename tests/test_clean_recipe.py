@@ -126,6 +126,7 @@ def test_complete_eval_writes_the_complete_block_and_reuses_reference_measuremen
         assert 0 <= complete[key] <= 1
     assert isinstance(complete["reinversion_score"], float) and isinstance(complete["reference_score"], float)
     assert complete["retuning"]["n_pairs"] == 32 and complete["retuning"]["n_poisoned"] == 3
+    assert complete["retuning"]["pool"] == "digits:train"  # disjoint from the defender's digits:defender
     assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"] == complete
     assert "RA-ASR" in (tmp_path / "run" / "cleaned" / "README.md").read_text()
     sidecar = json.loads((tmp_path / "run" / "cleaned" / "clipclean.json").read_text())
@@ -146,6 +147,9 @@ def test_complete_eval_writes_the_complete_block_and_reuses_reference_measuremen
     with pytest.raises(SystemExit):  # measured with other retuning settings
         recipe.main(tiny_args(setup, tmp_path / "bad", *QUICK_COMPLETE, "--retune-steps", "5",
                               "--reference-measurements", str(measured)))  # fmt: skip
+    with pytest.raises(SystemExit):  # measured with retuning pairs from another pool
+        recipe.main(tiny_args(setup, tmp_path / "pool", "--rounds", "1", *QUICK_COMPLETE, *reuse,
+                              "--retune-data", "digits:defender"))  # fmt: skip
     with pytest.raises(SystemExit):  # a reference without --complete-eval
         recipe.main(tiny_args(setup, tmp_path / "bad", *reference))
     with pytest.raises(SystemExit):

@@ -7,6 +7,7 @@ from planted import TARGET, clean_images
 
 from clipclean.complete import (
     COMPLETE_KEYS,
+    PERSISTENCE_MARGIN,
     Persistence,
     RetuningConfig,
     complete_block,
@@ -108,6 +109,10 @@ def test_complete_block_has_the_contract_keys_and_compares_with_the_reference():
     assert block["persistent"] is False and block["not_reinvertible"] is False
     good = complete_block(Persistence(ra_asr=0.03, reinversion_score=0.1), reference)
     assert good["persistent"] is True and good["not_reinvertible"] is True
+    # one criterion: at most 10 points above the reference
+    assert PERSISTENCE_MARGIN == 0.10
+    assert complete_block(Persistence(ra_asr=0.10), reference)["persistent"] is True
+    assert complete_block(Persistence(ra_asr=0.12), reference)["persistent"] is False
     alone = complete_block(cleaned, None)
     assert alone["reference_ra_asr"] is None and alone["persistent"] is None
     rows = complete_table_rows(block)
@@ -181,4 +186,4 @@ def test_default_bibau_removal_is_persistent(digits_clips, attack, tmp_path):
         assert results["after"]["clean_accuracy"] >= results["before"]["clean_accuracy"] - 0.03, cleaning_seed
         cleaned_ra += [ra_asr(cleaned, seed) for seed in range(3)]
     mean = sum(cleaned_ra) / len(cleaned_ra)
-    assert mean <= reference_mean + 0.10, (mean, reference_mean, cleaned_ra)
+    assert mean <= reference_mean + PERSISTENCE_MARGIN, (mean, reference_mean, cleaned_ra)

@@ -363,6 +363,12 @@ def add_complete_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--retune-batch-size", type=int, default=defaults.batch_size, help="retuning batch size")
     group.add_argument(
+        "--retune-data",
+        default=None,
+        help="image-caption pairs the retuning attack draws from, disjoint from the defender's --clean-data "
+        "(default: digits:train when the clean data is the built-in digits, else --clean-data, with a warning)",
+    )
+    group.add_argument(
         "--reinversion-option",
         dest="reinversion_options",
         action="append",
@@ -390,9 +396,10 @@ def complete_eval_configs(args: argparse.Namespace):
     return retuning, inversion
 
 
-def load_reference_measurements(path: str | Path, retuning) -> Any:
+def load_reference_measurements(path: str | Path, retuning, pool: str | None = None) -> Any:
     """The ``measured`` block of an ``eval/complete_unlearning.py`` results file, as a
-    :class:`~clipclean.complete.Persistence`; ``ValueError`` when it was measured with other retuning settings."""
+    :class:`~clipclean.complete.Persistence`; ``ValueError`` when it was measured with other retuning settings (or,
+    when ``pool`` is given, retuning pairs from another source)."""
     import json
     from dataclasses import asdict
 
@@ -405,7 +412,32 @@ def load_reference_measurements(path: str | Path, retuning) -> Any:
     recorded = measured.retuning.get("config")
     if recorded is not None and recorded != asdict(retuning):
         raise ValueError(f"{path} was measured with retuning settings {recorded}, this run uses {asdict(retuning)}")
+    if pool is not None and measured.retuning.get("pool") not in (None, pool):
+        raise ValueError(f"{path} was measured with retuning pairs from {measured.retuning['pool']}, this run {pool}")
     return measured
+
+
+def check_complete_eval_arguments(args: argparse.Namespace) -> None:
+    """Validate the complete-unlearning flags before any work (``ValueError``/``OSError`` on bad values): the
+    configs build, and ``--reference-measurements`` was measured with the same retuning settings and pool."""
+    retuning, _ = complete_eval_configs(args)
+    if args.reference_measurements is not None:
+        pool = retuning_pool_source(args.retune_data, args.clean_data)
+        load_reference_measurements(args.reference_measurements, retuning, pool)
+
+
+def retuning_pool_source(retune_data: str | None, clean_data: str | None) -> str | None:
+    """Where the retuning attack draws its pairs: ``--retune-data``; for the built-in digits the attacker's split
+    ``digits:train`` (disjoint from ``digits:defender`` and ``digits:test``); else the defender's own set."""
+    if retune_data is not None:
+        return retune_data
+    if clean_data is not None and str(clean_data).split(":")[0] == "digits":
+        return "digits:train"
+    logger.warning(
+        "the retuning attack draws its pairs from --clean-data, the set the model was cleaned on: give --retune-data "
+        "(pairs disjoint from it) for a fair test of complete unlearning"
+    )
+    return clean_data
 
 
 def measure_with_reference(args: argparse.Namespace, model, clean, trigger, target, eval_data, classnames, templates):
@@ -415,19 +447,25 @@ def measure_with_reference(args: argparse.Namespace, model, clean, trigger, targ
     Returns ``(measured, reference)``, two :class:`~clipclean.complete.Persistence` (the second may be ``None``).
     """
     from clipclean.complete import measure_persistence
+    from clipclean.data import load_image_caption_dataset
     from clipclean.models import load_clip
 
     retuning, inversion = complete_eval_configs(args)
+    source = retuning_pool_source(args.retune_data, args.clean_data)
+    pool = clean if source == args.clean_data else load_image_caption_dataset(source, image_size=model.image_size)
 
     def measure(candidate):
-        return measure_persistence(
+        measured = measure_persistence(
             candidate, clean, trigger, target, eval_data, classnames, templates, retuning, inversion,
-            progress=args.progress,
+            progress=args.progress, retuning_pool=pool,
         )  # fmt: skip
+        if measured.ra_asr is not None:
+            measured.retuning["pool"] = source
+        return measured
 
     measured = measure(model)
     if args.reference_measurements is not None:
-        return measured, load_reference_measurements(args.reference_measurements, retuning)
+        return measured, load_reference_measurements(args.reference_measurements, retuning, source)
     if args.reference_model is not None:
         return measured, measure(load_clip(args.reference_model, device=model.device, cache_dir=args.cache_dir))
     return measured, None
