@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnet", "blended", "badclip")
+SURROGATE_SEED_OFFSET = 1000  # BadCLIP's surrogate: a never-poisoned model of seed + 1000
 COLUMNS = (
     "seed", "attack", "defense", "ca_before", "ca_after", "asr_before", "asr_after", "verdict", "recovered_target",
     "anomaly_index", "inverted_trigger_asr_after", "ra_asr", "reference_ra_asr", "reinversion_score",
@@ -88,8 +89,12 @@ def main(argv=None) -> list[dict]:
         for attack in args.attacks:
             models[attack] = output / f"seed{seed}" / f"poison_{attack}"
             extra = list(poison_extra)
-            if attack == "badclip":  # BadCLIP optimises its patch against a clean surrogate, as in attacks.md
-                extra += ["--victim-model", str(models["none"] / "model")]
+            if attack == "badclip":  # BadCLIP optimises its patch against a clean surrogate, as in attacks.md:
+                # another seed's never-poisoned model, never the reference the cleaned models are compared with
+                surrogate = output / f"seed{seed}" / "poison_none_surrogate"
+                run_job("poison_clip.py", ["--poison-count", "0", "--seed", str(seed + SURROGATE_SEED_OFFSET),
+                                           *poison_extra], surrogate)  # fmt: skip
+                extra += ["--victim-model", str(surrogate / "model")]
             run_job("poison_clip.py", ["--attack", attack, "--seed", str(seed), *extra], models[attack])
         badnet_trigger = models.get("badnet", models[args.attacks[0]]) / "trigger.json"
         for attack, folder in models.items():

@@ -79,7 +79,8 @@ def digits_clips(tmp_path_factory):
     seed 0 (~1 minute each on one core), trained on first use and shared by the slow tests.
 
     ``digits_clips(name) -> (folder, results)`` with ``name`` one of ``"none"`` (never poisoned), ``"badnet"``,
-    ``"blended"``, ``"badclip"`` (optimised against the never-poisoned model); ``folder/model`` is the checkpoint,
+    ``"blended"``, ``"badclip"`` (optimised against ``"surrogate"``, a never-poisoned model of seed 1000, not the
+    reference ``"none"`` it is compared with); ``folder/model`` is the checkpoint,
     ``folder/trigger.json`` the true trigger, ``results`` the recipe's results (CA, ASR).
     """
     root = tmp_path_factory.mktemp("digits_clips")
@@ -87,13 +88,14 @@ def digits_clips(tmp_path_factory):
 
     def get(name: str) -> tuple[Path, dict]:
         if name not in trained:
-            arguments = ["--seed", "0", "--no-progress", "--output_dir", str(root / name)]
-            if name == "none":
+            seed = "1000" if name == "surrogate" else "0"
+            arguments = ["--seed", seed, "--no-progress", "--output_dir", str(root / name)]
+            if name in ("none", "surrogate"):
                 arguments += ["--attack", "badnet", "--poison-count", "0"]
             else:
                 arguments += ["--attack", name]
             if name == "badclip":
-                arguments += ["--victim-model", str(get("none")[0] / "model")]
+                arguments += ["--victim-model", str(get("surrogate")[0] / "model")]
             trained[name] = (root / name, load_script("recipes/poison_clip.py").main(arguments))
         return trained[name]
 
