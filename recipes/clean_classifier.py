@@ -57,6 +57,7 @@ from clipclean.cli.cleaning import (
     make_cleaning_parser,
     make_defense,
     peak_memory_mb,
+    phase_wall_times,
     prepare_demo,
     print_summary,
     trigger_identical_across_ranks,
@@ -73,6 +74,7 @@ from clipclean.cli.common import (
 from clipclean.data import collate_pairs, load_classification_dataset
 from clipclean.hub import save_pretrained
 from clipclean.models import load_clip
+from clipclean.timing import PhaseTimer
 
 logger = logging.getLogger("clean_classifier")
 
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.clean_data is None:
         raise SystemExit("--clean-data is required when --model is given (the defender's clean labelled images)")
 
-    with accelerator.main_process_first():
+    timer = PhaseTimer()
+    with timer("load"), accelerator.main_process_first():
         model, clip, clean, eval_data, templates = _load_model_and_data(args, accelerator.device)
     if args.max_clean_pairs is not None:
         clean = torch.utils.data.Subset(clean, range(min(args.max_clean_pairs, len(clean))))
@@ -185,24 +188,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             accelerator=accelerator,
             seed=args.seed,
         )
-        before = evaluate(model, trigger=true_trigger, target=true_target)
+        with timer("evaluate_before"):
+            before = evaluate(model, trigger=true_trigger, target=true_target)
 
     defense, reference = make_defense(args, accelerator, model, classnames, classifier)
     session = CleaningSession.prepare(accelerator, model, defense, train_loader, args, tracker="clean_classifier")
-    session.run()
+    with timer("cleaning"):
+        session.run()
 
     model.eval()
     summary = defense.summary()
     after = inverted_asr = None
     if evaluate is not None:
-        after = evaluate(model, trigger=true_trigger, target=true_target)
-        inverted_asr = inverted_trigger_asr(
-            defense,
-            summary,
-            lambda evaluated, trigger, target: evaluate(evaluated, trigger=trigger, target=target),
-            {"before": reference, "after": model},
-            classnames,
-        )
+        with timer("evaluate_after"):
+            after = evaluate(model, trigger=true_trigger, target=true_target)
+            inverted_asr = inverted_trigger_asr(
+                defense,
+                summary,
+                lambda evaluated, trigger, target: evaluate(evaluated, trigger=trigger, target=target),
+                {"before": reference, "after": model},
+                classnames,
+            )
     results = {
         "defense": args.defense,
         "before": before,
@@ -214,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds_done": session.state.rounds_done,
         "stopped_early": session.stopped_early,
         "wall_time_s": time.time() - start_time,
+        "phase_wall_time_s": phase_wall_times(timer, session),
         "peak_memory_mb": peak_memory_mb(accelerator),
         "world_size": accelerator.num_processes,
         "trigger_identical_across_ranks": trigger_identical_across_ranks(accelerator, defense.trigger_for_report()),

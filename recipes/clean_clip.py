@@ -44,6 +44,7 @@ from clipclean.cli.cleaning import (
     make_cleaning_parser,
     make_defense,
     peak_memory_mb,
+    phase_wall_times,
     prepare_demo,
     print_summary,
     trigger_identical_across_ranks,
@@ -65,6 +66,7 @@ from clipclean.data import load_classification_dataset, load_image_caption_datas
 from clipclean.evaluation import resolve_target, zeroshot_classifier
 from clipclean.hub import push_to_hub, save_pretrained
 from clipclean.models import load_clip
+from clipclean.timing import PhaseTimer
 from clipclean.training import CaptionTokenizer, clamp_logit_scale_
 from clipclean.triggers import load_trigger, read_trigger_metadata
 
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.clean_data is None:
         raise SystemExit("--clean-data is required when --model is given (the defender's clean image-caption set)")
 
-    with accelerator.main_process_first():
+    timer = PhaseTimer()
+    with timer("load"), accelerator.main_process_first():
         model = load_clip(args.model, pretrained=args.pretrained, device=accelerator.device, cache_dir=args.cache_dir)
         clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size)
         eval_data = (
@@ -176,14 +179,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     before = None
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-        before = _evaluate(
-            model, eval_loader, eval_data, templates, true_trigger, true_target, args, accelerator, classifier
-        )
+        with timer("evaluate_before"):
+            before = _evaluate(
+                model, eval_loader, eval_data, templates, true_trigger, true_target, args, accelerator, classifier
+            )
 
     defense, reference = make_defense(args, accelerator, model, candidate_names, classifier)
     session = CleaningSession.prepare(accelerator, model, defense, train_loader, args, tracker="clean_clip")
     state, config = session.state, defense.config
-    session.run(after_step=clamp_logit_scale_)
+    with timer("cleaning"):
+        session.run(after_step=clamp_logit_scale_)
 
     model.eval()
     trigger_equal = trigger_identical_across_ranks(accelerator, defense.trigger_for_report())
@@ -191,21 +196,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     after = None
     inverted_trigger_asr = None
     if eval_loader is not None:
-        after = _evaluate(
-            model, eval_loader, eval_data, templates, true_trigger, true_target, args, accelerator, classifier
-        )
-        inverted_trigger_asr = inverted_trigger_asr_of(
-            defense,
-            summary,
-            lambda evaluated, trigger, target: _evaluate(
-                evaluated, eval_loader, eval_data, templates, trigger, target, args, accelerator, classifier
-            ),
-            {"before": reference, "after": model},
-            eval_data.classnames,
-        )
+        with timer("evaluate_after"):
+            after = _evaluate(
+                model, eval_loader, eval_data, templates, true_trigger, true_target, args, accelerator, classifier
+            )
+            inverted_trigger_asr = inverted_trigger_asr_of(
+                defense,
+                summary,
+                lambda evaluated, trigger, target: _evaluate(
+                    evaluated, eval_loader, eval_data, templates, trigger, target, args, accelerator, classifier
+                ),
+                {"before": reference, "after": model},
+                eval_data.classnames,
+            )
     complete = None
     if args.complete_eval:
-        complete = _complete_eval(args, accelerator, model, clean, true_trigger, true_target, eval_data, templates)
+        with timer("complete_eval"):
+            complete = _complete_eval(args, accelerator, model, clean, true_trigger, true_target, eval_data, templates)
     wall_time = time.time() - start_time
     results = {
         "defense": args.defense,
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds_done": state.rounds_done,
         "stopped_early": session.stopped_early,
         "wall_time_s": wall_time,
+        "phase_wall_time_s": phase_wall_times(timer, session),
         "peak_memory_mb": peak_memory_mb(accelerator),
         "world_size": accelerator.num_processes,
         "trigger_identical_across_ranks": trigger_equal,

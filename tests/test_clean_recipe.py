@@ -81,6 +81,15 @@ def test_recipe_in_process_writes_every_output(setup, tmp_path):
     assert INVERSION_KEYS <= set(results["inversion"])
     assert results["inversion"]["verdict"] in ("backdoored", "no backdoor found")
     assert results["trigger_identical_across_ranks"] is True
+    # wall time per phase: the recipe's, the loop's inside "cleaning", the defense's inside the loop's rounds
+    phases = results["phase_wall_time_s"]
+    for phase in ("load", "evaluate_before", "cleaning", "evaluate_after", "cleaning/begin_round",
+                  "cleaning/unlearning_steps", "cleaning/end_round", "cleaning/checkpoint", "defense/inversion",
+                  "defense/verdict", "defense/reinversion"):  # fmt: skip
+        assert phases[phase] > 0, phase
+    loop = sum(phases[f"cleaning/{part}"] for part in ("begin_round", "unlearning_steps", "end_round", "checkpoint"))
+    assert loop <= phases["cleaning"] <= results["wall_time_s"]
+    assert phases["defense/inversion"] + phases["defense/verdict"] <= phases["cleaning/begin_round"]
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk["defense"] == "bibau" and on_disk["inversion"]["recovered_target"] in [
         "zero",

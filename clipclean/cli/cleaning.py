@@ -23,7 +23,7 @@ import logging
 import resource
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from clipclean.cli.common import RunCheckpoints, print_table
 from clipclean.evaluation import evaluate_zeroshot, resolve_target
 from clipclean.fileio import write_json
+from clipclean.timing import PhaseTimer
 from clipclean.triggers import Trigger, draw_trigger, load_trigger, read_trigger_metadata, save_trigger
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class CleaningSession:
     progress: bool = False
     report_to: str | None = None
     stopped_early: bool = False
+    timer: PhaseTimer = field(default_factory=PhaseTimer)  # begin_round / steps / end_round / checkpoint seconds
 
     @classmethod
     def prepare(cls, accelerator, model: torch.nn.Module, defense, train_loader, args, tracker: str = "clean"):
@@ -211,8 +213,10 @@ class CleaningSession:
         accelerator, defense, loader, state = self.accelerator, self.defense, self.train_loader, self.state
         config = defense.config
         step = state.rounds_done * config.epochs * len(loader)
+        timer = self.timer
         for round_index in range(state.rounds_done, config.rounds):
-            report = defense.begin_round(round_index, loader)
+            with timer("begin_round"):
+                report = defense.begin_round(round_index, loader)
             if report.get("stop"):  # the defense decided there is nothing to remove
                 logger.info("%s: nothing to remove, model left unchanged", defense.name)
                 state.rounds_done = round_index
@@ -225,28 +229,43 @@ class CleaningSession:
             for epoch in range(config.epochs):
                 loader.set_epoch(round_index * config.epochs + epoch)
                 for batch in loader:
-                    with accelerator.autocast():
-                        losses, _ = defense.forward(self.wrapped, batch)
-                    accelerator.backward(losses["loss"])
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if after_step is not None:
-                        after_step(self.wrapped)
+                    with timer("unlearning_steps"):
+                        with accelerator.autocast():
+                            losses, _ = defense.forward(self.wrapped, batch)
+                        accelerator.backward(losses["loss"])
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        if after_step is not None:
+                            after_step(self.wrapped)
                     step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss'].item():.3f}")
                     if self.report_to:
                         accelerator.log({f"train/{k}": float(v) for k, v in losses.items()}, step=step)
             bar.close()
-            stop, end_report = defense.end_round(round_index, loader)
+            with timer("end_round"):
+                stop, end_report = defense.end_round(round_index, loader)
             state.reports.append(
                 {"round": round_index, **end_report, **{k: v for k, v in report.items() if k != "inversion"}}
             )
             state.rounds_done = round_index + 1
-            self.checkpoints.save()
+            with timer("checkpoint"):
+                self.checkpoints.save()
             if stop:
                 self.stopped_early = round_index + 1 < config.rounds
                 break
+
+
+def phase_wall_times(recipe: PhaseTimer, session: CleaningSession) -> dict[str, float]:
+    """The ``phase_wall_time_s`` block of ``results.json`` (seconds, main process): the recipe's phases (``load``,
+    ``evaluate_before``, ``cleaning``, ``evaluate_after``, ``complete_eval``), the cleaning loop's
+    (``cleaning/begin_round``, ``cleaning/unlearning_steps``, ``cleaning/end_round``, ``cleaning/checkpoint``) and the
+    defense's own (``defense/inversion``, ``defense/verdict``... inside ``cleaning/begin_round`` and ``end_round``)."""
+    return {
+        **recipe.rounded(),
+        **{f"cleaning/{phase}": seconds for phase, seconds in session.timer.rounded().items()},
+        **{f"defense/{phase}": seconds for phase, seconds in session.defense.timer.rounded().items()},
+    }
 
 
 def load_eval_trigger(path: str | None, target: str | None, eval_data, device) -> tuple[Trigger | None, str | None]:

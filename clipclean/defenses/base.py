@@ -27,6 +27,7 @@ from torch import nn
 from clipclean.defenses.objectives import feature_anchor_loss, make_objective
 from clipclean.inversion import InversionConfig, InversionResult, ReduceFn, build_inverter, no_reduce
 from clipclean.models import PixelCLIP
+from clipclean.timing import PhaseTimer
 from clipclean.training import make_clip_loss
 from clipclean.triggers import TRIGGER_FAMILIES, Trigger
 
@@ -103,6 +104,7 @@ class Defense:
         self.context = context
         self.objective = make_objective(model, context)
         self.clip_loss = context.clip_loss()
+        self.timer = PhaseTimer()  # wall time of the defense's own phases (inversion, verdict...), for results.json
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the recipe's optimiser updates (image tower or everything, per ``config.tune``; a

@@ -214,11 +214,14 @@ class BIBAU(Defense):
 
     def begin_round(self, round_index: int, batches: Iterable[Batch]) -> dict:
         if round_index == 0:
-            self.inverter.run_em(batches)
+            timer = self.timer
+            with timer("inversion"):
+                self.inverter.run_em(batches)
             verdict_batches = batches if self.config.verdict else None
             if self.context.candidate_names is None:
                 verdict_batches = None
-            self.first_result = self.inverter.result(verdict_batches)
+            with timer("verdict"):
+                self.first_result = self.inverter.result(verdict_batches)
             self.first_trigger_index = self.inverter.best_hypothesis()
             self.first_result.trigger = copy.deepcopy(self.first_result.trigger).requires_grad_(False)
             report = self.first_result.report()
@@ -231,13 +234,15 @@ class BIBAU(Defense):
             )
             skip = not self.config.unlearn_when_clean and report["verdict"] == "no backdoor found"
             if self._widens() and not skip:
-                self._widen_population(self.first_result.direction)
-                stream = cycle(batches)
-                self.inverter.m_step(stream, steps=self.config.reinversion_steps)
-                self.inverter.e_step(next(stream) for _ in range(4))
+                with timer("refit_at_unlearning_budget"):
+                    self._widen_population(self.first_result.direction)
+                    stream = cycle(batches)
+                    self.inverter.m_step(stream, steps=self.config.reinversion_steps)
+                    self.inverter.e_step(next(stream) for _ in range(4))
             begin = {"inversion": report, "stop": skip}
             if self.config.reset_fraction > 0 and not skip:
-                self.reset_report = self._reset_units(batches)
+                with timer("unit_reset"):
+                    self.reset_report = self._reset_units(batches)
                 begin["unit_reset"] = {layer: len(item["units"]) for layer, item in self.reset_report.items()}
             return begin
         return {}
@@ -359,9 +364,10 @@ class BIBAU(Defense):
     def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
         """Warm-started re-inversion on the updated model; with ``stop_early``, stop when the trigger no longer
         hijacks."""
-        stream = cycle(batches)
-        self.inverter.m_step(stream, steps=self.config.reinversion_steps)
-        stats = self.inverter.e_step(next(stream) for _ in range(4))
+        with self.timer("reinversion"):
+            stream = cycle(batches)
+            self.inverter.m_step(stream, steps=self.config.reinversion_steps)
+            stats = self.inverter.e_step(next(stream) for _ in range(4))
         best = int(stats.backdoor_scores.argmax())
         hijacked = float(stats.hijacked_fractions[best])
         report = {
