@@ -96,6 +96,10 @@ class InversionConfig:
             missed the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model scored 3.2
             once (benchmarks/classifier.md): a false positive at either threshold.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
+        micro_batch: at most this many triggered images per forward/backward pass in the M-step and the verdict's
+            targeted inversions (gradient accumulation over chunks of the batch: the same gradient, less memory;
+            the verdict stacks ``candidates x verdict_batch_size`` images, 640 on ImageNet-sized candidate sets).
+            ``None`` (default): the whole batch in one pass.
         batch_size: images per M-step gradient step (per process).
         seed: seeds trigger initialisations and the verdict's candidate sample.
     """
@@ -116,6 +120,7 @@ class InversionConfig:
     anomaly_threshold: float = 2.5
     max_verdict_candidates: int = 20
     verdict_batch_size: int = 32
+    micro_batch: int | None = None
     online_direction: bool = True
     batch_size: int = 64
     seed: int = 0
@@ -136,6 +141,8 @@ class InversionConfig:
             raise ValueError("kappa and lr must be > 0")
         if not 0 < self.collapse_fraction <= 1:
             raise ValueError("collapse_fraction must be in (0, 1]")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1 or None, got {self.micro_batch}")
 
 
 @dataclass
@@ -407,15 +414,58 @@ class BlindInversion:
         directions: torch.Tensor | None,
     ) -> torch.Tensor:
         """``Q`` of every trigger in one forward pass: ``(P,)`` values for ``directions (P, d)``."""
-        stacked = torch.cat([trigger.apply(images) for trigger in triggers])
-        features = self.model.encode_image(stacked).float().view(len(triggers), images.shape[0], -1)
+        features = self._population_features(triggers, images)
         if directions is None:  # online E-step: the directions this batch's triggered images alone give
-            ones = torch.ones(images.shape[0], device=features.device)
-            evidence = torch.stack([self._direction_evidence(f, text, ones) for f in features.detach()])
+            directions = self._directions_from_evidence(self._online_evidence(features.detach(), text))
+        return self._log_likelihood(features, text, directions) + self._population_prior(triggers)
+
+    def _population_features(self, triggers: Sequence[Trigger], images: torch.Tensor) -> torch.Tensor:
+        """``(P, B, E)`` features of every trigger applied to ``images (B, 3, H, W)``, in one forward pass."""
+        stacked = torch.cat([trigger.apply(images) for trigger in triggers])
+        return self.model.encode_image(stacked).float().view(len(triggers), images.shape[0], -1)
+
+    def _online_evidence(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``(P, ...)`` direction evidence of features ``(P, B, E)`` with unit weights (additive over images)."""
+        ones = torch.ones(features.shape[1], device=features.device)
+        return torch.stack([self._direction_evidence(f, text, ones) for f in features])
+
+    def _population_prior(self, triggers: Sequence[Trigger]) -> torch.Tensor:
+        return torch.stack([trigger_prior(t, self.config.lambda_mask, self.config.lambda_tv) for t in triggers])
+
+    def _objective_backward(
+        self, triggers: Sequence[Trigger], images: torch.Tensor, text: torch.Tensor, directions: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``Q`` ``(P,)`` of the batch (detached), with the gradient of ``-sum(Q)`` accumulated into the triggers.
+
+        With ``config.micro_batch``, the batch goes through the model in chunks of at most ``micro_batch``
+        triggered images (``P`` per image): each chunk's mean log-likelihood is weighted by its share of the batch
+        and back-propagated on its own, so the gradient equals the whole batch's (online directions are first
+        summed over every chunk without gradient) while the autograd graph holds one chunk at a time.
+        """
+        size = images.shape[0]
+        micro_batch = self.config.micro_batch
+        chunk = size if micro_batch is None else max(1, micro_batch // len(triggers))
+        if chunk >= size:
+            objective = self.population_objective(triggers, images, text, directions)
+            (-objective.sum()).backward()
+            return objective.detach()
+        parts = [slice(start, min(start + chunk, size)) for start in range(0, size, chunk)]
+        if directions is None:
+            with torch.no_grad():
+                evidence = sum(
+                    self._online_evidence(self._population_features(triggers, images[part]), text[part])
+                    for part in parts
+                )
             directions = self._directions_from_evidence(evidence)
-        likelihood = self._log_likelihood(features, text, directions)
-        prior = torch.stack([trigger_prior(t, self.config.lambda_mask, self.config.lambda_tv) for t in triggers])
-        return likelihood + prior
+        total = self._population_prior(triggers)
+        (-total.sum()).backward()
+        total = total.detach()
+        for part in parts:
+            features = self._population_features(triggers, images[part])
+            weighted = self._log_likelihood(features, text[part], directions) * ((part.stop - part.start) / size)
+            (-weighted.sum()).backward()
+            total = total + weighted.detach()
+        return total
 
     def _ascend(
         self,
@@ -437,8 +487,7 @@ class BlindInversion:
                 images, captions = images[:max_images].to(self.device), captions[:max_images]
                 text = self._text_features(captions)
                 optimizer.zero_grad(set_to_none=True)
-                objective = self.population_objective(triggers, images, text, directions)
-                (-objective.sum()).backward()
+                objective = self._objective_backward(triggers, images, text, directions)
                 for trigger in triggers:
                     for parameter in trigger.parameters():
                         if parameter.grad is not None:
@@ -446,7 +495,7 @@ class BlindInversion:
                 optimizer.step()
                 for trigger in triggers:
                     trigger.project_()
-                values = self.reduce_fn(objective.detach(), "mean").cpu()
+                values = self.reduce_fn(objective, "mean").cpu()
         finally:
             for parameter, flag in zip(self.model.parameters(), requires_grad):
                 parameter.requires_grad_(flag)

@@ -165,3 +165,52 @@ def test_total_variation_and_config_validation():
     with pytest.raises(ValueError):
         InversionConfig(rounds=0)
     assert F.normalize(torch.ones(2), dim=0).norm() == pytest.approx(1.0)
+
+
+def _trigger_gradients(inverter, triggers, images, text, directions):
+    for trigger in triggers:
+        trigger.zero_grad(set_to_none=True)
+    objective = inverter._objective_backward(triggers, images, text, directions)
+    return objective, [p.grad.clone() for trigger in triggers for p in trigger.parameters()]
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_micro_batches_give_the_whole_batch_gradient(planted, online):
+    """``micro_batch`` chunks the stacked triggered images (verdict: candidates x batch) without changing Q or its
+    gradient; the graph holds one chunk at a time."""
+    images, captions = clean_images(24)
+    whole = BlindInversion(planted, InversionConfig(patch_hypotheses=3, mask_budgets=(0.02,)))
+    whole.e_step([(images, captions)])
+    text = whole._text_features(captions)
+    directions = None if online else whole.directions
+    reference, expected = _trigger_gradients(whole, whole.population, images, text, directions)
+    chunked = BlindInversion(planted, InversionConfig(patch_hypotheses=3, mask_budgets=(0.02,), micro_batch=7))
+    chunked.population = whole.population
+    objective, gradients = _trigger_gradients(chunked, whole.population, images, text, directions)
+    torch.testing.assert_close(objective, reference, rtol=1e-5, atol=1e-6)
+    assert len(gradients) == len(expected) > 0
+    for got, want in zip(gradients, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch"):
+        InversionConfig(micro_batch=0)
+
+
+def test_micro_batches_in_the_classifier_inversion():
+    from clipclean.classifiers import create_classifier
+    from clipclean.inversion import build_inverter
+
+    torch.manual_seed(0)
+    names = ["a", "b", "c", "d"]
+    model = create_classifier("small-cnn", names, image_size=32, width=4).eval()
+    images, labels = torch.rand(10, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    results = []
+    for micro_batch in (None, 5):
+        torch.manual_seed(1)
+        config = InversionConfig(patch_hypotheses=2, mask_budgets=(0.02,), micro_batch=micro_batch)
+        inverter = build_inverter(model, config, candidate_names=names, candidate_embeddings=model.class_embeddings)
+        inverter.e_step([(images, labels)])
+        text = inverter._text_features(labels)
+        results.append(_trigger_gradients(inverter, inverter.population, images, text, None))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
