@@ -527,7 +527,7 @@ class ClassifierInversion(BlindInversion):
 
     def result(self, verdict_batches=None) -> InversionResult:
         result = super().result(verdict_batches)
-        if self.class_hypotheses:
+        if self.class_hypotheses and result.named_by != "verdict":
             result.direction = self.class_posterior().detach().cpu()
             result.target_candidates = self.name_candidates(result.direction)
         return result

@@ -65,6 +65,9 @@ def no_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+VERDICT_STATISTICS = ("winner", "max-candidate")
+
+
 @dataclass
 class InversionConfig:
     """Hyper-parameters of the blind inversion (defaults tuned on tiny CLIPs, 32x32 digits).
@@ -95,6 +98,10 @@ class InversionConfig:
             scan``), backdoored 2.91-7.26 (BadNet, Blended, BadCLIP, three cleaning seeds each); the earlier 3.0
             missed the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model scored 3.2
             once (benchmarks/classifier.md): a false positive at either threshold.
+        verdict_statistic: what the verdict scores. ``"winner"`` (default): the anomaly index of the untargeted
+            winner's targeted ASR among all candidates'; ``"max-candidate"``: the anomaly index of the largest
+            targeted ASR, and when it declares a backdoor the target is that candidate (with its targeted trigger),
+            even if the untargeted search named another class (the per-candidate test).
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step and the verdict's
             targeted inversions (gradient accumulation over chunks of the batch: the same gradient, less memory;
@@ -118,6 +125,7 @@ class InversionConfig:
     verdict_budget: float | None = None
     verdict_steps: int = 150
     anomaly_threshold: float = 2.5
+    verdict_statistic: str = "winner"
     max_verdict_candidates: int = 20
     verdict_batch_size: int = 32
     micro_batch: int | None = None
@@ -141,6 +149,8 @@ class InversionConfig:
             raise ValueError("kappa and lr must be > 0")
         if not 0 < self.collapse_fraction <= 1:
             raise ValueError("collapse_fraction must be in (0, 1]")
+        if self.verdict_statistic not in VERDICT_STATISTICS:
+            raise ValueError(f"verdict_statistic must be one of {VERDICT_STATISTICS}, got {self.verdict_statistic!r}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1 or None, got {self.micro_batch}")
 
@@ -173,6 +183,7 @@ class InversionResult:
     anomaly_index: float | None = None
     candidate_asr: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    named_by: str = "untargeted search"  # or "verdict": the per-candidate test named another target
 
     def report(self) -> dict:
         """JSON-ready summary (the ``inversion`` block of ``results.json``)."""
@@ -185,6 +196,7 @@ class InversionResult:
             "hijacked_fraction": self.hijacked_fraction,
             "anomaly_index": self.anomaly_index,
             "candidate_asr": self.candidate_asr,
+            "named_by": self.named_by,
             "mask_budget": self.mask_budget,
             "trigger": self.trigger.describe(),
             "history": self.history,
@@ -295,6 +307,7 @@ class BlindInversion:
                 self.target_direction = self.model.encode_text([target_caption]).float()[0]
         self.directions: torch.Tensor | None = None
         self.images_per_step: int | None = None  # M-step images per hypothesis (None: the whole batch)
+        self.verdict_triggers: dict[int, Trigger] = {}  # candidate index -> its targeted trigger (last verdict)
         self.last_stats: EStepStats | None = None
         self.history: list[dict] = []
 
@@ -608,6 +621,7 @@ class BlindInversion:
         embeddings = self.candidate_embeddings.to(self.device).float()
         stream = cycle(batches)
         triggers = self._targeted_triggers(indices, stream)
+        self.verdict_triggers = dict(zip(indices, triggers))
         hits = torch.zeros(len(indices), device=self.device)
         totals = torch.zeros(len(indices), device=self.device)
         with torch.no_grad():
@@ -659,12 +673,33 @@ class BlindInversion:
         )
         if verdict_batches is not None and self.candidate_names is not None:
             winner = self.candidate_names.index(result.recovered_target)
-            index, asr, _ = self.verdict(verdict_batches, winner)
+            scored = winner if self.config.verdict_statistic == "winner" else None
+            index, asr, named = self.verdict(verdict_batches, scored)
             result.anomaly_index = index
             result.candidate_asr = asr
             backdoored = index > self.config.anomaly_threshold
             result.verdict = "backdoored" if backdoored else "no backdoor found"
+            if backdoored and named != winner:
+                self._adopt_candidate(result, named)
         return result
+
+    def _adopt_candidate(self, result: InversionResult, candidate: int) -> None:
+        """The per-candidate test named ``candidate`` where the untargeted search named another class: the result
+        takes that candidate's name, embedding and targeted trigger."""
+        trigger = self.verdict_triggers[candidate]
+        logger.info(
+            "the verdict names %r (targeted ASR %.3f), not the untargeted winner %r",
+            self.candidate_names[candidate],
+            result.candidate_asr[self.candidate_names[candidate]],
+            result.recovered_target,
+        )
+        result.recovered_target = self.candidate_names[candidate]
+        result.direction = F.normalize(self.candidate_embeddings[candidate].float(), dim=-1).detach().cpu()
+        result.trigger = trigger
+        result.mask_budget = trigger.mask_budget if isinstance(trigger, PatchBlendTrigger) else None
+        ranked = sorted(result.candidate_asr.items(), key=lambda item: -item[1])
+        result.target_candidates = ranked[: len(result.target_candidates) or 5]
+        result.named_by = "verdict"
 
     def fit(self, images: torch.Tensor, captions: Sequence[str], verdict: bool = True) -> InversionResult:
         """Single-process convenience: EM on in-memory ``images (N, 3, H, W)`` in [0, 1] and their captions."""

@@ -214,3 +214,38 @@ def test_micro_batches_in_the_classifier_inversion():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for got, want in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_max_candidate_verdict_adopts_the_candidate_the_untargeted_search_missed(planted, monkeypatch):
+    """``verdict_statistic="max-candidate"`` scores the largest targeted ASR; when that declares a backdoor on
+    another class than the untargeted winner, the result names it, with its embedding and targeted trigger."""
+    images, captions = clean_images(32)
+    names, embeddings = planted_candidates(planted)
+    config = InversionConfig(patch_hypotheses=1, rounds=1, steps_per_round=2, verdict_steps=2,
+                             verdict_statistic="max-candidate")  # fmt: skip
+    inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
+    inverter.run_em([(images, captions)])
+    winner = inverter.result().recovered_target
+    other = next(index for index, name in enumerate(names) if name != winner)
+    seen = {}
+
+    def fake_verdict(batches, untargeted_winner):  # the targeted ASR of ``other`` stands out
+        seen["scored"] = untargeted_winner
+        inverter.verdict_triggers = {other: true_trigger()}
+        named = other if untargeted_winner is None else untargeted_winner  # as the real verdict returns
+        return 9.0, {name: (0.9 if index == other else 0.1) for index, name in enumerate(names)}, named
+
+    monkeypatch.setattr(inverter, "verdict", fake_verdict)
+    result = inverter.result([(images, captions)])
+    assert seen["scored"] is None  # the statistic is the largest ASR, not the winner's
+    assert result.verdict == "backdoored" and result.recovered_target == names[other]
+    assert result.named_by == "verdict" and result.report()["named_by"] == "verdict"
+    assert result.target_candidates[0][0] == names[other]
+    torch.testing.assert_close(result.direction, F.normalize(embeddings[other].float(), dim=-1))
+    assert result.trigger is inverter.verdict_triggers[other]
+    # the default statistic scores the winner and keeps its name
+    inverter.config.verdict_statistic = "winner"
+    kept = inverter.result([(images, captions)])
+    assert seen["scored"] == names.index(winner) and kept.named_by == "untargeted search"
+    with pytest.raises(ValueError, match="verdict_statistic"):
+        InversionConfig(verdict_statistic="best")
