@@ -29,8 +29,8 @@ one is resumed from its last checkpoint, and ``--jobs N`` runs N jobs at once (o
     python benchmarks/zoo.py --jobs 2 --limit 4                         # the first 4 models of each kind only
     python benchmarks/zoo.py --report-only                              # tables from what is finished
 
-Writes ``OUTPUT/zoo.csv`` (one row per model), ``OUTPUT/zoo.md`` (the metrics per split) and ``OUTPUT/roc.png``,
-``OUTPUT/by_attack.png`` (``--output``, default ``benchmarks/results/zoo``).
+Writes ``OUTPUT/zoo.csv`` (one row per model), ``OUTPUT/zoo.md`` (the metrics per split), ``OUTPUT/zoo.json`` and
+``OUTPUT/zoo_roc.png``, ``OUTPUT/zoo_by_attack.png`` (``--output``, default ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
     parser.add_argument("--zoo-dir", default=str(Path.home() / ".cache" / "clipclean" / "zoo"))
-    parser.add_argument("--output", default="benchmarks/results/zoo")
+    parser.add_argument("--output", default="benchmarks/results")
     parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="model seeds of backdoored models")
     parser.add_argument("--clean-seeds", nargs="+", type=int, default=list(range(12)))
@@ -466,7 +466,7 @@ def _plots(rows: list[dict], output: Path) -> None:
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict: anomaly index ROC")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(output / "roc.png", dpi=120)
+    figure.savefig(output / "zoo_roc.png", dpi=120)
     plt.close(figure)
     figure, axis = plt.subplots(figsize=(6, 3.5))
     groups = [(split, attack) for split in ("development", "held-out") for attack in ATTACKS]
@@ -484,7 +484,7 @@ def _plots(rows: list[dict], output: Path) -> None:
     axis.set(ylabel="fraction of models", ylim=(0, 1.05))
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(output / "by_attack.png", dpi=120)
+    figure.savefig(output / "zoo_by_attack.png", dpi=120)
     plt.close(figure)
 
 

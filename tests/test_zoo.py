@@ -70,7 +70,7 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
     with (tmp_path / "report" / "zoo.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 2
     assert (tmp_path / "report" / "zoo.md").read_text().count("| development |") >= 1
-    assert (tmp_path / "report" / "roc.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "zoo_roc.png").stat().st_size > 1000
     # finished jobs are reused: a report-only call gives the same rows
     assert zoo.main([*arguments, "--report-only"])["rows"] == result["rows"]
 
