@@ -79,7 +79,7 @@ def clean(source: Path, attack: str, flags: list[str], seed: int, folder: Path) 
         command = [sys.executable, str(ROOT / "recipes" / "clean_clip.py"), "--model", str(poisoned / "model"),
                    "--clean-data", "digits:defender", "--eval-data", "digits:test", "--eval-trigger",
                    str(poisoned / "trigger.json"), "--defense", "bibau", "--seed", str(seed), *flags,
-                   "--output_dir", str(folder), "--no-progress"]  # fmt: skip
+                   "--output_dir", str(folder), "--no-progress", "--overwrite"]  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         print("+", shlex.join(command), flush=True)
         with (folder.parent / f"{folder.name}.log").open("w") as log:

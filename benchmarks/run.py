@@ -62,7 +62,8 @@ def run_job(script: str, args: list[str], output: Path) -> dict:
     if not results_path.is_file():
         where = ["--output", str(results_path)] if is_eval else ["--output_dir", str(output)]
         folder = "eval" if is_eval else "recipes"
-        command = [sys.executable, str(ROOT / folder / script), *args, *where, "--no-progress"]
+        # --overwrite: no results.json, so whatever is there is an unfinished run of this job; start it again
+        command = [sys.executable, str(ROOT / folder / script), *args, *where, "--no-progress", "--overwrite"]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
     return json.loads(results_path.read_text())

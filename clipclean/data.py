@@ -55,6 +55,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from clipclean.errors import ClipcleanError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -95,7 +97,7 @@ ImageReference = str | os.PathLike | bytes | dict | Image.Image
 (``{"bytes": ..., "path": ...}``) or a decoded PIL image."""
 
 
-class DataError(ValueError):
+class DataError(ClipcleanError, ValueError):
     """Bad dataset input; the message names the file (and row) at fault."""
 
 
@@ -111,6 +113,20 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit greyscale (Pillow's ``I;16*`` modes, and ``I``, as it opens some 16-bit PNGs) is scaled by
+    255 / 65535 -- ``convert("RGB")`` would clip it at 255 and turn a mid-grey image white --, float ``F`` is taken as
+    [0, 1]; other modes (greyscale ``L``, palette, ``RGBA``/``LA`` whose alpha is dropped as open_clip's
+    preprocessing does, CMYK) go through ``convert("RGB")``."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64).clip(0, 65535) * (255.0 / 65535.0)
+        image = Image.fromarray(np.round(values).astype(np.uint8))
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64)).clip(0.0, 1.0) * 255.0
+        image = Image.fromarray(np.round(values).astype(np.uint8))
+    return image.convert("RGB")
+
+
 class _PixelTransform:
     """Picklable ``PIL.Image -> FloatTensor (3, H, W)`` in [0, 1] (see :func:`pixel_transform`)."""
 
@@ -119,7 +135,7 @@ class _PixelTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         height, width = self.image_size
-        image = image.convert("RGB")
+        image = _to_rgb(image)
         in_width, in_height = image.size
         scale = max(height / in_height, width / in_width)
         new_width, new_height = max(width, round(in_width * scale)), max(height, round(in_height * scale))
@@ -823,49 +839,125 @@ def load_image_caption_dataset(
 
 @functools.lru_cache(maxsize=1)
 def _imagenet_synset_names() -> dict[str, str]:
-    """``{wnid: OpenAI class name}`` for the 1,000 ImageNet classes, from the bundled JSON."""
-    text = resources.files("clipclean").joinpath("data", "imagenet_classnames.json").read_text(encoding="utf-8")
-    table = json.loads(text)
-    return dict(zip(table["synsets"], table["classnames"]))
+    """``{wnid: OpenAI class name}`` for the 1,000 ImageNet classes.
+
+    The names are open_clip's ``IMAGENET_CLASSNAMES`` (OpenAI's, in ImageNet index order); the synset ids, which
+    open_clip does not ship, are bundled in ``clipclean/data/imagenet_synsets.txt`` (sorted, the same order).
+    """
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    text = resources.files("clipclean").joinpath("data", "imagenet_synsets.txt").read_text(encoding="utf-8")
+    return dict(zip(text.split(), IMAGENET_CLASSNAMES, strict=True))
 
 
-def _read_classnames_file(path: Path) -> list[str]:
+def _read_classnames_file(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a class-names file as ``(line number, text)``; spaces trimmed, tabs kept."""
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the classnames file ({type(exc).__name__}: {exc})") from exc
-    return [line.strip() for line in lines if line.strip()]
+    return [(number, line.strip(" \r\n")) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
-def _resolve_classnames(folders: Sequence[str], classnames: str | os.PathLike | Sequence[str] | None) -> list[str]:
-    """Class names for class folders (given in label order)."""
+def _classnames_mapping(lines: Sequence[tuple[int, str]], folders: Sequence[str], where: str) -> dict[str, str] | None:
+    """``{folder: name}`` from ``folder<TAB>name`` (or ``folder,name``) lines; ``None`` for a list of plain names.
+
+    A TAB anywhere makes it a mapping file (every line then needs one); without TABs, the file is a mapping only
+    when every line starts with a folder name and a comma (otherwise commas belong to the names).
+    """
+    folder_set = set(folders)
+    if any("\t" in text for _, text in lines):
+        separator = "\t"
+    elif lines and all(text.partition(",")[1] and text.partition(",")[0].strip() in folder_set for _, text in lines):
+        separator = ","
+    else:
+        return None
+    mapping: dict[str, str] = {}
+    for number, text in lines:
+        folder, found, name = text.partition(separator)
+        folder, name = folder.strip(), name.strip()
+        if not found:
+            raise DataError(f"{where} line {number}: no TAB in '{text}' (give every line as 'folder<TAB>name')")
+        if folder not in folder_set:
+            raise DataError(f"{where} line {number}: '{folder}' is not a class folder (folders: {list(folders)[:5]})")
+        if folder in mapping:
+            raise DataError(f"{where} line {number}: folder '{folder}' is named twice")
+        mapping[folder] = name
+    missing = [folder for folder in folders if folder not in mapping]
+    if missing:
+        raise DataError(f"{where}: no class name for folder(s) {missing[:5]}")
+    return mapping
+
+
+def _positional_classnames(
+    names: Sequence[str], folders: Sequence[str], where: str, entries: Sequence[str]
+) -> list[str]:
+    """Plain names (``entries`` say where each came from, e.g. ``"line 3"``) given to ``folders`` (label order)."""
+    if len(names) != len(folders):
+        raise DataError(f"{where}: {len(names)} class names for {len(folders)} classes")
+    if sorted(names) == sorted(folders):  # the folder names themselves, in any order: each folder keeps its own
+        return list(folders)
+    folder_set = set(folders)
+    for name, folder, entry in zip(names, folders, entries):
+        if name in folder_set and name != folder:
+            raise DataError(
+                f"{where} {entry}: '{name}' would name folder '{folder}' (plain names go to the folders in sorted "
+                f"order), but '{name}' is another class folder; write one 'folder<TAB>name' line per class"
+            )
+    return list(names)
+
+
+def _check_distinct(names: Sequence[str], folders: Sequence[str], where: str) -> None:
+    """Refuse an empty name, or two classes whose names differ only in case or spacing (their prompts would tie)."""
+    seen: dict[str, str] = {}
+    for name, folder in zip(names, folders):
+        if not name:
+            raise DataError(f"{where}: empty class name for class '{folder}'")
+        key = " ".join(name.lower().split())
+        if key in seen:
+            raise DataError(
+                f"{where}: classes '{seen[key]}' and '{folder}' are both named '{name}' (their zero-shot prompts "
+                "would tie); give every class a distinct name"
+            )
+        seen[key] = folder
+
+
+def _resolve_classnames(
+    folders: Sequence[str], classnames: str | os.PathLike | Sequence[str] | None, source: str = ""
+) -> list[str]:
+    """Class names for class ``folders`` given in label (sorted) order: the rule of ``docs/evaluation.md``.
+
+    * ``None``: ImageNet synset folders take OpenAI's names (as published, duplicates "missile" and "sunglasses"
+      included), other folders their own names with ``_`` as spaces.
+    * A file of ``folder<TAB>name`` (or ``folder,name``) lines: each folder its mapped name, in any line order.
+    * A file of plain names, or a list: if the names are exactly the folder names (any order), each folder keeps its
+      own name; otherwise the names go to the folders in label order, and a name equal to *another* folder's name
+      is an error (it would silently relabel that class).
+
+    Raises:
+        DataError: a count mismatch, a name that would mislabel a folder, a bad mapping line, an empty name, or two
+            classes with the same name (case and spacing ignored).
+    """
     if classnames is None:
         synset_names = _imagenet_synset_names()
         if all(_SYNSET_PATTERN.match(folder) and folder in synset_names for folder in folders):
             return [synset_names[folder] for folder in folders]
-        return [folder.replace("_", " ") for folder in folders]
-    if isinstance(classnames, (str, os.PathLike)):
+        names, where = [folder.replace("_", " ") for folder in folders], source or "class folders"
+    elif isinstance(classnames, (str, os.PathLike)):
         where = str(classnames)
         lines = _read_classnames_file(Path(classnames).expanduser())
-        mapping: dict[str, str] = {}
-        for line in lines:
-            for separator in ("\t", ","):
-                key, found, name = line.partition(separator)
-                if found and key.strip() in folders and name.strip():
-                    mapping[key.strip()] = name.strip()
-                    break
-        if mapping and len(mapping) == len(lines):
-            missing = [folder for folder in folders if folder not in mapping]
-            if missing:
-                raise DataError(f"{where}: no class name for folder(s) {missing[:5]}")
-            return [mapping[folder] for folder in folders]
-        names = lines
+        mapping = _classnames_mapping(lines, folders, where)
+        if mapping is not None:
+            names = [mapping[folder] for folder in folders]
+        else:
+            names = _positional_classnames(
+                [text for _, text in lines], folders, where, [f"line {number}" for number, _ in lines]
+            )
     else:
-        where, names = "classnames", [str(name).strip() for name in classnames]
-    if len(names) != len(folders):
-        raise DataError(f"{where}: {len(names)} class names for {len(folders)} classes")
-    if not all(names):
-        raise DataError(f"{where}: empty class name")
+        where = "classnames"
+        listed = [str(name).strip() for name in classnames]
+        names = _positional_classnames(listed, folders, where, [f"entry {index}" for index in range(len(listed))])
+    _check_distinct(names, folders, where)
     return names
 
 
@@ -904,8 +996,12 @@ def load_classification_dataset(
             full ImageNet synset tree gets the standard ImageNet indices.
         image_size: output size ``S`` or ``(H, W)``.
         classnames: ``None`` (synset folders ``n01440764``... map to the OpenAI ImageNet class names, other
-            folders give their names with ``_`` as spaces); a list of names in folder order; or a file with
-            one line per class, either ``name`` (folder order) or ``folder<TAB>name`` / ``folder,name``.
+            folders give their names with ``_`` as spaces); a file of ``folder<TAB>name`` (or ``folder,name``)
+            lines, in any order; or a file with one plain name per line, or a list of names. Plain names that are
+            exactly the folder names (in any order) keep each folder its own name; other plain names go to the
+            folders in label (sorted) order, and one that equals a *different* folder's name is refused (it would
+            relabel that class). The rule is written out in ``docs/evaluation.md``. For digits the "folders" are
+            ``"0"`` ... ``"9"``.
         split: digits split, or a sub-folder of ``source`` (e.g. ``"val"``) used when it exists.
         skip_bad: verify every image up front and drop undecodable ones (one warning) instead of raising
             when a corrupt file is read.
@@ -914,8 +1010,9 @@ def load_classification_dataset(
         A :class:`ClassificationDataset` of ``(FloatTensor (3, H, W) in [0, 1], int)`` pairs.
 
     Raises:
-        DataError: missing folder, no class folders or images, bad classnames, or (with ``skip_bad``) no
-            decodable image left.
+        DataError: missing folder, no class folders or images, bad classnames (a count mismatch, a name that
+            would mislabel another folder, an empty name, two classes with the same name), or (with ``skip_bad``)
+            no decodable image left.
 
     Example::
 
@@ -927,7 +1024,9 @@ def load_classification_dataset(
     if digits_split is not None:
         images, labels, _ = _digits_tensors(digits_split, image_size)
         names = (
-            DIGIT_CLASSNAMES if classnames is None else _resolve_classnames([str(d) for d in range(10)], classnames)
+            DIGIT_CLASSNAMES
+            if classnames is None
+            else _resolve_classnames([str(d) for d in range(10)], classnames, _DIGITS_SOURCE)
         )
         return ClassificationDataset(images, labels.tolist(), names, source=f"{_DIGITS_SOURCE}:{digits_split}")
     root = Path(source).expanduser()
@@ -938,7 +1037,7 @@ def load_classification_dataset(
     folders, rows = _class_folder_rows(root)
     if not folders:
         raise DataError(f"{root}: the dataset is empty (no class sub-folders)")
-    names = _resolve_classnames(folders, classnames)
+    names = _resolve_classnames(folders, classnames, str(root))
     checker = _RowChecker(str(root), skip_bad, needs_caption=False)
     kept = [row for row in rows if checker.keep(row)]
     if checker.total == 0:

@@ -3,8 +3,8 @@
 Protocol (method.md section 6; written out in ``docs/evaluation.md``):
 
 * Zero-shot classifier: for each class, embed every template filled with the class name, L2-normalise
-  each embedding, average them and renormalise (the 80 OpenAI ImageNet templates and 1,000 OpenAI class
-  names are shipped in ``clipclean/data/``).
+  each embedding, average them and renormalise: ``open_clip.build_zero_shot_classifier``, with open_clip's
+  80 OpenAI ImageNet templates and 1,000 OpenAI class names (``open_clip.zero_shot_metadata``).
 * **CA**: top-1 and top-5 accuracy on clean images.
 * **ASR**: apply the trigger to every image whose label is *not* the target class (after the same resize
   as training: triggers act on the model's input resolution), and count predictions of the target class
@@ -23,13 +23,15 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
+import open_clip
 import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -46,19 +48,18 @@ PROTOCOL_DESCRIPTION = (
 )
 
 
-def _package_json(name: str):
-    with resources.files("clipclean").joinpath("data", name).open(encoding="utf-8") as handle:
-        return json.load(handle)
-
-
 def openai_imagenet_templates() -> list[str]:
-    """The 80 OpenAI ImageNet prompt templates, with ``{c}`` where the class name goes."""
-    return list(_package_json("openai_imagenet_templates.json"))
+    """The 80 OpenAI ImageNet prompt templates, with ``{c}`` where the class name goes.
+
+    open_clip's ``OPENAI_IMAGENET_TEMPLATES`` (callables ``c -> prompt``) written out as template strings.
+    """
+    return [template("{c}") for template in OPENAI_IMAGENET_TEMPLATES]
 
 
 def imagenet_classnames() -> list[str]:
-    """The 1,000 OpenAI ImageNet class names, in ImageNet index order (sorted synsets)."""
-    return list(_package_json("imagenet_classnames.json")["classnames"])
+    """The 1,000 OpenAI ImageNet class names, in ImageNet index order (sorted synsets): open_clip's
+    ``IMAGENET_CLASSNAMES``."""
+    return list(IMAGENET_CLASSNAMES)
 
 
 def load_templates(path: str | Path | None = None) -> list[str]:
@@ -99,18 +100,33 @@ def fill_template(template: str, classname: str) -> str:
 def zeroshot_classifier(
     model: PixelCLIP, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
-    """Class embeddings ``(C, d)``: per class, the renormalised mean of normalised template embeddings."""
+    """Class embeddings ``(C, d)``: per class, the renormalised mean of normalised template embeddings.
+
+    Computed by ``open_clip.build_zero_shot_classifier`` (which returns the transpose, ``(d, C)``).
+
+    Args:
+        model: a :class:`PixelCLIP` (possibly wrapped by DDP).
+        classnames: the ``C`` class names, in label order.
+        templates: prompt templates with ``{c}`` (or ``{}``) where the class name goes.
+        batch_size: prompts per text-encoder forward (whole classes, at least one class per forward).
+
+    Returns:
+        ``FloatTensor (C, d)`` with unit-norm rows.
+    """
     model = unwrap(model)
     if not classnames:
         raise ValueError("zero-shot classification needs at least one class name")
     if not templates:
         raise ValueError("zero-shot classification needs at least one template")
-    prompts = [fill_template(template, name) for name in classnames for template in templates]
-    embeddings = []
-    for start in range(0, len(prompts), batch_size):
-        embeddings.append(model.encode_text(prompts[start : start + batch_size]).float())
-    per_template = torch.cat(embeddings).view(len(classnames), len(templates), -1)
-    return torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)
+    weights = open_clip.build_zero_shot_classifier(
+        model,  # PixelCLIP.encode_text(tokens, normalize=True) is open_clip's
+        model.tokenize,
+        list(classnames),
+        [functools.partial(fill_template, template) for template in templates],  # "{c}" is no str.format field
+        num_classes_per_batch=max(1, batch_size // len(templates)),
+        device=model.device,
+    )
+    return weights.T.float().contiguous()
 
 
 def resolve_target(target: str | int, classnames: Sequence[str]) -> int:
@@ -164,10 +180,14 @@ def zeroshot_predictions(
     for images, labels in tqdm(loader, desc="zero-shot eval", disable=not progress, leave=False):
         images, labels = images.to(device), torch.as_tensor(labels, device=device)
         logits = pixel_model.encode_image(images).float() @ classifier.T
+        if not torch.isfinite(logits).all():  # top-k of NaNs is arbitrary: no CA or ASR at all rather than a wrong one
+            raise ValueError("the model's logits are NaN or infinite: its weights (or class embeddings) are damaged")
         outputs["labels"].append(gather(labels).cpu())
         outputs["topk"].append(gather(logits.topk(k, dim=-1).indices).cpu())
         if trigger is not None:
             triggered = trigger.apply(images, generator=generator)
+            if not torch.isfinite(triggered).all():
+                raise ValueError(f"the trigger makes NaN or infinite pixels ({trigger.family}): check the trigger")
             trigger_logits = pixel_model.encode_image(triggered).float() @ classifier.T
             outputs["trigger_topk"].append(gather(trigger_logits.topk(k, dim=-1).indices).cpu())
     pixel_model.train(was_training)

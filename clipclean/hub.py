@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -335,7 +336,32 @@ def _write_sidecar(sidecar: dict, directory: Path) -> None:
 # ------------------------------------------------------------------------------------------------- atomic folder
 
 
-def _check_replaceable(target: Path) -> None:
+CLASSIFIER_FILENAMES = ("clipclean_classifier.json",)  # next to model.safetensors (clipclean.classifiers)
+CHECKPOINT_FILE_PATTERNS = (*UPLOADED_FILENAMES, *TRANSFORMERS_UPLOADED_PATTERNS, *CLASSIFIER_FILENAMES)
+"""What a model folder written by clipclean holds (open_clip or transformers layout, or an image classifier)."""
+
+
+def foreign_files(directory: str | Path) -> list[str]:
+    """The entries of a model folder that clipclean does not write there (a user's notes, data, sub-folders), sorted:
+    replacing the folder as a whole would delete them. ``[]`` for a missing folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.is_dir() or not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in CHECKPOINT_FILE_PATTERNS)
+    )
+
+
+def check_replaceable(target: str | Path) -> None:
+    """Whether :func:`save_pretrained` may replace ``target``: it does not exist, is empty, or is a checkpoint folder
+    (``open_clip_config.json`` or ``clipclean.json``) holding nothing but what clipclean writes there.
+
+    Raises:
+        FileExistsError: a file is in the way, or the folder is not a checkpoint or holds other files (named).
+    """
+    target = Path(target)
     if not os.path.lexists(target):
         return
     if not target.is_dir():
@@ -344,6 +370,12 @@ def _check_replaceable(target: Path) -> None:
         raise FileExistsError(
             f"refusing to replace {target}: it is a non-empty directory without {CONFIG_FILENAME} or "
             f"{SIDECAR_FILENAME}, so it does not look like a checkpoint"
+        )
+    foreign = foreign_files(target)
+    if foreign:
+        raise FileExistsError(
+            f"refusing to replace {target}: it holds {foreign[:5]}, which clipclean did not write and replacing the "
+            "folder would delete; move them out or save elsewhere"
         )
 
 
@@ -392,7 +424,8 @@ def save_pretrained(
     Args:
         model: the :class:`~clipclean.models.PixelCLIP` to save (a DDP/accelerate wrapper is unwrapped).
         directory: the checkpoint folder. If it exists it is replaced as a whole (only when it is empty or looks
-            like a checkpoint: it holds ``open_clip_config.json`` or ``clipclean.json``).
+            like a checkpoint -- it holds ``open_clip_config.json`` or ``clipclean.json`` -- and holds nothing else
+            than what clipclean writes there: :func:`check_replaceable`).
         metrics: results for the card's table and the sidecar, flat or grouped (``{"before": {...}, ...}``).
         provenance: how the checkpoint was made (method, configs, trigger, data); JSON-serialisable after
             converting tensors, numpy values, paths and dataclasses.
@@ -403,7 +436,8 @@ def save_pretrained(
         The absolute path of the saved folder.
 
     Raises:
-        FileExistsError: ``directory`` is a file, or a non-empty folder that is not a checkpoint.
+        FileExistsError: ``directory`` is a file, a non-empty folder that is not a checkpoint, or a checkpoint
+            holding other files.
         TypeError: ``metrics``/``provenance`` hold something that cannot be written as JSON (nothing is written).
 
     Example::
@@ -421,7 +455,7 @@ def save_pretrained(
     if layout == "open_clip" and native == "transformers":
         model = model.to_open_clip()
     target = Path(os.path.abspath(os.path.expanduser(directory)))
-    _check_replaceable(target)
+    check_replaceable(target)
     metrics_json = to_jsonable(metrics) if metrics is not None else None
     provenance_json = to_jsonable(provenance) if provenance is not None else None
     sidecar = {

@@ -36,6 +36,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from clipclean.errors import ClipcleanError
 from clipclean.models import PixelCLIP, pixel_clip_from_state_dict, register_model_configs
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ KNOWN_CONFIGS = ("RN50-quickgelu", "RN101-quickgelu", "RN50x4-quickgelu", "ViT-B
 HEAD_WIDTH = 64  # OpenAI CLIP: heads = width // 64
 
 
-class LegacyCheckpointError(ValueError):
+class LegacyCheckpointError(ClipcleanError, ValueError):
     """A checkpoint that cannot be converted (unsafe to load, or not an OpenAI-layout CLIP); says why."""
 
 
@@ -144,7 +145,28 @@ def _explain_unsafe(path: Path, error: Exception) -> LegacyCheckpointError:
             "and unpickling untrusted files runs arbitrary code. In a trusted environment, re-save only the weights: "
             "torch.save({'state_dict': checkpoint['state_dict']}, 'weights.pt')"
         )
-    return LegacyCheckpointError(f"refusing to load {path} with torch.load(weights_only=True): {reason} ({error})")
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    detail = f"it needs {found.group(1)}" if found else " ".join(str(error).split())[:200]
+    return LegacyCheckpointError(f"refusing to load {path} with torch.load(weights_only=True): {reason} ({detail})")
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (``torch.save`` since 1.6) or a pickle (protocol 2+ starts with ``0x80``; the pre-1.6 format)."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
+
+
+def _needs_code(error: Exception) -> bool:
+    """Whether ``weights_only`` refused a file because it names a class or function (a ``GLOBAL`` to import), not
+    because it is damaged (``Unsupported operand``: bytes that are no valid pickle)."""
+    return "global" in str(error).lower()
+
+
+def _damaged(path: Path, error: Exception) -> LegacyCheckpointError:
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))  # torch's long text, the reason in it
+    reason = found.group(1) if found else " ".join(str(error).split())[:200] or type(error).__name__
+    return LegacyCheckpointError(f"cannot read {path}: damaged, truncated or not a PyTorch checkpoint ({reason})")
 
 
 def load_legacy_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -160,14 +182,23 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not _looks_like_torch_file(path):
+        raise LegacyCheckpointError(
+            f"{path} is not a PyTorch checkpoint, or a truncated one (neither a complete zip archive, torch.save's "
+            "format, nor a pickle): check the path and the copy; clipclean convert reads CleanCLIP/BadCLIP epoch_*.pt"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise _explain_unsafe(path, error) from error
+        if _needs_code(error):
+            raise _explain_unsafe(path, error) from error
+        raise _damaged(path, error) from error
     except RuntimeError as error:
         if "TorchScript" in str(error) or "constants.pkl" in str(error):
             raise _explain_unsafe(path, error) from error
-        raise LegacyCheckpointError(f"cannot read {path}: {error}") from error
+        raise _damaged(path, error) from error
+    except (EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as error:  # torch's format readers
+        raise _damaged(path, error) from error
     if not isinstance(checkpoint, Mapping):
         raise LegacyCheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a dict of weights")
     state_dict = next((checkpoint[key] for key in STATE_DICT_KEYS if isinstance(checkpoint.get(key), Mapping)), None)

@@ -29,6 +29,7 @@ import copy
 import json
 import logging
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -37,14 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipclean.errors import ClipcleanError
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "open_clip_config.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")  # what open_clip looks for in a local-dir folder
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/repo, as the Hugging Face Hub names repos
 _TINY_CONFIG_DIR = Path(str(resources.files("clipclean") / "model_configs"))
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ClipcleanError, RuntimeError):
     """A model could not be loaded; the message lists every source that was tried."""
 
 
@@ -165,6 +169,12 @@ def _directory_identifier(name: str) -> Path | None:
     return None
 
 
+def _looks_like_path(name: str) -> bool:
+    """Whether a name that is neither a folder nor a model config was meant as a path (``outputs/model``,
+    ``./model``, ``~/model``, ``C:\\model``) rather than an open_clip config name (``ViT-B-32``)."""
+    return "/" in name or os.sep in name or name.startswith((".", "~"))
+
+
 def _read_config(directory: Path) -> dict:
     path = directory / CONFIG_FILENAME
     if not path.is_file():
@@ -252,6 +262,10 @@ def load_clip(
         else:
             tried.append(f"open_clip model config '{name}'")
             model_config = open_clip.get_model_config(name)
+            if model_config is None and _looks_like_path(name):
+                tried[-1] = f"local directory {name}"
+                hub = f"; a Hugging Face Hub repo is written hf-hub:{name}" if _REPO_ID.match(name) else ""
+                raise ModelLoadError(f"folder not found: {name} (a model folder holds {CONFIG_FILENAME}{hub})")
             if model_config is None:
                 known = ", ".join(m for m in open_clip.list_models() if m.startswith("clipclean"))
                 raise ModelLoadError(

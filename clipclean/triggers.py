@@ -195,6 +195,8 @@ class PatchBlendTrigger(Trigger):
             position = (top, left)
         if mask_budget is not None and not 0 < mask_budget <= 1:
             raise ValueError(f"mask_budget must be in (0, 1], got {mask_budget}")
+        if not (torch.isfinite(mask).all() and torch.isfinite(pattern).all()):
+            raise ValueError("mask and pattern must be finite (they hold NaN or infinite values)")
         out_of_range = mask.min() < 0 or mask.max() > 1 or pattern.min() < 0 or pattern.max() > 1
         if parametrization == "direct" and out_of_range:
             raise ValueError("direct mask and pattern values must lie in [0, 1]")
@@ -624,15 +626,30 @@ def read_trigger_metadata(path: str | Path) -> dict[str, Any]:
 def load_trigger(path: str | Path) -> Trigger:
     """Load a trigger saved by :func:`save_trigger` (``PATH``, ``PATH.json`` or ``PATH.safetensors``)."""
     document = read_trigger_metadata(path)
-    family = document["family"]
-    if family not in TRIGGER_FAMILIES:
-        raise ValueError(f"unknown trigger family {family!r}; known: {sorted(TRIGGER_FAMILIES)}")
     json_path, _ = _trigger_paths(path)
-    tensor_path = json_path.with_name(document.get("tensors_file", json_path.with_suffix(".safetensors").name))
-    tensors = load_file(str(tensor_path)) if tensor_path.is_file() else {}
+    family = document.get("family")
+    if family not in TRIGGER_FAMILIES:
+        raise ValueError(f"{json_path}: unknown trigger family {family!r}; known: {sorted(TRIGGER_FAMILIES)}")
+    if not isinstance(document.get("config"), dict):
+        raise ValueError(f"{json_path}: malformed trigger file (its 'config' is not a JSON object)")
+    tensors_file = document.get("tensors_file", json_path.with_suffix(".safetensors").name)
+    if not isinstance(tensors_file, str) or Path(tensors_file).name != tensors_file:
+        raise ValueError(f"{json_path}: 'tensors_file' must name a file next to it, got {tensors_file!r}")
+    tensor_path = json_path.with_name(tensors_file)
+    try:
+        tensors = load_file(str(tensor_path)) if tensor_path.is_file() else {}
+    except Exception as error:  # safetensors raises its own SafetensorError for a truncated or damaged file
+        reason = f"{type(error).__name__}: {error}"
+        raise ValueError(f"{tensor_path}: cannot read the trigger tensors (damaged or truncated: {reason})") from error
     if not tensors and family != "identity":
         raise FileNotFoundError(f"trigger tensors not found: {tensor_path}")
-    return TRIGGER_FAMILIES[family].from_saved(document["config"], tensors)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{tensor_path}: the trigger's {name!r} holds NaN or infinite values")
+    try:
+        return TRIGGER_FAMILIES[family].from_saved(document["config"], tensors)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{json_path}: malformed {family} trigger ({type(error).__name__}: {error})") from error
 
 
 def draw_trigger(

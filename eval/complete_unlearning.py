@@ -30,12 +30,17 @@ from typing import Any
 from torch.utils.data import Subset
 
 from clipclean.cli.common import (
+    add_classnames_argument,
     add_complete_eval_arguments,
+    add_debug_argument,
     add_model_arguments,
+    add_overwrite_argument,
     check_complete_eval_arguments,
     default_templates,
     measure_with_reference,
+    prepare_output_file,
     print_table,
+    run_cli,
     setup_logging,
 )
 from clipclean.complete import complete_block, complete_table_rows
@@ -58,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--clean-data", required=True, help="the defender's clean image-caption set (retuning pool)")
     data.add_argument("--max-clean-pairs", type=int, default=None, help="use the first N clean pairs only")
     data.add_argument("--eval-data", default=None, help="classification set for RA-ASR (needed with --trigger)")
-    data.add_argument("--classnames", default=None, help="class names file for --eval-data")
+    add_classnames_argument(data)
     data.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
     attack = parser.add_argument_group("true trigger (for the retuning attack)")
     attack.add_argument("--trigger", default=None, help="the true trigger file; without it only re-inversion runs")
@@ -67,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--output", default=None, help="write the results as JSON here")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_overwrite_argument(run, "an existing --output file")
+    add_debug_argument(run)
     return parser
 
 
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_complete_eval_arguments(args)
     except (OSError, TypeError, ValueError) as error:
         parser.error(str(error))
+    prepare_output_file(args.output, overwrite=args.overwrite)  # before any work, not after the measurements
     setup_logging()
     started = time.time()
 
@@ -128,4 +136,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

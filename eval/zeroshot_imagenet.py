@@ -29,15 +29,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 from clipclean.cli.common import (
+    add_classnames_argument,
+    add_debug_argument,
     add_model_arguments,
+    add_overwrite_argument,
     make_accelerator,
+    prepare_output_file,
     print_table,
+    run_cli,
     setup_logging,
     write_main_process_json,
 )
@@ -64,12 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="'digits[:split]', an ImageNet-style synset folder tree, or a folder with one sub-folder per class",
     )
     data.add_argument("--split", default=None, help="digits split, or a sub-folder of --data such as 'val'")
-    data.add_argument(
-        "--classnames",
-        default=None,
-        help="file with one class name per line (or 'folder<TAB>name'); default: synset -> OpenAI ImageNet names, "
-        "else the folder names",
-    )
+    add_classnames_argument(data)
     data.add_argument(
         "--templates",
         default=None,
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU only; ignored on CPU",
     )
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    add_overwrite_argument(run, "an existing --output file")
+    add_debug_argument(run)
     return parser
 
 
@@ -118,6 +121,7 @@ def _percent(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate and return the results (on every process); the main process prints them and writes ``--output``."""
     args, parser = parse_args(argv)
+    prepare_output_file(args.output, overwrite=args.overwrite)  # before any work, not after the evaluation
     output_dir = Path(args.output).parent if args.output else Path(".")
     accelerator = make_accelerator(
         argparse.Namespace(output_dir=str(output_dir), mixed_precision=args.mixed_precision, report_to=None)
@@ -207,4 +211,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

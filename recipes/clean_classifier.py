@@ -50,6 +50,8 @@ from clipclean.cli.cleaning import (
     CleaningSession,
     add_defense_arguments,
     card_metrics,
+    check_cleaning_arguments,
+    check_model_changed,
     evaluate_phase,
     inversion_report,
     inverted_trigger_asr,
@@ -58,6 +60,7 @@ from clipclean.cli.cleaning import (
     make_defense,
     peak_memory_mb,
     phase_wall_times,
+    prepare_cleaning_output,
     prepare_demo,
     print_summary,
     trigger_identical_across_ranks,
@@ -68,6 +71,7 @@ from clipclean.cli.common import (
     configure_cpu_threads,
     default_templates,
     make_accelerator,
+    run_cli,
     setup_logging,
     write_main_process_json,
 )
@@ -97,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.eval_target is not None and args.eval_trigger is None:
         parser.error("--eval-target needs --eval-trigger")
+    check_cleaning_arguments(args)
     return args
 
 
@@ -119,9 +124,13 @@ def _load_model_and_data(args, device) -> tuple[ImageClassifier, Any, Any, Any, 
     else:
         clip = load_clip(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
         image_size = clip.image_size
-    clean = load_classification_dataset(args.clean_data, image_size=image_size, classnames=args.classnames)
+    clean = load_classification_dataset(
+        args.clean_data, image_size=image_size, classnames=args.classnames, skip_bad=args.skip_bad
+    )
     eval_data = (
-        load_classification_dataset(args.eval_data, image_size=image_size, classnames=args.classnames)
+        load_classification_dataset(
+            args.eval_data, image_size=image_size, classnames=args.classnames, skip_bad=args.skip_bad
+        )
         if args.eval_data
         else None
     )
@@ -147,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ('backdoored', 'zero')
     """
     args = parse_args(argv)
+    prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
     start_time = time.time()
     accelerator = make_accelerator(args)
     setup_logging(accelerator, "clean_classifier")
@@ -162,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, clip, clean, eval_data, templates = _load_model_and_data(args, accelerator.device)
     if args.max_clean_pairs is not None:
         clean = torch.utils.data.Subset(clean, range(min(args.max_clean_pairs, len(clean))))
-    true_trigger, true_target = load_eval_trigger(args.eval_trigger, args.eval_target, eval_data, accelerator.device)
+    true_trigger, true_target = load_eval_trigger(
+        args.eval_trigger, args.eval_target, eval_data, accelerator.device, image_size=model.image_size
+    )
     model.eval()
     classnames, classifier = model.classnames, model.class_embeddings
 
@@ -195,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     session = CleaningSession.prepare(accelerator, model, defense, train_loader, args, tracker="clean_classifier")
     with timer("cleaning"):
         session.run()
+    unchanged = check_model_changed(session, reference)
 
     model.eval()
     summary = defense.summary()
@@ -224,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(accelerator),
         "world_size": accelerator.num_processes,
         "trigger_identical_across_ranks": trigger_identical_across_ranks(accelerator, defense.trigger_for_report()),
+        "weights_unchanged": unchanged,
         "config": {"defense": defense.config, "recipe": vars(args), "templates": templates},
     }
     _write_outputs(args, accelerator, model, clip, defense, results, clean)
@@ -253,10 +267,15 @@ def _write_outputs(args, accelerator, model, clip, defense, results, clean) -> N
                 output / "cleaned",
                 metrics=provenance.pop("metrics"),
                 provenance=provenance,
-                card_notes=f"Image tower cleaned as a zero-shot classifier with clipclean's `{args.defense}` defense.",
+                card_notes=(
+                    f"Checked as a zero-shot classifier with clipclean's `{args.defense}` defense, which found "
+                    "nothing to remove: the weights are the source model's, unchanged."
+                    if results["weights_unchanged"]
+                    else f"Image tower cleaned as a zero-shot classifier with clipclean's `{args.defense}` defense."
+                ),
             )
     write_main_process_json(accelerator, output / "results.json", results)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

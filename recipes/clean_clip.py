@@ -39,12 +39,16 @@ from clipclean.cli.cleaning import (
     CleaningSession,
     add_defense_arguments,
     card_metrics,
+    check_cleaning_arguments,
+    check_model_changed,
     evaluate_phase,
     inversion_report,
+    load_eval_trigger,
     make_cleaning_parser,
     make_defense,
     peak_memory_mb,
     phase_wall_times,
+    prepare_cleaning_output,
     prepare_demo,
     print_summary,
     trigger_identical_across_ranks,
@@ -58,6 +62,7 @@ from clipclean.cli.common import (
     default_templates,
     make_accelerator,
     measure_with_reference,
+    run_cli,
     setup_logging,
     write_main_process_json,
 )
@@ -68,7 +73,6 @@ from clipclean.hub import push_to_hub, save_pretrained
 from clipclean.models import load_clip
 from clipclean.timing import PhaseTimer
 from clipclean.training import CaptionTokenizer, clamp_logit_scale_
-from clipclean.triggers import load_trigger, read_trigger_metadata
 
 logger = logging.getLogger("clean_clip")
 
@@ -104,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give --reference-model or --reference-measurements, not both")
     if not args.complete_eval and (args.reference_model or args.reference_measurements):
         parser.error("--reference-model/--reference-measurements are used by --complete-eval: add it")
+    check_cleaning_arguments(args)
     try:  # validate now, not after the defense has run
         check_complete_eval_arguments(args)
     except (OSError, TypeError, ValueError) as error:
@@ -124,6 +129,7 @@ def _evaluate(model, loader, eval_data, templates, trigger, target, args, accele
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
     start_time = time.time()
     accelerator = make_accelerator(args)
     setup_logging(accelerator)
@@ -137,9 +143,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timer = PhaseTimer()
     with timer("load"), accelerator.main_process_first():
         model = load_clip(args.model, pretrained=args.pretrained, device=accelerator.device, cache_dir=args.cache_dir)
-        clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size)
+        clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size, skip_bad=args.skip_bad)
         eval_data = (
-            load_classification_dataset(args.eval_data, image_size=model.image_size, classnames=args.classnames)
+            load_classification_dataset(
+                args.eval_data, image_size=model.image_size, classnames=args.classnames, skip_bad=args.skip_bad
+            )
             if args.eval_data
             else None
         )
@@ -147,15 +155,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         clean = torch.utils.data.Subset(clean, range(min(args.max_clean_pairs, len(clean))))
     templates, templates_name = default_templates(args.templates, args.eval_data or args.clean_data)
 
-    true_trigger, true_target = None, None
-    if args.eval_trigger is not None:
-        true_trigger = load_trigger(args.eval_trigger).to(accelerator.device)
-        true_target = args.eval_target or read_trigger_metadata(args.eval_trigger).get("metadata", {}).get("target")
-        if true_target is None:
-            raise SystemExit(f"{args.eval_trigger} records no target: give --eval-target")
-        if eval_data is None:
-            raise SystemExit("--eval-trigger needs --eval-data to measure the ASR on")
-        resolve_target(true_target, eval_data.classnames)
+    true_trigger, true_target = load_eval_trigger(
+        args.eval_trigger, args.eval_target, eval_data, accelerator.device, image_size=model.image_size
+    )
 
     # Candidates that name the recovered target: the evaluation classes (zero-shot embeddings).
     if eval_data is not None:
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state, config = session.state, defense.config
     with timer("cleaning"):
         session.run(after_step=clamp_logit_scale_)
+    unchanged = check_model_changed(session, reference)
 
     model.eval()
     trigger_equal = trigger_identical_across_ranks(accelerator, defense.trigger_for_report())
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(accelerator),
         "world_size": accelerator.num_processes,
         "trigger_identical_across_ranks": trigger_equal,
+        "weights_unchanged": unchanged,
         "config": {"defense": config, "recipe": vars(args), "templates": templates_name},
     }
     _write_outputs(args, accelerator, model, defense, results, clean)
@@ -277,14 +281,24 @@ def _write_outputs(args, accelerator, model, defense, results, clean) -> None:
                 "config": results["config"],
                 "complete": results["complete"],  # persistence (issue 8), shown again by `clipclean scan`
             },
-            card_notes=f"Cleaned with clipclean's `{args.defense}` defense. Inversion verdict on the source model: "
-            f"**{verdict}**." + _persistence_note(results["complete"]),
+            card_notes=_card_note(args.defense, verdict, results["weights_unchanged"])
+            + _persistence_note(results["complete"]),
             layout=args.save_layout,
         )
     write_main_process_json(accelerator, output / "results.json", results)
     if args.push_to_hub and accelerator.is_main_process:
         url = push_to_hub(output / "cleaned", args.push_to_hub)
         logger.info("pushed to %s", url)
+
+
+def _card_note(defense: str, verdict: str | None, unchanged: bool) -> str:
+    """The model card's first sentence; it says "cleaned" only when the weights changed."""
+    if unchanged:
+        return (
+            f"Checked with clipclean's `{defense}` defense, which found nothing to remove (inversion verdict on the "
+            f"source model: **{verdict}**): the weights are the source model's, unchanged."
+        )
+    return f"Cleaned with clipclean's `{defense}` defense. Inversion verdict on the source model: **{verdict}**."
 
 
 def _persistence_note(complete: dict | None) -> str:
@@ -305,4 +319,4 @@ def _print_summary(accelerator, results) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -42,14 +42,22 @@ from clipclean.attacks import AttackContext, build_attack, make_attack_config
 from clipclean.classifiers import CLASSIFIER_ARCHITECTURES, create_classifier, save_classifier
 from clipclean.cli.cleaning import evaluate_phase
 from clipclean.cli.common import (
+    CHECKPOINTS_FOLDER,
+    RESULTS_FILENAME,
     RunCheckpoints,
     TrainingProgress,
+    add_classnames_argument,
     add_run_arguments,
     add_trust_code_argument,
     attack_overrides,
+    check_poison_arguments,
+    check_poison_inputs,
     configure_cpu_threads,
     make_accelerator,
+    prepare_output_dir,
+    run_cli,
     setup_logging,
+    stop_if_diverged,
     write_main_process_json,
 )
 from clipclean.data import collate_pairs, load_classification_dataset
@@ -78,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--train-data", default="digits:train", help="labelled images to poison (default: digits)")
     data.add_argument("--eval-data", default="digits:test", help="labelled images for CA/ASR")
+    add_classnames_argument(data)  # of both --train-data and --eval-data
     attack = parser.add_argument_group("attack (unset values take the attack's defaults)")
     attack.add_argument("--attack", default="badnet", choices=CLASSIFIER_ATTACKS)
     attack.add_argument("--target", default="zero", help="target class name")
@@ -93,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--batch-size", type=int, default=64, help="per process")
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--weight-decay", type=float, default=1e-4)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_poison_arguments(args)
+    return args
 
 
 def _prepare_poison(args, accelerator, train) -> tuple[Any, PoisonManifest, dict]:
@@ -134,6 +145,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (0.955, 0.9916)
     """
     args = parse_args(argv)
+    prepare_output_dir(  # before any work: a used or unwritable folder fails now, not after the training
+        args.output_dir,
+        overwrite=args.overwrite,
+        resume=args.resume_from_checkpoint,
+        results=(RESULTS_FILENAME, CHECKPOINTS_FOLDER, "trigger.json", "poison_manifest.json"),
+        model_folders=("model",),
+    )
     start_time = time.time()
     accelerator = make_accelerator(args)
     setup_logging(accelerator, "poison_classifier")
@@ -142,8 +160,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output = Path(args.output_dir)
 
     with accelerator.main_process_first():
-        train = load_classification_dataset(args.train_data, image_size=args.image_size, split="train")
-        eval_data = load_classification_dataset(args.eval_data, image_size=args.image_size)
+        train = load_classification_dataset(
+            args.train_data, image_size=args.image_size, classnames=args.classnames, split="train"
+        )
+        eval_data = load_classification_dataset(args.eval_data, image_size=args.image_size, classnames=args.classnames)
+    check_poison_inputs(
+        args, args.image_size, len(train), eval_data.classnames, accelerator.num_processes, full_batches=False
+    )
     trigger, manifest, attack_description = _prepare_poison(args, accelerator, train)
     poisoned = PoisonedClassificationDataset(train, trigger, manifest)
     logger.info("%s: %d of %d images poisoned toward %r", args.attack, manifest.n_poison, len(train), manifest.target)
@@ -168,8 +191,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loss = torch.tensor(float("nan"))
     for epoch in range(progress.step, args.epochs):  # progress.step counts epochs here
         train_loader.set_epoch(epoch)
+        saved = f"the newest checkpoint in {output / CHECKPOINTS_FOLDER} is the last good state" if epoch else ""
         for images, labels in train_loader:
             loss = F.cross_entropy(wrapped(images), labels)
+            stop_if_diverged(accelerator, loss, f"in epoch {epoch + 1}", f"lower --lr (now {args.lr}). {saved}")
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -220,4 +245,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -40,14 +40,20 @@ from tqdm.auto import tqdm
 
 from clipclean.attacks import AttackContext, build_attack, list_attacks, make_attack_config
 from clipclean.cli.common import (
+    CHECKPOINTS_FOLDER,
     RunCheckpoints,
     TrainingProgress,
+    add_classnames_argument,
     add_model_arguments,
     add_run_arguments,
     attack_overrides,
+    check_poison_arguments,
+    check_poison_inputs,
     configure_cpu_threads,
     default_templates,
     make_accelerator,
+    prepare_output_dir,
+    run_cli,
     setup_logging,
     write_main_process_json,
 )
@@ -89,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image-caption source to poison (default: digits train); webdataset shards "
         "('data/shard-{000..009}.tar') are streamed",
     )
+    data.add_argument(
+        "--skip-bad", action="store_true", help="skip missing or undecodable pairs of --train-data (with a count)"
+    )
     data.add_argument("--shuffle-buffer", type=int, default=1000, help="shuffle buffer of streamed shards (samples)")
     data.add_argument(
         "--record-sample-keys",
@@ -96,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="streamed shards: write the keys every process trained on, per epoch, to OUTPUT_DIR/sample_keys.jsonl",
     )
     data.add_argument("--eval-data", default="digits", help="classification set for CA/ASR (default: digits test)")
+    add_classnames_argument(data)
     data.add_argument(
         "--templates",
         default=None,
@@ -135,7 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--warmup-steps", type=int, default=50)
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_poison_arguments(args)
+    return args
 
 
 def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifest, dict]:
@@ -194,6 +206,13 @@ def _record_sample_keys(accelerator, output: Path, epoch: int, keys: list, fresh
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    prepare_output_dir(  # before any work: a used or unwritable folder fails now, not after the training
+        args.output_dir,
+        overwrite=args.overwrite,
+        resume=args.resume_from_checkpoint,
+        results=(RESULTS_FILENAME, CHECKPOINTS_FOLDER, f"{TRIGGER_NAME}.json", MANIFEST_FILENAME),
+        model_folders=("model",),
+    )
     start_time = time.time()
     accelerator = make_accelerator(args)
     setup_logging(accelerator)
@@ -204,9 +223,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with accelerator.main_process_first():  # downloads and dataset preparation happen once
         model = load_clip(args.model, pretrained=args.pretrained, device=accelerator.device, cache_dir=args.cache_dir)
-        train = load_image_caption_dataset(args.train_data, image_size=model.image_size)
-        eval_data = load_classification_dataset(args.eval_data, image_size=model.image_size)
+        train = load_image_caption_dataset(args.train_data, image_size=model.image_size, skip_bad=args.skip_bad)
+        eval_data = load_classification_dataset(
+            args.eval_data, image_size=model.image_size, classnames=args.classnames
+        )
     templates, templates_name = default_templates(args.templates, args.eval_data)
+    check_poison_inputs(args, model.image_size, len(train), eval_data.classnames, accelerator.num_processes)
     trigger, manifest, attack_description = _prepare_poison(args, accelerator, model, train)
     poisoned = PoisonedDataset(train, trigger, manifest)
     logger.info(
@@ -374,4 +396,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main))

@@ -100,3 +100,66 @@ def digits_clips(tmp_path_factory):
         return trained[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def digit_class_folders(tmp_path_factory):
+    """The digits test split (400 images) as class folders ``data/zero/*.png`` ... ``data/nine/*.png`` (32x32 PNGs),
+    a ``classnames.txt`` listing the ten words in their natural order (zero, one, ..., nine: not the sorted folder
+    order), a random-init ``clipclean-tiny`` saved by plain open_clip (``open_clip_config.json`` +
+    ``open_clip_model.safetensors``), and what plain open_clip makes of them: ``build_zero_shot_classifier`` with the
+    80 OpenAI templates over the natural-order names, open_clip's own preprocessing, each folder scored against its
+    own name (``correct``), and against the name a positional reading of the file gives it (``positional_correct``).
+    """
+    import open_clip
+    import safetensors.torch
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    from PIL import Image
+
+    from clipclean.data import DIGIT_CLASSNAMES, load_classification_dataset
+    from clipclean.models import register_model_configs
+
+    root = tmp_path_factory.mktemp("digit_class_folders")
+    digits = load_classification_dataset("digits:test", image_size=32)
+    for index in range(len(digits)):
+        image, label = digits[index]
+        folder = root / "data" / DIGIT_CLASSNAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        Image.fromarray(pixels, mode="RGB").save(folder / f"{index:03d}.png")
+    classnames = root / "classnames.txt"
+    classnames.write_text("\n".join(DIGIT_CLASSNAMES) + "\n", encoding="utf-8")
+
+    register_model_configs()
+    torch.manual_seed(0)
+    model_dir = root / "model"
+    model_dir.mkdir()
+    created = open_clip.create_model("clipclean-tiny")
+    with torch.no_grad():  # without them every image of a random tower lands in one class
+        created.visual.class_embedding.zero_()
+        created.visual.positional_embedding.zero_()
+    safetensors.torch.save_file(created.state_dict(), model_dir / HF_SAFE_WEIGHTS_NAME)
+    save_config_for_hf(created, model_dir / HF_CONFIG_NAME, model_config=open_clip.get_model_config("clipclean-tiny"))
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{model_dir}")
+    model.eval()
+    paths = sorted((root / "data").glob("*/*.png"))
+    with torch.no_grad():
+        weights = open_clip.build_zero_shot_classifier(model, tokenizer, DIGIT_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES)
+        images = torch.stack([preprocess(Image.open(path)) for path in paths])
+        predicted = (model.encode_image(images, normalize=True) @ weights).argmax(dim=-1).tolist()
+    folders = sorted(DIGIT_CLASSNAMES)
+    own = [DIGIT_CLASSNAMES.index(path.parent.name) for path in paths]
+    positional = [folders.index(path.parent.name) for path in paths]  # line i of the file names the i-th folder
+    return {
+        "data": root / "data",
+        "classnames": classnames,
+        "model": model_dir,
+        "n_images": len(paths),
+        "correct": sum(p == t for p, t in zip(predicted, own)),
+        "positional_correct": sum(p == t for p, t in zip(predicted, positional)),
+        "predicted_classes": len(set(predicted)),
+    }

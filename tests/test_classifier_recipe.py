@@ -8,7 +8,7 @@ import torch
 from conftest import launch_two_processes, load_script
 
 from clipclean.classifiers import create_classifier, load_classifier, save_classifier
-from clipclean.data import DIGIT_CLASSNAMES
+from clipclean.data import DIGIT_CLASSNAMES, DataError
 from clipclean.hub import save_pretrained
 from clipclean.models import load_clip
 from clipclean.triggers import PatchBlendTrigger, load_trigger, save_trigger
@@ -116,6 +116,20 @@ def test_poison_recipe_relabels_trains_and_saves(tmp_path):
     assert json.loads((output / "model" / "clipclean_classifier.json").read_text())["metadata"]["backdoored"]
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert load_trigger(output / "trigger.json").family == "patch_blend"
+
+
+def test_poison_recipe_names_class_folders_by_a_natural_order_classnames_file(digit_class_folders, tmp_path):
+    data, output = str(digit_class_folders["data"]), tmp_path / "poisoned"
+    argv = ["--train-data", data, "--eval-data", data, "--classnames", str(digit_class_folders["classnames"])]
+    argv += ["--epochs", "1", "--architecture-kwargs", '{"width": 4}', "--no-progress", "--output_dir", str(output)]
+    results = load_script("recipes/poison_classifier.py").main(argv)
+    assert load_classifier(output / "model").classnames == sorted(DIGIT_CLASSNAMES)  # each folder keeps its name
+    assert results["target"] == "zero" and results["eval"]["n_images"] == digit_class_folders["n_images"]
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join([*DIGIT_CLASSNAMES[:-1], "9"]) + "\n", encoding="utf-8")  # not the folder names
+    argv[argv.index("--classnames") + 1], argv[argv.index("--output_dir") + 1] = str(names), str(tmp_path / "refused")
+    with pytest.raises(DataError, match=r"names\.txt line 1: 'zero' would name folder 'eight'"):
+        load_script("recipes/poison_classifier.py").main(argv)
 
 
 def test_recipe_with_two_real_cpu_processes(setup, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import launch_two_processes
 
+from clipclean.data import DIGIT_CLASSNAMES, DataError
 from clipclean.hub import save_pretrained
 from clipclean.models import load_clip
 from clipclean.triggers import PatchBlendTrigger, save_trigger
@@ -108,6 +109,7 @@ def test_recipe_in_process_writes_every_output(setup, tmp_path):
     cleaned = tmp_path / "run" / "cleaned"
     card = (cleaned / "README.md").read_text()
     assert "before" in card and "after" in card
+    assert results["weights_unchanged"] is False and "Cleaned with clipclean's `bibau` defense" in card
     # plain open_clip loads the cleaned checkpoint
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{cleaned}")
     assert model.visual.image_size in ((32, 32), 32)
@@ -176,6 +178,8 @@ def test_a_model_judged_clean_is_left_unchanged(setup, tmp_path):
     original = load_clip(str(setup / "model")).state_dict()
     cleaned = load_clip(str(tmp_path / "run" / "cleaned")).state_dict()
     assert all(torch.equal(original[key], cleaned[key]) for key in original)
+    card = (tmp_path / "run" / "cleaned" / "README.md").read_text()  # never a "cleaned" card on the input model
+    assert results["weights_unchanged"] is True and "unchanged" in card and "Cleaned with" not in card
 
 
 def test_recipe_resume_continues_after_the_saved_round(setup, tmp_path):
@@ -188,6 +192,27 @@ def test_recipe_resume_continues_after_the_saved_round(setup, tmp_path):
     assert len(resumed["rounds"]) == 2
     assert resumed["inversion"]["recovered_target"] == first["inversion"]["recovered_target"]
     assert resumed["inversion"]["backdoor_score"] == pytest.approx(first["inversion"]["backdoor_score"])
+
+
+def test_class_folders_and_a_natural_order_classnames_file_score_like_open_clip(setup, digit_class_folders, tmp_path):
+    folders = digit_class_folders
+    assert folders["predicted_classes"] > 1 and folders["positional_correct"] != folders["correct"]  # this can fail
+    data = ["--model", str(folders["model"]), "--eval-data", str(folders["data"])]
+    results = load_recipe().main(
+        tiny_args(setup, tmp_path / "run", *data, "--classnames", str(folders["classnames"]), "--rounds", "1")
+    )
+    before = results["before"]["eval"]
+    assert before["n_images"] == folders["n_images"] == 400
+    assert round(results["before"]["clean_accuracy"] * before["n_images"]) == folders["correct"]
+
+
+def test_a_classnames_file_that_would_relabel_a_folder_is_refused(setup, digit_class_folders, tmp_path):
+    names = tmp_path / "names.txt"
+    lines = ["one", "zero", *DIGIT_CLASSNAMES[2:-1], "9"]  # "9": not the folder names in another order
+    names.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = ["--model", str(digit_class_folders["model"]), "--eval-data", str(digit_class_folders["data"])]
+    with pytest.raises(DataError, match=r"line 1: 'one' would name folder 'eight' .*'folder<TAB>name'"):
+        load_recipe().main(tiny_args(setup, tmp_path / "run", *data, "--classnames", str(names)))
 
 
 def test_recipe_rejects_bad_arguments(setup, tmp_path):
@@ -207,3 +232,14 @@ def test_recipe_with_two_real_cpu_processes(setup, tmp_path):
     assert INVERSION_KEYS <= set(results["inversion"])
     assert results["after"]["clean_accuracy"] is not None
     assert 0 <= results["complete"]["ra_asr"] <= 1  # measured on the main process, broadcast to the other
+
+
+def test_micro_batch_flag_chunks_the_trigger_search_without_changing_it(setup, tmp_path):
+    recipe = load_recipe()
+    whole = recipe.main(tiny_args(setup, tmp_path / "whole", "--rounds", "1"))
+    chunked = recipe.main(tiny_args(setup, tmp_path / "chunked", "--rounds", "1", "--micro-batch", "8"))
+    assert chunked["config"]["defense"].inversion.micro_batch == 8
+    assert chunked["inversion"]["recovered_target"] == whole["inversion"]["recovered_target"]
+    assert chunked["inversion"]["backdoor_score"] == pytest.approx(whole["inversion"]["backdoor_score"], abs=1e-3)
+    with pytest.raises(ValueError, match="runs no trigger search"):
+        recipe.main(tiny_args(setup, tmp_path / "finetune", "--defense", "finetune", "--micro-batch", "8"))

@@ -122,7 +122,7 @@ def test_clean_and_eval_delegate_to_the_scripts(tiny_folder, tmp_path):
     assert 0 <= metrics["top1"] <= 1 and 0 <= metrics["asr_top1"] <= 1
 
 
-def test_convert_writes_an_open_clip_folder_with_the_same_embeddings(tmp_path):
+def test_convert_writes_an_open_clip_folder_with_the_same_embeddings(tmp_path, capsys):
     source = openai_layout_model(TINY_VIT)
     cleanclip_checkpoint(source, tmp_path / "epoch_64.pt")
     assert main(["convert", str(tmp_path / "epoch_64.pt"), str(tmp_path / "converted")]) == 0
@@ -143,8 +143,8 @@ def test_convert_writes_an_open_clip_folder_with_the_same_embeddings(tmp_path):
     transformers_folder = build_tiny_transformers_clip(tmp_path / "hf")
     assert main(["convert", str(transformers_folder), str(tmp_path / "hf_converted")]) == 0
     assert (tmp_path / "hf_converted" / "open_clip_config.json").is_file()
-    with pytest.raises(SystemExit, match="already an open_clip model"):
-        main(["convert", str(tmp_path / "converted"), str(tmp_path / "again")])
+    assert main(["convert", str(tmp_path / "converted"), str(tmp_path / "again")]) == 2
+    assert "already an open_clip model" in capsys.readouterr().err
 
 
 def test_push_uploads_safe_files_with_the_metrics_card_and_never_prints_the_token(
@@ -187,9 +187,9 @@ def test_push_uploads_safe_files_with_the_metrics_card_and_never_prints_the_toke
     assert "| attack_success_rate | 99.00% | 1.00% |" in card and "org/clip-cleaned" in card
 
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
-    with pytest.raises(ValueError, match="pickle"):
-        main(["push", str(folder), "org/clip-cleaned"])
+    assert main(["push", str(folder), "org/clip-cleaned"]) == 2  # the command reports bad input in one line
+    assert "error: refusing to push" in capsys.readouterr().err
     bare = tmp_path / "bare"
     bare.mkdir()
-    with pytest.raises(SystemExit, match="README.md / clipclean.json"):
-        main(["push", str(bare), "org/x"])
+    assert main(["push", str(bare), "org/x"]) == 2
+    assert "README.md / clipclean.json" in capsys.readouterr().err

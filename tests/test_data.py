@@ -1,7 +1,9 @@
 """Tests for clipclean.data: every source, the digits splits, and each kind of bad input."""
 
+import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,6 +280,100 @@ def test_classnames_list_and_count_mismatch(tmp_path):
     (tmp_path.parent / "three.txt").write_text("a\nb\nc\n")
     with pytest.raises(DataError, match=r"three\.txt: 3 class names for 2 classes"):
         load_classification_dataset(str(tmp_path), classnames=str(tmp_path.parent / "three.txt"))
+
+
+NATURAL = ["zero", "one", "two", "three"]  # folders sort as one, three, two, zero
+
+
+def _natural_folders(root):
+    for label, folder in enumerate(NATURAL):
+        _save_image(root / "data" / folder / "x.png", COLORS[label])
+    return root / "data"
+
+
+def _names_file(root, lines):
+    (root / "names.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(root / "names.txt")
+
+
+@pytest.mark.parametrize("order", [NATURAL, list(reversed(NATURAL)), sorted(NATURAL)])
+def test_classnames_file_of_the_folder_names_keeps_each_folder_its_own_name(tmp_path, order):
+    data = _natural_folders(tmp_path)
+    dataset = load_classification_dataset(str(data), classnames=_names_file(tmp_path, order))
+    assert dataset.classnames == sorted(NATURAL)
+    for index in range(len(dataset)):  # every image's class name is the folder it lies in
+        assert dataset.classnames[dataset.labels[index]] == Path(dataset._location(index)).parent.name
+    assert load_classification_dataset(str(data), classnames=NATURAL).classnames == sorted(NATURAL)  # a list too
+
+
+def test_classnames_that_would_relabel_a_folder_are_refused_in_one_line(tmp_path):
+    data = _natural_folders(tmp_path)
+    names = _names_file(tmp_path, ["zero", "one", "two", "3"])  # not the folder names: given in sorted-folder order
+    with pytest.raises(DataError, match=r"names\.txt line 1: 'zero' would name folder 'one' .*'folder<TAB>name'") as e:
+        load_classification_dataset(str(data), classnames=names)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match=r"classnames entry 1: 'one' would name folder 'three'"):
+        load_classification_dataset(str(data), classnames=["3", "one", "zero", "two"])
+
+
+def test_plain_names_go_to_the_folders_in_sorted_order_when_none_is_another_folders(tmp_path):
+    data = _natural_folders(tmp_path)  # folders one, three, two, zero
+    names = _names_file(tmp_path, ["uno", "three", "dos", "cero"])  # "three" is the second folder's own name
+    assert load_classification_dataset(str(data), classnames=names).classnames == ["uno", "three", "dos", "cero"]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["one\tuno", "three\ttres", "two dos", "zero\tcero"], r"line 3: no TAB in 'two dos'"),
+        (["one\tuno", "three\ttres", "two\tdos", "nul\tcero"], r"line 4: 'nul' is not a class folder"),
+        (["one\tuno", "one\tun", "two\tdos", "zero\tcero"], r"line 2: folder 'one' is named twice"),
+        (["one\tuno", "two\tdos", "zero\tcero"], r"no class name for folder\(s\) \['three'\]"),
+        (["one\t", "three\ttres", "two\tdos", "zero\tcero"], r"empty class name for class 'one'"),
+    ],
+)
+def test_bad_folder_tab_name_files(tmp_path, lines, message):
+    data = _natural_folders(tmp_path)
+    with pytest.raises(DataError, match=r"names\.txt.*" + message):
+        load_classification_dataset(str(data), classnames=_names_file(tmp_path, lines))
+
+
+@pytest.mark.parametrize(
+    "classnames, message",
+    [
+        (["a", "b", "a", "c"], r"names\.txt: classes 'one' and 'two' are both named 'a'"),  # a file of plain names
+        (["Cat", "dog", "cat ", "bird"], r"classes 'one' and 'two' are both named 'cat'"),  # case and spaces ignored
+        (["one\tx", "three\tx", "two\ty", "zero\tz"], r"classes 'one' and 'three' are both named 'x'"),  # mapping
+        ([["a", "", "b", "c"]], r"classnames: empty class name for class 'three'"),  # a list
+    ],
+)
+def test_empty_or_duplicate_class_names_are_refused_in_one_line(tmp_path, classnames, message):
+    data = _natural_folders(tmp_path)
+    given = classnames[0] if isinstance(classnames[0], list) else _names_file(tmp_path, classnames)
+    with pytest.raises(DataError, match=message) as e:
+        load_classification_dataset(str(data), classnames=given)
+    assert "\n" not in str(e.value)
+
+
+def test_duplicate_names_from_folders_or_for_digits_are_refused(tmp_path):
+    _save_image(tmp_path / "hot_dog" / "1.png")
+    _save_image(tmp_path / "hot dog" / "1.png")
+    with pytest.raises(DataError, match=r"classes 'hot dog' and 'hot_dog' are both named 'hot dog'"):
+        load_classification_dataset(str(tmp_path))
+    with pytest.raises(DataError, match=r"classnames: classes '0' and '1' are both named 'digit'"):
+        load_classification_dataset("digits", classnames=["digit"] * 10)
+
+
+def test_openai_synset_names_are_open_clips_and_kept_as_published(tmp_path):
+    from clipclean.data import _imagenet_synset_names
+
+    table = _imagenet_synset_names()
+    # the (synset, name) table clipclean shipped as imagenet_classnames.json before it took the names from open_clip
+    fingerprint = hashlib.sha256("\n".join(f"{s}\t{n}" for s, n in table.items()).encode()).hexdigest()
+    assert fingerprint == "c2e6b3aab7524eace5b791b57862af87af14ca130ca7aa043d7d39986b59dea9"
+    for synset in ("n03773504", "n04008634"):  # OpenAI named both "missile": the published protocol, not an error
+        _save_image(tmp_path / synset / "x.png")
+    assert load_classification_dataset(str(tmp_path)).classnames == ["missile", "missile"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from conftest import launch_two_processes
 from PIL import Image
 
-from clipclean.data import load_classification_dataset
+from clipclean.data import DIGIT_CLASSNAMES, DataError, load_classification_dataset
 from clipclean.evaluation import evaluate_zeroshot
 from clipclean.hub import save_pretrained
 from clipclean.models import load_clip
@@ -182,6 +182,38 @@ def test_trigger_of_another_image_size_is_a_usage_error(script, assets, tmp_path
         script.main(arguments)
     assert raised.value.code == 2
     assert "resizing" in capsys.readouterr().err
+
+
+def _write_classnames(path, kind):
+    """The ten digit words in natural order, as plain lines or as ``folder<TAB>name`` lines (reversed order)."""
+    lines = DIGIT_CLASSNAMES if kind == "plain" else [f"{name}\t{name}" for name in reversed(DIGIT_CLASSNAMES)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["plain", "tab"])
+def test_class_folders_and_a_natural_order_classnames_file_score_like_open_clip(
+    script, digit_class_folders, tmp_path, kind
+):
+    folders = digit_class_folders
+    # the fixture's model spreads its predictions and a positional reading would change the score: this can fail
+    assert folders["predicted_classes"] > 1 and folders["positional_correct"] != folders["correct"]
+    classnames = _write_classnames(tmp_path / "classnames.txt", kind)
+    results = script.main(
+        ["--model", str(folders["model"]), "--data", str(folders["data"]), "--classnames", str(classnames)]
+        + ["--batch-size", "128", "--no-progress"]
+    )
+    assert results["n_images"] == folders["n_images"] == 400 and results["n_classes"] == 10
+    assert results["n_templates"] == 80  # open_clip's OPENAI_IMAGENET_TEMPLATES, as in the reference
+    assert round(results["top1"] * results["n_images"]) == folders["correct"]
+
+
+def test_a_classnames_file_that_would_relabel_a_folder_is_refused(script, digit_class_folders, tmp_path):
+    folders = digit_class_folders
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join([*DIGIT_CLASSNAMES[:-1], "9"]) + "\n", encoding="utf-8")  # no longer the folders
+    with pytest.raises(DataError, match=r"names\.txt line 1: 'zero' would name folder 'eight' .*'folder<TAB>name'"):
+        script.main(["--model", str(folders["model"]), "--data", str(folders["data"]), "--classnames", str(names)])
 
 
 def test_accelerate_launch_two_cpu_processes(assets, in_process_results):

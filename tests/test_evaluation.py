@@ -1,10 +1,12 @@
 """The zero-shot evaluation protocol: classifier construction, CA, ASR, target resolution, templates."""
 
+import hashlib
 import json
 
 import open_clip
 import pytest
 import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from clipclean.data import DIGIT_CLASSNAMES, load_classification_dataset
@@ -12,6 +14,7 @@ from clipclean.evaluation import (
     PROTOCOL,
     evaluate_zeroshot,
     fill_template,
+    imagenet_classnames,
     load_templates,
     openai_imagenet_templates,
     resolve_target,
@@ -44,6 +47,37 @@ def test_openai_templates_and_classnames_are_shipped():
     assert len(templates) == 80 and all("{c}" in template for template in templates)
     assert fill_template("a photo of a {c}.", "dog") == "a photo of a dog."
     assert fill_template("a {} photo", "dog") == "a dog photo"
+
+
+def test_templates_and_classnames_are_open_clips_and_unchanged():
+    templates = openai_imagenet_templates()
+    assert templates == [template("{c}") for template in OPENAI_IMAGENET_TEMPLATES]
+    # the 80 templates clipclean shipped as openai_imagenet_templates.json before it took them from open_clip
+    fingerprint = hashlib.sha256("\n".join(templates).encode()).hexdigest()
+    assert fingerprint == "c078f4d4ced9e360a3050ace0c5abd7bed09693bceb3ed0c7a39aba61a668c5c"
+    names = imagenet_classnames()
+    assert names == list(IMAGENET_CLASSNAMES) and len(names) == 1000
+    assert (names[0], names[1], names[-1]) == ("tench", "goldfish", "toilet paper")
+
+
+def _previous_zeroshot_classifier(model, classnames, templates, batch_size=256):
+    """clipclean's own implementation before it called open_clip.build_zero_shot_classifier."""
+    prompts = [fill_template(template, name) for name in classnames for template in templates]
+    embeddings = []
+    for start in range(0, len(prompts), batch_size):
+        embeddings.append(model.encode_text(prompts[start : start + batch_size]).float())
+    per_template = torch.cat(embeddings).view(len(classnames), len(templates), -1)
+    return torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 256])
+def test_zeroshot_classifier_gives_what_it_gave_before_open_clip_built_it(tiny_clip, batch_size):
+    templates = [*openai_imagenet_templates()[:5], "a {} photo."]  # both placeholders
+    with torch.no_grad():
+        previous = _previous_zeroshot_classifier(tiny_clip, DIGIT_CLASSNAMES, templates, batch_size)
+    ours = zeroshot_classifier(tiny_clip, DIGIT_CLASSNAMES, templates, batch_size=batch_size)
+    assert ours.shape == previous.shape == (10, tiny_clip.embed_dim) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, previous, rtol=0, atol=1e-6)
 
 
 def test_classifier_rows_are_unit_norm_and_match_open_clip(tiny_clip):

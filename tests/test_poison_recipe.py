@@ -9,6 +9,7 @@ import torch
 from conftest import launch_two_processes
 from safetensors.torch import load_file
 
+from clipclean.data import DIGIT_CLASSNAMES, DataError
 from clipclean.hub import read_sidecar
 from clipclean.models import load_clip
 from clipclean.poisoning import PoisonManifest, mentions
@@ -74,6 +75,14 @@ def test_recipe_in_process_writes_the_output_folder(recipe, tmp_path):
     assert provenance["attack"]["method"] == "badnet" and provenance["n_poison"] == 6
     assert provenance["poison_manifest"] == "../poison_manifest.json"
     assert list((output / "checkpoints").glob("checkpoint_*"))
+
+
+def test_classnames_reach_the_evaluation_set_and_a_relabelling_file_is_refused(recipe, digit_class_folders, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join([*DIGIT_CLASSNAMES[:-1], "9"]) + "\n", encoding="utf-8")  # not the folder names
+    arguments = [*TINY, "--eval-data", str(digit_class_folders["data"]), "--classnames", str(names)]
+    with pytest.raises(DataError, match=r"names\.txt line 1: 'zero' would name folder 'eight'"):
+        recipe.main([*arguments, "--max-steps", "1", "--output_dir", str(tmp_path / "run")])
 
 
 def test_recipe_badclip_and_blended_in_process(recipe, tmp_path):

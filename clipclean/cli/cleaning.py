@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from clipclean.cli.common import RunCheckpoints, print_table
+from clipclean.cli.common import RunCheckpoints, print_table, stop_if_diverged
+from clipclean.errors import ClipcleanError, UsageError
 from clipclean.evaluation import evaluate_zeroshot, resolve_target
 from clipclean.fileio import write_json
 from clipclean.timing import PhaseTimer
@@ -38,6 +39,8 @@ from clipclean.triggers import Trigger, draw_trigger, load_trigger, read_trigger
 
 logger = logging.getLogger(__name__)
 
+CLEANED_FOLDER = "cleaned"
+INVERSION_FOLDER = "inversion"
 INVERSION_REPORT_KEYS = (
     "verdict",
     "recovered_target",
@@ -47,6 +50,7 @@ INVERSION_REPORT_KEYS = (
     "concentration",
     "hijacked_fraction",
     "candidate_asr",
+    "named_by",
     "mask_budget",
     "trigger",
 )
@@ -61,7 +65,9 @@ def prepare_demo(args: argparse.Namespace, poison_script: Path, description: str
         logger.info("demo: training %s on digits into %s (once)", description, cache)
         sys.path.insert(0, str(poison_script.parent))
         poison_main = importlib.import_module(poison_script.stem).main
-        poison_main(["--attack", "badnet", "--output_dir", str(cache), "--seed", str(args.seed), "--no-progress"])
+        # --overwrite: the cache is the demo's own; a run interrupted before it finished left only part of it
+        flags = ["--attack", "badnet", "--seed", str(args.seed), "--no-progress", "--overwrite"]
+        poison_main([*flags, "--output_dir", str(cache)])
     args.model = str(cache / "model")
     args.clean_data = args.clean_data or "digits:defender"
     args.eval_data = args.eval_data or "digits:test"
@@ -71,7 +77,7 @@ def prepare_demo(args: argparse.Namespace, poison_script: Path, description: str
 def make_cleaning_parser(doc: str, default_output_dir: str, clean_data_help: str) -> argparse.ArgumentParser:
     """A cleaning recipe's parser with the model, run and data argument groups (``doc``: the recipe's docstring,
     whose first paragraph is the description); add :func:`add_defense_arguments` and the recipe's own."""
-    from clipclean.cli.common import add_model_arguments, add_run_arguments
+    from clipclean.cli.common import add_classnames_argument, add_model_arguments, add_run_arguments
 
     parser = argparse.ArgumentParser(
         description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,10 +87,16 @@ def make_cleaning_parser(doc: str, default_output_dir: str, clean_data_help: str
     data = parser.add_argument_group("data")
     data.add_argument("--clean-data", default=None, help=clean_data_help)
     data.add_argument("--eval-data", default=None, help="labelled images for CA/ASR (demo: digits test split)")
-    data.add_argument("--classnames", default=None, help="class names file for the labelled data (and candidates)")
+    add_classnames_argument(data)  # of the labelled data (and the target candidates)
     data.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
     data.add_argument("--max-clean-pairs", type=int, default=None, help="use at most N clean samples")
     data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip missing or undecodable images (and empty captions) of --clean-data/--eval-data with a count, "
+        "instead of stopping at the first with its file and row",
+    )
     return parser
 
 
@@ -105,6 +117,13 @@ def add_defense_arguments(parser: argparse.ArgumentParser, target_flags: Sequenc
     defense.add_argument("--epochs", type=int, default=None, help="epochs per round (default: the defense's)")
     defense.add_argument("--lr", type=float, default=None, help="learning rate (default: the defense's)")
     defense.add_argument("--batch-size", type=int, default=64, help="per process")
+    defense.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="at most N triggered images per forward/backward pass of the trigger search (inversion, verdict, "
+        "re-inversion; gradient accumulation, same result, less memory). Default: whole batches",
+    )
     defense.add_argument(
         "--defense-option",
         "--set",
@@ -159,6 +178,12 @@ def make_defense(args, accelerator, model, candidate_names, candidate_embeddings
         progress=args.progress and accelerator.is_main_process,
     )
     overrides = {"rounds": args.rounds, "epochs": args.epochs, "lr": args.lr, **parse_key_values(args.defense_options)}
+    if args.micro_batch is not None:
+        from clipclean.defenses import DEFENSES
+
+        if "inversion" not in DEFENSES[args.defense][0].field_names():
+            raise ValueError(f"--micro-batch: the {args.defense} defense runs no trigger search")
+        overrides["inversion"] = {"micro_batch": args.micro_batch, **overrides.get("inversion", {})}
     return build_defense(args.defense, model, context, overrides), reference
 
 
@@ -207,6 +232,21 @@ class CleaningSession:
             accelerator, defense, wrapped, optimizer, train_loader, state, checkpoints, args.progress, args.report_to
         )
 
+    def _stop_if_diverged(self, loss: torch.Tensor, round_index: int, epoch: int) -> None:
+        """Stop before a NaN or infinite loss (on any process) reaches the weights: the step is not taken and no
+        checkpoint is written, so the last one is the last good state (:func:`~clipclean.cli.common.stop_if_diverged`).
+        """
+        saved = (
+            "the last good state is the newest checkpoint in OUTPUT_DIR/checkpoints (continue from it with "
+            "--resume_from_checkpoint latest)"
+            if self.state.rounds_done > 0
+            else "no checkpoint was written yet"
+        )
+        advice = f"lower --lr (now {self.defense.config.lr}) or check the data; {saved}"
+        stop_if_diverged(
+            self.accelerator, loss, f"in {self.defense.name} round {round_index + 1}, epoch {epoch + 1}", advice
+        )
+
     def run(self, after_step: Callable[[torch.nn.Module], None] | None = None) -> None:
         """The remaining rounds; ``after_step(wrapped_model)`` runs after every optimiser step (e.g. clamping a
         CLIP's logit scale). Saves the state after each round."""
@@ -232,6 +272,7 @@ class CleaningSession:
                     with timer("unlearning_steps"):
                         with accelerator.autocast():
                             losses, _ = defense.forward(self.wrapped, batch)
+                        self._stop_if_diverged(losses["loss"], round_index, epoch)
                         accelerator.backward(losses["loss"])
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
@@ -256,6 +297,33 @@ class CleaningSession:
                 break
 
 
+def weights_unchanged(model: torch.nn.Module, reference: torch.nn.Module) -> bool:
+    """Whether ``model`` (possibly wrapped) holds bit for bit the weights of ``reference``, its copy from before the
+    cleaning loop."""
+    from clipclean.models import PixelModel, unwrap
+
+    current, before = unwrap(model, PixelModel).state_dict(), unwrap(reference, PixelModel).state_dict()
+    return current.keys() == before.keys() and all(
+        torch.equal(current[key], before[key].to(current[key].device)) for key in current
+    )
+
+
+def check_model_changed(session: CleaningSession, reference: torch.nn.Module) -> bool:
+    """After the loop: whether the weights are unchanged, which is honest only when no round ran (the defense found
+    nothing to remove; the model card then says so). Unchanged weights after a round raise
+    :class:`~clipclean.errors.ClipcleanError` before anything is written: never a "cleaned" card on the input model.
+    """
+    unchanged = weights_unchanged(session.wrapped, reference)
+    if unchanged and session.state.rounds_done > 0:
+        config = session.defense.config
+        raise ClipcleanError(
+            f"{session.defense.name} ran {session.state.rounds_done} round(s) but the weights are bit-identical to "
+            f"the input model (epochs {config.epochs}, lr {config.lr}): nothing written; give --epochs >= 1 and a "
+            "larger --lr"
+        )
+    return unchanged
+
+
 def phase_wall_times(recipe: PhaseTimer, session: CleaningSession) -> dict[str, float]:
     """The ``phase_wall_time_s`` block of ``results.json`` (seconds, main process): the recipe's phases (``load``,
     ``evaluate_before``, ``cleaning``, ``evaluate_after``, ``complete_eval``), the cleaning loop's
@@ -268,13 +336,56 @@ def phase_wall_times(recipe: PhaseTimer, session: CleaningSession) -> dict[str, 
     }
 
 
-def load_eval_trigger(path: str | None, target: str | None, eval_data, device) -> tuple[Trigger | None, str | None]:
+def prepare_cleaning_output(args: argparse.Namespace) -> None:
+    """:func:`~clipclean.cli.common.prepare_output_dir` for a cleaning recipe, before any work: its previous results
+    are ``results.json``, ``inversion/``, ``checkpoints/`` and the ``cleaned/`` model folder."""
+    from clipclean.cli.common import CHECKPOINTS_FOLDER, RESULTS_FILENAME, prepare_output_dir
+
+    prepare_output_dir(
+        args.output_dir,
+        overwrite=args.overwrite,
+        resume=args.resume_from_checkpoint,
+        results=(RESULTS_FILENAME, CHECKPOINTS_FOLDER, INVERSION_FOLDER),
+        model_folders=(CLEANED_FOLDER,),
+    )
+
+
+def check_cleaning_arguments(args: argparse.Namespace) -> None:
+    """The numbers of :func:`make_cleaning_parser` and :func:`add_defense_arguments` that no run can use, refused
+    once parsed (:class:`~clipclean.errors.UsageError`, one line): ``--rounds``/``--epochs`` 0 would write a
+    "cleaned" model identical to its input."""
+    import math
+
+    for flag, value in (("--rounds", args.rounds), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            raise UsageError(
+                f"{flag} must be >= 1, got {value} (0 would leave the model unchanged and call it cleaned)"
+            )
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if args.max_clean_pairs is not None and args.max_clean_pairs < 1:
+        raise UsageError(f"--max-clean-pairs must be >= 1, got {args.max_clean_pairs}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
+
+
+def load_eval_trigger(
+    path: str | None, target: str | None, eval_data, device, image_size: tuple[int, int] | None = None
+) -> tuple[Trigger | None, str | None]:
     """The true trigger (``--eval-trigger``) and its target class (``--eval-target``, else the file's metadata),
-    checked against the evaluation classes; ``(None, None)`` without a trigger. Raises ``SystemExit`` on bad input.
+    checked against the evaluation classes and, given ``image_size``, the model's input size (triggers act on the
+    images the model takes); ``(None, None)`` without a trigger. Raises ``SystemExit``/``ValueError`` on bad input.
     """
     if path is None:
         return None, None
     trigger = load_trigger(path).to(device)
+    if image_size is not None and tuple(trigger.image_size) != tuple(image_size):
+        raise ValueError(
+            f"--eval-trigger {path} is defined on {tuple(trigger.image_size)} images but the model takes "
+            f"{tuple(image_size)}: use a trigger made for this model's input size"
+        )
     target = target or read_trigger_metadata(path).get("metadata", {}).get("target")
     if target is None:
         raise SystemExit(f"{path} records no target: give --eval-target")

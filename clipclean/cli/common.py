@@ -11,9 +11,12 @@ import argparse
 import logging
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from clipclean.errors import ClipcleanError, OutputDirError, TrainingDivergedError, UsageError
 from clipclean.fileio import load_state_tree, save_state_tree, write_json
 
 logger = logging.getLogger(__name__)
@@ -28,6 +31,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False)
     )
     group.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file (names only)")
     group.add_argument("--cache-dir", default=None, help="Hugging Face cache directory")
+
+
+def add_classnames_argument(group) -> None:
+    """``--classnames``: the class names of the labelled (evaluation) data, one flag and one help text for every
+    script; the rule is :func:`clipclean.data.load_classification_dataset`'s (written out in docs/evaluation.md)."""
+    group.add_argument(
+        "--classnames",
+        default=None,
+        help="class names file: 'folder<TAB>name' lines (any order), or one name per line (the folder names in any "
+        "order, else names for the folders in sorted order; a name that is another folder's is refused); "
+        "default: ImageNet synset folders -> OpenAI ImageNet names, else the folder names",
+    )
 
 
 def add_trust_code_argument(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +92,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_output_dir: str) 
         help="save_state every N optimisation steps (0: only at the end of each epoch)",
     )
     group.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    add_overwrite_argument(
+        group, "a previous run's results in --output_dir (results.json, the model folder; its checkpoints are deleted)"
+    )
+    add_debug_argument(group)
 
 
 def make_accelerator(args: argparse.Namespace):
@@ -482,3 +501,265 @@ def attack_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "alpha": args.alpha,
         "pattern": args.pattern,
     }
+
+
+# ---- bad input: the output folder, checked before any work, and the one top-level error handler ---------------
+RESULTS_FILENAME = "results.json"
+CHECKPOINTS_FOLDER = "checkpoints"
+DEBUG_ENVIRONMENT_VARIABLE = "CLIPCLEAN_DEBUG"
+USAGE_ERROR_STATUS = 2
+
+
+def add_overwrite_argument(parser, what: str) -> None:
+    """``--overwrite``: replace ``what`` instead of refusing (a previous result is never overwritten silently)."""
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} (without it they are refused)")
+
+
+def add_debug_argument(parser) -> None:
+    """``--debug``: show the Python traceback of an error instead of the one-line message (:func:`run_cli`)."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"on an error, show the Python traceback instead of one line (also {DEBUG_ENVIRONMENT_VARIABLE}=1)",
+    )
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or the closest of its parents that exists (``lexists``: a dangling link is in the way too)."""
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """``path`` (an output folder or the folder of an output file) can be created and written: no file is in the way
+    and a file can be made in it or in its nearest existing parent. Creates nothing (the probe file has no name)."""
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        where = "is a file" if existing == Path(os.path.abspath(path)) else f"cannot be created: {existing} is a file"
+        raise OutputDirError(f"{flag} {path} {where}; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OutputDirError(
+            f"{flag} {path} is not writable ({type(error).__name__} in {existing}: {error.strerror or error}); "
+            "choose another path"
+        ) from error
+
+
+def prepare_output_dir(
+    output_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: str | None = None,
+    results: tuple[str, ...] = (RESULTS_FILENAME, CHECKPOINTS_FOLDER),
+    model_folders: tuple[str, ...] = (),
+    flag: str = "--output_dir",
+) -> Path:
+    """Check a script's output folder before any work, so that no run fails on it at the end.
+
+    Refuses (:class:`~clipclean.errors.OutputDirError`) a file in the way, a folder that cannot be created or
+    written, and a folder holding a previous result -- any of ``results`` or ``model_folders`` -- unless
+    ``overwrite`` or ``resume`` is given: a previous result is never overwritten silently. Other files in the folder
+    (a log, the user's own) are left alone and do not count. A model folder the run will replace must hold only what
+    clipclean writes there (:func:`clipclean.hub.foreign_files`), whatever the flags: replacing it would delete the
+    rest. With ``overwrite`` (and no ``resume``) the previous run's ``checkpoints/`` is deleted (by the first process
+    only, before the processes meet), so ``latest`` finds only the new run's and their numbering starts afresh;
+    results.json and the model folder are replaced when the new run writes them. Nothing is created.
+
+    Args:
+        output_dir: the folder (``--output_dir``).
+        overwrite, resume: ``--overwrite`` and ``--resume_from_checkpoint``.
+        results: names in the folder that mark a previous result.
+        model_folders: sub-folders the run replaces as a whole (``cleaned``, ``model``).
+        flag: the option named in messages.
+
+    Returns:
+        The folder as a ``Path``.
+
+    Example::
+
+        >>> prepare_output_dir(args.output_dir, overwrite=args.overwrite, resume=args.resume_from_checkpoint,
+        ...                    model_folders=("cleaned",))  # before the Accelerator, the model or the data
+    """
+    from clipclean.hub import foreign_files
+
+    output = Path(output_dir)
+    check_writable(output, flag)
+    for name in model_folders:
+        folder = output / name
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise OutputDirError(f"{folder} is a file where the run writes its model folder; move it away")
+        foreign = foreign_files(folder) if folder.is_dir() else []
+        if foreign:
+            raise OutputDirError(
+                f"{folder} holds {foreign[:5]}, which clipclean does not write: the run replaces that folder as a "
+                "whole, so move them out (or choose another --output_dir)"
+            )
+    previous = [name for name in (*results, *model_folders) if os.path.lexists(output / name)]
+    if previous and not overwrite and resume is None:
+        raise OutputDirError(
+            f"{flag} {output} holds a previous result ({', '.join(previous)}): pass --overwrite to replace it, "
+            "--resume_from_checkpoint latest to continue it, or choose another folder"
+        )
+    stale = output / CHECKPOINTS_FOLDER if CHECKPOINTS_FOLDER in results else None
+    if overwrite and resume is None and stale is not None and stale.is_dir() and _is_first_process():
+        logger.info("--overwrite: deleting the previous run's %s", stale)
+        shutil.rmtree(stale)
+    return output
+
+
+def prepare_output_file(path: str | Path | None, *, overwrite: bool = False, flag: str = "--output") -> Path | None:
+    """Check an output file (``--output results.json``) before any work: no folder in its place, its folder can be
+    created and written, and it does not exist yet unless ``overwrite``. ``None`` passes through."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise OutputDirError(f"{flag} {path} is a folder; give a file name such as {path / RESULTS_FILENAME}")
+    check_writable(path.parent, flag)
+    if os.path.lexists(path) and not overwrite:
+        raise OutputDirError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another file")
+    return path
+
+
+def _is_first_process() -> bool:
+    """Rank 0 of an ``accelerate launch`` (or the only process), known before the ``Accelerator`` exists."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error as one line: its message with the whitespace collapsed; the original message of an error re-raised
+    from a ``DataLoader`` worker (``Caught DataError in DataLoader worker process 0. Original Traceback...``); the
+    type for an ``OSError`` (``PermissionError: ...``) or an error without a message."""
+    text = str(error)
+    if "Original Traceback" in text:  # torch.utils.data re-raises a worker's error with its traceback as message
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+    text = " ".join(text.split())
+    if isinstance(error, BaseException) and not text:
+        return type(error).__name__
+    if isinstance(error, OSError) and not isinstance(error, ClipcleanError):
+        return f"{type(error).__name__}: {text}"
+    return text
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What :func:`run_cli` reports in one line: clipclean's errors and what bad input raises in the libraries."""
+    import torch
+
+    errors: list[type[BaseException]] = [ClipcleanError, OSError, ValueError, torch.OutOfMemoryError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # older safetensors: its errors are wrapped where clipclean reads files
+        pass
+    return tuple(errors)
+
+
+def run_cli(main, argv: list[str] | None = None) -> int:
+    """Run a script's ``main(argv)`` as a command; the one top-level error handler of every recipe, ``eval/`` script
+    and the ``clipclean`` command. Returns the exit status: ``sys.exit(run_cli(main))``.
+
+    On bad input -- a :class:`~clipclean.errors.ClipcleanError` (``DataError``, ``ModelLoadError``, an output-folder
+    or checkpoint error...), an ``OSError`` or ``ValueError`` from reading the input, a ``SystemExit`` carrying a
+    message, running out of GPU memory -- it prints ``error: <one line>`` to stderr and returns 2, with no traceback.
+    ``--debug`` in ``argv`` (or ``CLIPCLEAN_DEBUG=1``) re-raises instead, traceback and all. Other exceptions (bugs)
+    propagate with their traceback. ``--help`` and argparse's usage errors exit as argparse makes them.
+
+    Example::
+
+        >>> if __name__ == "__main__":
+        ...     sys.exit(run_cli(main))
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or env_flag(DEBUG_ENVIRONMENT_VARIABLE)
+    try:
+        result = main(argv)
+    except SystemExit as exit_:
+        if debug or not isinstance(exit_.code, str):
+            raise
+        print(f"error: {one_line(exit_.code)}", file=sys.stderr)
+        return USAGE_ERROR_STATUS
+    except _user_errors() as error:
+        if debug:
+            raise
+        import torch
+
+        oom = isinstance(error, torch.OutOfMemoryError)
+        message = f"out of memory ({one_line(error)[:120]}): lower --batch-size" if oom else one_line(error)
+        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return USAGE_ERROR_STATUS
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0  # a command's own status
+
+
+def check_poison_arguments(args: argparse.Namespace) -> None:
+    """The numbers of a poisoning recipe that no run can use, refused before any work (``UsageError``): a poison
+    rate outside (0, 1] (``--poison-count 0`` is the clean run), a blend ``--alpha`` outside (0, 1], zero epochs or
+    steps (they would leave a trigger and a manifest but no model), and non-positive sizes or learning rates."""
+    import math
+
+    if args.poison_rate is not None and not 0 < args.poison_rate <= 1:
+        raise UsageError(
+            f"--poison-rate must lie in (0, 1], got {args.poison_rate} (--poison-count 0 for a clean run)"
+        )
+    if args.poison_count is not None and args.poison_count < 0:
+        raise UsageError(f"--poison-count must be >= 0, got {args.poison_count}")
+    if args.alpha is not None and not 0 < args.alpha <= 1:
+        raise UsageError(f"--alpha must lie in (0, 1], got {args.alpha} (the blend weight of the trigger)")
+    if args.trigger_size is not None and args.trigger_size < 1:
+        raise UsageError(f"--trigger-size must be >= 1 pixel, got {args.trigger_size}")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if getattr(args, "max_steps", None) is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+
+
+def check_poison_inputs(
+    args: argparse.Namespace, image_size, n_train: int, classnames, num_processes: int, full_batches: bool = True
+) -> None:
+    """What a poisoning recipe checks once the model and data are loaded, before it writes its trigger: the
+    ``--target`` is a class of the evaluation data, the ``--trigger-size`` fits in the images, and (``full_batches``:
+    a loader that drops the last partial batch) every process gets at least one full batch. Raises ``ValueError``
+    naming the flag to change."""
+    from clipclean.evaluation import resolve_target
+
+    try:
+        resolve_target(args.target, classnames)
+    except ValueError as error:
+        shown = ", ".join(list(classnames)[:10]) + (", ..." if len(classnames) > 10 else "")
+        raise ValueError(f"--target {args.target!r} is not a class of --eval-data ({shown})") from error
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if args.trigger_size is not None and args.trigger_size > min(height, width):
+        raise ValueError(f"--trigger-size {args.trigger_size} is larger than the {height}x{width} images")
+    per_process = n_train // num_processes
+    if full_batches and per_process < args.batch_size:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is larger than the {per_process} training pairs each of the "
+            f"{num_processes} process(es) gets ({n_train} in all): lower --batch-size"
+        )
+
+
+def stop_if_diverged(accelerator, loss, where: str, advice: str) -> None:
+    """Raise :class:`~clipclean.errors.TrainingDivergedError` when ``loss`` is NaN or infinite on any process -- call
+    it before ``accelerator.backward``, so the bad step is never taken and the last checkpoint stays the last good
+    state. ``where`` ("in round 2, epoch 1") and ``advice`` (what to change, where the checkpoint is) go into the
+    message. With several processes the flag is summed over them, so all stop together (none waits in the next
+    all-reduce)."""
+    import torch
+
+    diverged = (~torch.isfinite(loss.detach())).any().float().reshape(1)
+    if accelerator.num_processes > 1:
+        diverged = accelerator.reduce(diverged, reduction="sum")
+    if bool(diverged.item()):
+        value = float(loss.detach().float().mean())
+        raise TrainingDivergedError(
+            f"the loss became NaN or infinite ({value} on this process) {where}: stopped before the step; {advice}"
+        )

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from clipclean.cli.common import add_overwrite_argument, check_writable
 from clipclean.cli.help import add_command
 
 EXAMPLES = """examples:
@@ -32,9 +33,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         run,
     )
     parser.add_argument("source", help="a .pt/.pth/.bin checkpoint file, or a transformers CLIP folder / hf-hub repo")
-    parser.add_argument("output_dir", help="the open_clip folder to write (replaced if it is a checkpoint folder)")
+    parser.add_argument("output_dir", help="the open_clip folder to write (a new or empty folder)")
     parser.add_argument("--cache-dir", default=None, help="Hugging Face cache directory (hf-hub sources)")
+    add_overwrite_argument(parser, "OUTPUT_DIR when it is a checkpoint folder holding only clipclean's files")
     return parser
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
+    """Before loading anything: ``output_dir`` can be written, is new or empty -- or, with ``overwrite``, a checkpoint
+    folder holding nothing but a checkpoint's files (:func:`clipclean.hub.check_replaceable`); a folder holding other
+    files is never replaced. Raises :class:`~clipclean.errors.OutputDirError`."""
+    from clipclean.errors import OutputDirError
+    from clipclean.hub import check_replaceable
+
+    folder = Path(output_dir)
+    check_writable(folder, "OUTPUT_DIR")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise OutputDirError(
+            f"{folder} is not empty: pass --overwrite to replace a checkpoint there, or choose a new folder"
+        )
+    try:
+        check_replaceable(folder)
+    except FileExistsError as error:
+        raise OutputDirError(str(error)) from error
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,6 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from clipclean.models import load_clip
     from clipclean.transformers_clip import TransformersCLIP
 
+    check_output_dir(args.output_dir, args.overwrite)
     if Path(args.source).is_file():
         model = convert_legacy_checkpoint(args.source)
         kind = "legacy checkpoint (OpenAI CLIP layout, CleanCLIP/BadCLIP code)"

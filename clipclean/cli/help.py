@@ -6,6 +6,8 @@ import argparse
 import re
 from collections.abc import Callable
 
+from clipclean.cli.common import add_debug_argument
+
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data):`~?([^`]+)`")
 
 
@@ -31,4 +33,5 @@ def add_command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=run)
+    add_debug_argument(parser)
     return parser

@@ -42,17 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the process exit status (0 on success)."""
+    """Run one command; returns the process exit status: 0 on success, 2 on bad input (``error: <one line>`` on
+    stderr; ``--debug`` shows the traceback instead), see :func:`clipclean.cli.common.run_cli`."""
+    from clipclean.cli.common import run_cli
+
+    return run_cli(_run_command, sys.argv[1:] if argv is None else argv)
+
+
+def _run_command(argv: list[str]) -> None:
     from clipclean.cli.common import setup_logging
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--debug"]:  # `clipclean --debug COMMAND ...`: the commands take it
+        argv = [*argv[1:], "--debug"]
     if argv and argv[0] in scripts.SCRIPTS:  # the script parses (and documents) its own arguments
         scripts.SCRIPTS[argv[0]].run(argv[1:])
-        return 0
+        return
     args = build_parser().parse_args(argv)
     setup_logging()
     args.run(args)
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from clipclean.cli.common import add_overwrite_argument, prepare_output_dir
 from clipclean.cli.help import add_command
 
 EXAMPLES = """examples:
@@ -28,6 +29,7 @@ EXAMPLES = """examples:
   clipclean scan path/to/transformers-clip --data "shards/cc-{000..009}.tar" --max-pairs 500 --set verdict_steps=300
 """
 MAX_CAPTION_CANDIDATES = 1000
+REPORT_FILENAME = "report.json"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -62,6 +64,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs of --data (with a count)")
+    add_overwrite_argument(parser, "a previous scan's report and trigger in --output")
     return parser
 
 
@@ -93,11 +97,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from clipclean.models import load_clip
     from clipclean.triggers import draw_trigger, save_trigger
 
+    output = Path(args.output) if args.output else _default_output(args.model)
+    prepare_output_dir(output, overwrite=args.overwrite, results=(REPORT_FILENAME, "trigger.json"), flag="--output")
     torch.manual_seed(args.seed)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_clip(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
     model.requires_grad_(False)
-    data = load_image_caption_dataset(args.data, image_size=model.image_size)
+    data = load_image_caption_dataset(args.data, image_size=model.image_size, skip_bad=args.skip_bad)
     generator = torch.Generator().manual_seed(args.seed)
     chosen = sorted(torch.randperm(len(data), generator=generator)[: args.max_pairs].tolist())
     images = torch.stack([data[i][0] for i in chosen]).to(device)
@@ -114,7 +120,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         images, captions
     )
 
-    output = Path(args.output) if args.output else _default_output(args.model)
     metadata = {"source": "clipclean scan", "model": args.model, "target": result.recovered_target}
     save_trigger(result.trigger, output / "trigger", metadata=metadata)
     draw_trigger(result.trigger, output / "trigger.png", images=images[:4])
@@ -131,14 +136,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     recorded = _recorded_cleaning(args.model, args.cache_dir)
     if recorded is not None:
         report["recorded_cleaning"] = recorded
-    write_json(output / "report.json", report)
+    write_json(output / REPORT_FILENAME, report)
     top = ", ".join(f"{name} ({probability:.2f})" for name, probability in result.target_candidates[:3])
     print(f"verdict: {result.verdict}")
     print(f"recovered target: {result.recovered_target}  (candidates: {top})")
     print(f"anomaly index: {result.anomaly_index:.2f}  (threshold {config.anomaly_threshold})")
     if recorded is not None:
         _print_recorded(recorded)
-    print(f"trigger: {output / 'trigger.png'}  report: {output / 'report.json'}")
+    print(f"trigger: {output / 'trigger.png'}  report: {output / REPORT_FILENAME}")
     return report
 
 
