@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from clipclean.errors import ClipcleanError
 from clipclean.fileio import atomic_write, to_jsonable
 from clipclean.inversion import (
     BlindInversion,
@@ -131,7 +132,7 @@ def register_classifier_architecture(name: str, factory: Callable[..., nn.Module
 register_classifier_architecture("small-cnn", SmallCNN)
 
 
-class UntrustedCodeError(ValueError):
+class UntrustedCodeError(ClipcleanError, ValueError):
     """An architecture would import code that the user has not said they trust (see :func:`build_network`)."""
 
 

@@ -187,3 +187,23 @@ def test_latest_skips_an_incomplete_checkpoint_and_an_explicit_one_is_refused(tm
     assert restored.save() == second
     with pytest.raises(CheckpointError, match="no such folder"):
         restored.resume(str(tmp_path / "nowhere"))
+
+
+def test_refusals_are_one_line_errors_on_the_command_line(tmp_path, payload_module, capsys):
+    from test_bad_inputs import expect_error
+
+    name, marker = payload_module
+    poison = load_script("recipes/poison_classifier.py")
+    expect_error(
+        poison.main,
+        ["--architecture", f"{name}:make", "--output_dir", tmp_path / "p", "--no-progress"],
+        capsys,
+        "--trust-architecture-code",
+    )
+    assert not marker.exists()
+    expect_error(
+        poison.main,
+        ["--output_dir", tmp_path / "r", "--resume_from_checkpoint", "latest", "--no-progress"],
+        capsys,
+        "no complete checkpoint",
+    )

@@ -195,7 +195,7 @@ class TrainingProgress:
         self.step = int(state["step"])
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ClipcleanError, ValueError):
     """A checkpoint that cannot be resumed from (missing, incomplete, not written by clipclean)."""
 
 
