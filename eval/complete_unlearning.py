@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-clean-pairs", type=int, default=None, help="use the first N clean pairs only")
     data.add_argument("--eval-data", default=None, help="classification set for RA-ASR (needed with --trigger)")
     add_classnames_argument(data)
+    data.add_argument(
+        "--skip-bad", action="store_true", help="skip missing or undecodable images of the data (with a count)"
+    )
     data.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
     attack = parser.add_argument_group("true trigger (for the retuning attack)")
     attack.add_argument("--trigger", default=None, help="the true trigger file; without it only re-inversion runs")
@@ -95,11 +98,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
 
     model = load_clip(args.model, pretrained=args.pretrained, cache_dir=args.cache_dir)
-    clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size)
+    clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size, skip_bad=args.skip_bad)
     if args.max_clean_pairs is not None:
         clean = Subset(clean, range(min(args.max_clean_pairs, len(clean))))
     eval_data = (
-        load_classification_dataset(args.eval_data, image_size=model.image_size, classnames=args.classnames)
+        load_classification_dataset(
+            args.eval_data, image_size=model.image_size, classnames=args.classnames, skip_bad=args.skip_bad
+        )
         if args.eval_data
         else None
     )

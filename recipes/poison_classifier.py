@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--train-data", default="digits:train", help="labelled images to poison (default: digits)")
     data.add_argument("--eval-data", default="digits:test", help="labelled images for CA/ASR")
     add_classnames_argument(data)  # of both --train-data and --eval-data
+    data.add_argument(
+        "--skip-bad", action="store_true", help="skip missing or undecodable images of the data (with a count)"
+    )
     attack = parser.add_argument_group("attack (unset values take the attack's defaults)")
     attack.add_argument("--attack", default="badnet", choices=CLASSIFIER_ATTACKS)
     attack.add_argument("--target", default="zero", help="target class name")
@@ -161,9 +164,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with accelerator.main_process_first():
         train = load_classification_dataset(
-            args.train_data, image_size=args.image_size, classnames=args.classnames, split="train"
+            args.train_data,
+            image_size=args.image_size,
+            classnames=args.classnames,
+            split="train",
+            skip_bad=args.skip_bad,
         )
-        eval_data = load_classification_dataset(args.eval_data, image_size=args.image_size, classnames=args.classnames)
+        eval_data = load_classification_dataset(
+            args.eval_data, image_size=args.image_size, classnames=args.classnames, skip_bad=args.skip_bad
+        )
     check_poison_inputs(
         args, args.image_size, len(train), eval_data.classnames, accelerator.num_processes, full_batches=False
     )

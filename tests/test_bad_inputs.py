@@ -156,6 +156,29 @@ def test_skip_bad_skips_a_corrupt_image_with_a_count(assets, recipes, tmp_path, 
     assert "skipped 1 bad row(s) of 7" in capsys.readouterr().err  # the count, logged once
 
 
+def test_skip_bad_on_the_classifier_recipe_and_the_complete_unlearning_script(assets, tmp_path, capsys):
+    data = tmp_path / "classes"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        for index in range(3):
+            (data / name / f"{index}.png").write_bytes((assets / "classes" / name / f"{index}.png").read_bytes())
+    (data / "dog" / "3.png").write_bytes(b"not a png at all")
+    poison = load_script("recipes/poison_classifier.py")
+    argv = ["--train-data", data, "--eval-data", data, "--target", "cat", "--poison-count", "1", "--epochs", "1",
+            "--batch-size", "4", "--architecture-kwargs", '{"width": 2}', "--no-progress"]  # fmt: skip
+    expect_error(poison.main, [*argv, "--output_dir", tmp_path / "a"], capsys, "3.png", "cannot decode")
+    assert run_cli(poison.main, [*map(str, argv), "--output_dir", str(tmp_path / "b"), "--skip-bad"]) == 0
+    assert "skipped 1 bad row(s) of 7" in capsys.readouterr().err
+    complete = load_script("eval/complete_unlearning.py")
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath,title\n" + "".join(f"{data / 'cat' / f'{i}.png'},a cat\n" for i in range(3))
+                     + f"{data / 'dog' / '3.png'},a dog\n")  # fmt: skip
+    argv = ["--model", assets / "model", "--clean-data", table, "--no-progress", "--output", tmp_path / "c.json",
+            "--reinversion-option", "rounds=1", "--reinversion-option", "steps_per_round=1"]  # fmt: skip
+    expect_error(complete.main, argv, capsys, "3.png")
+    assert run_cli(complete.main, [*map(str, argv), "--skip-bad"]) == 0
+
+
 def test_a_text_file_with_an_image_extension(assets, recipes, tmp_path, capsys):
     data = tmp_path / "classes"
     (data / "cat").mkdir(parents=True)
