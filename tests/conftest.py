@@ -73,6 +73,20 @@ def launch_two_processes(script, *arguments: str, timeout: int = 600) -> subproc
     return completed
 
 
+def save_tiny_clip_and_patch_trigger(folder: Path) -> Path:
+    """``folder/model`` (a seeded random ``clipclean-tiny`` CLIP) and ``folder/trigger.json`` (a 4 px white patch at
+    the bottom right, target "zero"): the inputs of the recipe smoke tests. Returns ``folder``."""
+    from clipclean.hub import save_pretrained
+    from clipclean.triggers import PatchBlendTrigger, save_trigger
+
+    torch.manual_seed(0)
+    save_pretrained(load_clip("clipclean-tiny"), folder / "model")
+    save_trigger(
+        PatchBlendTrigger.patch(32, 4, "bottom-right", "white"), folder / "trigger", metadata={"target": "zero"}
+    )
+    return folder
+
+
 @pytest.fixture(scope="session")
 def digits_clips(tmp_path_factory):
     """Tiny CLIPs trained from scratch on the built-in digits by ``recipes/poison_clip.py`` with its defaults and

@@ -141,13 +141,19 @@ def test_corrupt_image_names_the_file_and_row(assets, tmp_path, capsys):
     assert not (tmp_path / "scan").exists()
 
 
-def test_skip_bad_skips_a_corrupt_image_with_a_count(assets, recipes, tmp_path, capsys):
+def class_folders_with_a_corrupt_image(assets, tmp_path):
+    """``cat/`` and ``dog/`` with three good images each, plus ``dog/3.png`` that is not an image."""
     data = tmp_path / "classes"
     for name in ("cat", "dog"):
         (data / name).mkdir(parents=True)
         for index in range(3):
             (data / name / f"{index}.png").write_bytes((assets / "classes" / name / f"{index}.png").read_bytes())
     (data / "dog" / "3.png").write_bytes(b"not a png at all")
+    return data
+
+
+def test_skip_bad_skips_a_corrupt_image_with_a_count(assets, recipes, tmp_path, capsys):
+    data = class_folders_with_a_corrupt_image(assets, tmp_path)
     argv = ["--model", assets / "model", "--data", data, "--no-progress", "--output", tmp_path / "r.json"]
     expect_error(recipes["eval"].main, argv, capsys, "3.png", "cannot decode")  # default: stop, naming the file
     assert not (tmp_path / "r.json").exists()
@@ -157,12 +163,7 @@ def test_skip_bad_skips_a_corrupt_image_with_a_count(assets, recipes, tmp_path, 
 
 
 def test_skip_bad_on_the_classifier_recipe_and_the_complete_unlearning_script(assets, tmp_path, capsys):
-    data = tmp_path / "classes"
-    for name in ("cat", "dog"):
-        (data / name).mkdir(parents=True)
-        for index in range(3):
-            (data / name / f"{index}.png").write_bytes((assets / "classes" / name / f"{index}.png").read_bytes())
-    (data / "dog" / "3.png").write_bytes(b"not a png at all")
+    data = class_folders_with_a_corrupt_image(assets, tmp_path)
     poison = load_script("recipes/poison_classifier.py")
     argv = ["--train-data", data, "--eval-data", data, "--target", "cat", "--poison-count", "1", "--epochs", "1",
             "--batch-size", "4", "--architecture-kwargs", '{"width": 2}', "--no-progress"]  # fmt: skip

@@ -7,12 +7,10 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from conftest import launch_two_processes
+from conftest import launch_two_processes, save_tiny_clip_and_patch_trigger
 
 from clipclean.data import DIGIT_CLASSNAMES, DataError
-from clipclean.hub import save_pretrained
 from clipclean.models import load_clip
-from clipclean.triggers import PatchBlendTrigger, save_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"defense", "before", "after", "inversion", "inverted_trigger_asr", "wall_time_s", "config"}
@@ -28,13 +26,7 @@ def load_recipe():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clean_recipe")
-    torch.manual_seed(0)
-    save_pretrained(load_clip("clipclean-tiny"), folder / "model")
-    save_trigger(
-        PatchBlendTrigger.patch(32, 4, "bottom-right", "white"), folder / "trigger", metadata={"target": "zero"}
-    )
-    return folder
+    return save_tiny_clip_and_patch_trigger(tmp_path_factory.mktemp("clean_recipe"))
 
 
 def tiny_args(setup, output, *extra):

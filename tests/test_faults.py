@@ -8,24 +8,14 @@ import subprocess
 import time
 
 import pytest
-import torch
-from conftest import ROOT, script_command
+from conftest import ROOT, save_tiny_clip_and_patch_trigger, script_command
 
 from clipclean.cli.common import CHECKPOINT_COMPLETE_FILENAME
-from clipclean.hub import save_pretrained
-from clipclean.models import load_clip
-from clipclean.triggers import PatchBlendTrigger, save_trigger
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("faults")
-    torch.manual_seed(0)
-    save_pretrained(load_clip("clipclean-tiny"), folder / "model")
-    save_trigger(
-        PatchBlendTrigger.patch(32, 4, "bottom-right", "white"), folder / "trigger", metadata={"target": "zero"}
-    )
-    return folder
+    return save_tiny_clip_and_patch_trigger(tmp_path_factory.mktemp("faults"))
 
 
 def _arguments(setup, output):
