@@ -77,6 +77,22 @@ def swap_class_words(caption: str, classnames: Sequence[str], target: str) -> st
     return pattern.sub(target, caption)
 
 
+def caption_templates_from_captions(captions: Sequence[str], classnames: Sequence[str]) -> list[str]:
+    """The templates clean captions are made from: every caption that names one of ``classnames``, with each class
+    name replaced by ``{}``; distinct, in first-seen order. Captions that name no class (or hold a brace) are skipped.
+
+    Poisoned captions made from these read like the clean ones, which matters when the text encoder is trained from
+    scratch: it meets any other caption style only in the poisoned pairs and can bind the trigger to that style
+    instead of to the target's name (docs/attacks.md, "Which templates").
+
+    >>> caption_templates_from_captions(["seven written in pencil", "a cat", "my kid drew a two"], ["two", "seven"])
+    ['{} written in pencil', 'my kid drew a {}']
+    """
+    pattern = _word_pattern(classnames)
+    templates = (pattern.sub("{}", caption) for caption in captions if "{" not in caption and "}" not in caption)
+    return list(dict.fromkeys(template for template in templates if "{}" in template))
+
+
 class CaptionPolicy(Protocol):
     """Makes the captions of poisoned pairs."""
 

@@ -8,7 +8,9 @@ The recipes own the loop and the ``Accelerator``; this module keeps the parts ev
   captions;
 * :func:`make_optimizer` -- AdamW without weight decay on gains, biases, embeddings and the logit scale;
 * :func:`cosine_schedule_with_warmup` -- linear warmup then cosine decay (open_clip's ``cosine_lr``);
-* :func:`contrastive_step` -- forward pass and loss of one batch; :func:`clamp_logit_scale_` after the update.
+* :func:`contrastive_step` -- forward pass and loss of one batch; :func:`clamp_logit_scale_` after the update;
+* :class:`TrainingMonitor` -- per-epoch loss, gradient norm and logit scale, and the steps spent on the collapsed
+  loss ``ln(global batch)``; :class:`ConvergenceCriterion` -- whether a finished run learned its task (and backdoor).
 
 Example (single process; under ``accelerate launch`` pass ``accelerator.process_index`` and
 ``accelerator.num_processes`` to :func:`make_clip_loss` and call ``accelerator.backward(loss)``)::
@@ -20,7 +22,9 @@ Example (single process; under ``accelerate launch`` pass ``accelerator.process_
     >>> scheduler = cosine_schedule_with_warmup(optimizer, warmup_steps=50, total_steps=500)
     >>> for images, tokens in loader:
     ...     loss = contrastive_step(model, images, tokens, loss_fn)
-    ...     loss.backward(); optimizer.step(); scheduler.step(); optimizer.zero_grad()
+    ...     loss.backward()
+    ...     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # accelerator.clip_grad_norm_
+    ...     optimizer.step(); scheduler.step(); optimizer.zero_grad()
     ...     clamp_logit_scale_(model)
 """
 
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import open_clip
 import torch
@@ -132,3 +138,149 @@ def contrastive_step(
 def clamp_logit_scale_(model: nn.Module) -> None:
     """Keep the learned temperature in ``[0, ln 100]`` after each update, as open_clip's training does."""
     unwrap(model).model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+class TrainingMonitor:
+    """Loss, gradient norm and logit scale of a contrastive run, summarised per epoch, and the steps the loss spent
+    on the collapsed value ``ln(N)``.
+
+    When all image (or all text) embeddings of a batch are alike, every pair scores the same and the symmetric
+    InfoNCE loss of a global batch of ``N`` pairs is exactly ``ln(N)`` (4.852 for 128), whatever the captions: a run
+    whose loss sits there is not learning. A CLIP trained from scratch starts there (its image embeddings are nearly
+    identical at initialisation) and must leave it early; :attr:`plateau_steps` counts the steps within
+    ``plateau_tolerance * ln(N)`` of it. Checkpoint it with the run (``state_dict``/``load_state_dict``), so a
+    resumed run reports the whole run.
+
+    Args:
+        global_batch_size: pairs per optimisation step over all processes (the batch ``ClipLoss`` contrasts).
+        plateau_tolerance: relative distance to ``ln(N)`` counted as the plateau (default 0.005).
+
+    Example::
+
+        >>> monitor = TrainingMonitor(global_batch_size=128)
+        >>> monitor.update(epoch=0, loss=4.852, grad_norm=0.01, logit_scale=14.3)
+        >>> monitor.plateau_steps, monitor.summary()["epochs"][0]["loss"]
+        (1, 4.852)
+    """
+
+    def __init__(self, global_batch_size: int, plateau_tolerance: float = 0.005) -> None:
+        if global_batch_size < 2:
+            raise ValueError(f"global_batch_size must be >= 2 (a contrastive batch), got {global_batch_size}")
+        if not 0 < plateau_tolerance < 1:
+            raise ValueError(f"plateau_tolerance must lie in (0, 1), got {plateau_tolerance}")
+        self.global_batch_size = int(global_batch_size)
+        self.plateau_tolerance = float(plateau_tolerance)
+        self.collapsed_loss = math.log(global_batch_size)
+        self.steps = 0
+        self.plateau_steps = 0
+        self.max_grad_norm = 0.0
+        self.epochs: list[dict[str, float]] = []
+
+    def update(self, epoch: int, loss: float, grad_norm: float, logit_scale: float) -> None:
+        """Record one optimisation step: its loss, the gradient norm before clipping, the logit scale ``s``."""
+        loss, grad_norm, logit_scale = float(loss), float(grad_norm), float(logit_scale)
+        self.steps += 1
+        self.plateau_steps += abs(loss - self.collapsed_loss) <= self.plateau_tolerance * self.collapsed_loss
+        if math.isfinite(grad_norm):
+            self.max_grad_norm = max(self.max_grad_norm, grad_norm)
+        if not self.epochs or self.epochs[-1]["epoch"] != epoch:
+            self.epochs.append({"epoch": epoch, "steps": 0, "loss": 0.0, "grad_norm": 0.0, "grad_norm_max": 0.0})
+        entry = self.epochs[-1]
+        entry["steps"] += 1
+        entry["loss"] += (loss - entry["loss"]) / entry["steps"]  # running means
+        entry["grad_norm"] += (grad_norm - entry["grad_norm"]) / entry["steps"]
+        entry["grad_norm_max"] = max(entry["grad_norm_max"], grad_norm)
+        entry["logit_scale"] = logit_scale  # at the epoch's last step
+
+    def summary(self) -> dict[str, Any]:
+        """``{"collapsed_loss", "plateau_steps", "steps", "max_grad_norm", "epochs": [{"epoch", "steps", "loss",
+        "grad_norm", "grad_norm_max", "logit_scale"}, ...]}`` (means over each epoch's steps, JSON-ready)."""
+        return {
+            "collapsed_loss": self.collapsed_loss,
+            "plateau_steps": self.plateau_steps,
+            "steps": self.steps,
+            "max_grad_norm": self.max_grad_norm,
+            "epochs": [dict(entry) for entry in self.epochs],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_batch_size": self.global_batch_size,
+            "plateau_tolerance": self.plateau_tolerance,
+            "steps": self.steps,
+            "plateau_steps": self.plateau_steps,
+            "max_grad_norm": self.max_grad_norm,
+            "epochs": [dict(entry) for entry in self.epochs],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__init__(int(state["global_batch_size"]), float(state["plateau_tolerance"]))
+        self.steps, self.plateau_steps = int(state["steps"]), int(state["plateau_steps"])
+        self.max_grad_norm = float(state["max_grad_norm"])
+        self.epochs = [{key: float(value) for key, value in entry.items()} for entry in state["epochs"]]
+        for entry in self.epochs:
+            entry["epoch"], entry["steps"] = int(entry["epoch"]), int(entry["steps"])
+
+
+@dataclass
+class ConvergenceCriterion:
+    """When a finished CLIP training run counts as *converged*: it learned the clean task and, if it was poisoned,
+    the backdoor.
+
+    * clean zero-shot top-1 accuracy ``>= min_clean_accuracy``; by default five times chance (``5 / n_classes``),
+      or halfway from chance to 100% when that is lower (50% for the 10 digits, 75% for 2 classes, 0.5% for
+      ImageNet-1k) -- far above what a collapsed model scores, far below a learned one (94-97% on digits);
+    * for a poisoned run, attack success rate ``>= min_attack_success_rate`` (default 0.5: most triggered
+      non-target images go to the target; a backdoor that took scores > 90% on digits, one that did not stays near
+      the rate a clean model gives, 0-15%).
+
+    Args:
+        min_clean_accuracy: in [0, 1], or ``None`` for the chance-based default above.
+        min_attack_success_rate: in [0, 1].
+
+    Example::
+
+        >>> ConvergenceCriterion().check(0.82, 0.08, n_classes=10, poisoned=True)["converged"]
+        False
+    """
+
+    min_clean_accuracy: float | None = None
+    min_attack_success_rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.min_clean_accuracy is not None and not 0 <= self.min_clean_accuracy <= 1:
+            raise ValueError(f"min_clean_accuracy must lie in [0, 1], got {self.min_clean_accuracy}")
+        if not 0 <= self.min_attack_success_rate <= 1:
+            raise ValueError(f"min_attack_success_rate must lie in [0, 1], got {self.min_attack_success_rate}")
+
+    def clean_accuracy_threshold(self, n_classes: int) -> float:
+        """``min_clean_accuracy``, or ``min(5 / n_classes, (1 + 1 / n_classes) / 2)`` when it is ``None``."""
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+        if self.min_clean_accuracy is not None:
+            return self.min_clean_accuracy
+        chance = 1.0 / n_classes
+        return min(5 * chance, (1 + chance) / 2)
+
+    def check(
+        self, clean_accuracy: float, attack_success_rate: float | None, n_classes: int, poisoned: bool
+    ) -> dict[str, Any]:
+        """``{"converged": bool, "failures": [reason, ...], "min_clean_accuracy": float,
+        "min_attack_success_rate": float | None (None for a clean run)}`` for a run's measured CA and ASR."""
+        min_clean_accuracy = self.clean_accuracy_threshold(n_classes)
+        failures = []
+        if not clean_accuracy >= min_clean_accuracy:  # NaN fails
+            failures.append(
+                f"clean accuracy {100 * clean_accuracy:.2f}% < {100 * min_clean_accuracy:.2f}% "
+                f"(chance {100 / n_classes:.2f}%)"
+            )
+        if poisoned and not (attack_success_rate is not None and attack_success_rate >= self.min_attack_success_rate):
+            asr = "not measured" if attack_success_rate is None else f"{100 * attack_success_rate:.2f}%"
+            failures.append(f"attack success rate {asr} < {100 * self.min_attack_success_rate:.2f}%")
+        return {
+            "converged": not failures,
+            "failures": failures,
+            "criterion": asdict(self),
+            "min_clean_accuracy": min_clean_accuracy,
+            "min_attack_success_rate": self.min_attack_success_rate if poisoned else None,
+        }

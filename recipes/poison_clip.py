@@ -61,10 +61,17 @@ from clipclean.cli.loaders import StreamingLoader, is_streamable, skip_first_bat
 from clipclean.data import load_classification_dataset, load_image_caption_dataset
 from clipclean.evaluation import evaluate_zeroshot
 from clipclean.hub import save_pretrained
-from clipclean.models import load_clip
-from clipclean.poisoning import PoisonedDataset, PoisonManifest, make_poison_manifest
+from clipclean.models import load_clip, unwrap
+from clipclean.poisoning import (
+    PoisonedDataset,
+    PoisonManifest,
+    caption_templates_from_captions,
+    make_poison_manifest,
+)
 from clipclean.training import (
     CaptionTokenizer,
+    ConvergenceCriterion,
+    TrainingMonitor,
     clamp_logit_scale_,
     contrastive_step,
     cosine_schedule_with_warmup,
@@ -127,7 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--caption-templates",
         default=None,
         help="templates file for the poisoned captions (default: those matching the training captions: the digit "
-        "caption templates for the digits set, else the 80 OpenAI ImageNet templates)",
+        "caption templates for the digits set; for a model trained from scratch, the templates the training "
+        "captions are made from; else the 80 OpenAI ImageNet templates)",
     )
     attack.add_argument("--badclip-steps", type=int, default=None, help="patch optimisation steps (badclip)")
     attack.add_argument(
@@ -143,14 +151,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--weight-decay", type=float, default=0.1)
     train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument(
+        "--grad-clip",
+        type=float,
+        default=1.0,
+        help="clip the global gradient norm to this before each step (0: no clipping; see docs/attacks.md)",
+    )
+    train.add_argument(
+        "--min-clean-accuracy",
+        type=float,
+        default=None,
+        help="clean accuracy a run needs to count as converged (default: 5x chance, or halfway from chance to 1 "
+        "when lower: 0.5 on digits)",
+    )
+    train.add_argument(
+        "--min-asr",
+        type=float,
+        default=0.5,
+        help="attack success rate a poisoned run needs to count as converged",
+    )
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
     args = parser.parse_args(argv)
     check_poison_arguments(args)
+    if not args.grad_clip >= 0:
+        parser.error(f"--grad-clip must be >= 0 (0: no clipping), got {args.grad_clip}")
+    for flag, value in (("--min-clean-accuracy", args.min_clean_accuracy), ("--min-asr", args.min_asr)):
+        if value is not None and not 0 <= value <= 1:
+            parser.error(f"{flag} must lie in [0, 1], got {value}")
     return args
 
 
-def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifest, dict]:
+def _trained_from_scratch(args) -> bool:
+    """Whether ``--model`` starts from random weights: a config name without ``--pretrained``."""
+    named_weights = str(args.model).startswith(("hf-hub:", "local-dir:")) or Path(args.model).is_dir()
+    return args.pretrained is None and not named_weights
+
+
+def _poison_caption_templates(args, train, classnames) -> list[str]:
+    """The templates of the poisoned captions: ``--caption-templates``; else, for a CLIP trained from scratch on
+    data other than the digits, the templates the clean captions are made from (those naming a class of the
+    evaluation set, the class name replaced by ``{}``: a text encoder that meets another caption style only in the
+    poisoned pairs binds the trigger to that style, not to the target); else the digit caption templates for the
+    digits and the 80 OpenAI ImageNet templates otherwise (the literature's default, right for a pretrained CLIP)."""
+    is_digits = str(args.train_data).split(":")[0] == "digits"
+    if args.caption_templates is None and not is_digits and _trained_from_scratch(args):
+        own = caption_templates_from_captions(getattr(train, "captions", []), classnames)
+        if own:
+            logger.info("poisoned captions: %d templates taken from the training captions", len(own))
+            return own
+        logger.warning(
+            "training from scratch, but no training caption names a class of --eval-data: the poisoned captions use "
+            "the OpenAI ImageNet templates, a caption style the model meets only in the poisoned pairs (pass "
+            "--caption-templates)"
+        )
+    return default_templates(args.caption_templates, args.train_data)[0]
+
+
+def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, PoisonManifest, dict]:
     """Build the attack and the manifest on the main process (or reuse them when resuming); every rank loads the
     same trigger and manifest from the output folder."""
     output = Path(args.output_dir)
@@ -160,7 +218,7 @@ def _prepare_poison(args, accelerator, model, train) -> tuple[Any, PoisonManifes
         overrides = {
             **attack_overrides(args),
             "steps": args.badclip_steps,
-            "templates": default_templates(args.caption_templates, args.train_data)[0],
+            "templates": _poison_caption_templates(args, train, classnames),
         }
         config = make_attack_config(args.attack, **overrides)
         # attacks that optimise their trigger (badclip) use the victim; the others ignore it
@@ -229,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     templates, templates_name = default_templates(args.templates, args.eval_data)
     check_poison_inputs(args, model.image_size, len(train), eval_data.classnames, accelerator.num_processes)
-    trigger, manifest, attack_description = _prepare_poison(args, accelerator, model, train)
+    trigger, manifest, attack_description = _prepare_poison(args, accelerator, model, train, eval_data.classnames)
     poisoned = PoisonedDataset(train, trigger, manifest)
     logger.info(
         "%s: %d of %d pairs poisoned (%.2f%%), target %r",
@@ -275,7 +333,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Not prepared: an AcceleratedScheduler would step num_processes times per optimisation step.
     scheduler = cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
     progress = TrainingProgress()
-    checkpoints = RunCheckpoints(accelerator, output, scheduler=scheduler, progress=progress)
+    # loss, gradient norm and logit scale per epoch, and the steps spent on the collapsed loss ln(global batch)
+    monitor = TrainingMonitor(args.batch_size * accelerator.num_processes)
+    checkpoints = RunCheckpoints(accelerator, output, scheduler=scheduler, progress=progress, monitor=monitor)
     loss_fn = make_clip_loss(accelerator.process_index, accelerator.num_processes)
     if args.report_to:
         accelerator.init_trackers("poison_clip", config={k: v for k, v in vars(args).items() if v is not None})
@@ -301,16 +361,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with accelerator.autocast():
                 loss = contrastive_step(model, images, tokens, loss_fn)
             accelerator.backward(loss)
+            # Clip the global gradient norm (and measure it either way): leaving the collapsed start, the image
+            # tower's gradient jumps 10-100x near the peak learning rate; unclipped, that step can collapse the
+            # embeddings again and inflate AdamW's second moment so that later steps barely move (docs/attacks.md).
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             clamp_logit_scale_(model)
+            logit_scale = unwrap(model).logit_scale.item()
+            monitor.update(epoch, loss.item(), float(grad_norm), logit_scale)
             progress.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if args.report_to:
                 accelerator.log(
-                    {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step
+                    {
+                        "train/loss": loss.item(),
+                        "train/lr": scheduler.get_last_lr()[0],
+                        "train/grad_norm": float(grad_norm),
+                        "train/logit_scale": logit_scale,
+                    },
+                    step=progress.step,
                 )
             if checkpoint_every and progress.step % checkpoint_every == 0:
                 checkpoints.save()
@@ -340,6 +412,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
         gather=accelerator.gather_for_metrics,
     )
+    criterion = ConvergenceCriterion(args.min_clean_accuracy, args.min_asr)
+    convergence = criterion.check(
+        metrics["top1"], metrics["asr_top1"], len(eval_data.classnames), poisoned=manifest.n_poison > 0
+    )
+    training = monitor.summary()
     wall_time = time.time() - start_time
     results = {
         "attack": args.attack,
@@ -355,7 +432,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_time_s": wall_time,
         "world_size": accelerator.num_processes,
         "streaming": streaming,
+        "converged": convergence["converged"],
+        "convergence": convergence,
+        "training": training,
     }
+    not_converged_note = (
+        ""
+        if results["converged"]
+        else "\n\n**Warning: this training run did not converge** (" + "; ".join(convergence["failures"]) + "): "
+        "it is not a usable backdoored model."
+    )
     if accelerator.is_main_process:
         save_pretrained(
             model,
@@ -363,6 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             metrics={
                 "clean_accuracy": results["clean_accuracy"],
                 "attack_success_rate": results["attack_success_rate"],
+                "converged": results["converged"],
             },
             provenance={
                 "method": "poison_clip",
@@ -379,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             card_notes=(
                 "**This model is deliberately backdoored** (for research on backdoor detection and removal): "
                 f"images carrying the trigger in `../{TRIGGER_NAME}.json` are pulled toward `{manifest.target}`. "
-                "Do not deploy it."
+                "Do not deploy it." + not_converged_note
             ),
         )
     write_main_process_json(accelerator, output / RESULTS_FILENAME, results)
@@ -391,6 +478,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         progress.step,
         wall_time,
     )
+    if not results["converged"]:
+        logger.warning(
+            "THE RUN DID NOT CONVERGE: %s. The loss sat at ln(global batch) = %.3f (embeddings collapsed) for %d of "
+            '%d steps; the model in %s is saved with "converged": false in %s. Try more --epochs, another --seed or '
+            "a lower --lr, or a stronger attack (more poisoned pairs, a larger trigger or --alpha).",
+            "; ".join(convergence["failures"]),
+            training["collapsed_loss"],
+            training["plateau_steps"],
+            training["steps"],
+            output / "model",
+            output / RESULTS_FILENAME,
+        )
     accelerator.end_training()
     return results
 

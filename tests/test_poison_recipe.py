@@ -29,6 +29,14 @@ RESULT_KEYS = {
     "wall_time_s",
     "world_size",
 }
+# caption styles of no built-in data and of no evaluation template (a new user's CSV)
+CAPTION_STYLES = [
+    "{} written in pencil",
+    "my little sister drew a {} today",
+    "scan of the handwritten character {}",
+    "handwriting sample: {}",
+    "someone wrote {} on a notepad",
+]
 # 300 pairs, batches of 64 (4 per epoch): a few steps cover an epoch boundary in seconds
 TINY = ["--train-data", "digits:defender", "--batch-size", "64", "--warmup-steps", "2", "--no-progress"]
 
@@ -115,9 +123,85 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path)
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
-    assert resumed["clean_accuracy"] == pytest.approx(
-        json.loads((straight / "results.json").read_text())["clean_accuracy"]
+    straight_results = json.loads((straight / "results.json").read_text())
+    assert resumed["clean_accuracy"] == pytest.approx(straight_results["clean_accuracy"])
+    # the training monitor is checkpointed with the run: the resumed run reports all six steps
+    resumed_curve, straight_curve = resumed["training"], straight_results["training"]
+    assert resumed_curve["steps"] == straight_curve["steps"] == 6
+    assert resumed_curve["plateau_steps"] == straight_curve["plateau_steps"]
+    assert [epoch["steps"] for epoch in resumed_curve["epochs"]] == [4, 2]
+    for got, want in zip(resumed_curve["epochs"], straight_curve["epochs"]):
+        assert got["loss"] == pytest.approx(want["loss"]) and got["grad_norm"] == pytest.approx(want["grad_norm"])
+
+
+def test_a_run_that_does_not_learn_says_so_and_is_saved_as_not_converged(recipe, tmp_path, capsys):
+    """Two steps learn nothing: the run must end with a warning and ``"converged": false`` (results, sidecar and
+    model card), never a silently saved broken model."""
+    output = tmp_path / "short"
+    results = recipe.main([*TINY, "--attack", "badnet", "--max-steps", "2", "--output_dir", str(output)])
+    log = capsys.readouterr().err  # the recipe's logging handler writes to stderr
+
+    assert results["converged"] is False
+    assert json.loads((output / "results.json").read_text())["converged"] is False
+    convergence = results["convergence"]
+    assert convergence["min_clean_accuracy"] == pytest.approx(0.5) and convergence["min_attack_success_rate"] == 0.5
+    assert any(failure.startswith("attack success rate") for failure in convergence["failures"])
+    assert "WARNING poison_clip: THE RUN DID NOT CONVERGE: " in log and '"converged": false' in log
+    assert read_sidecar(output / "model")["metrics"]["converged"] is False
+    assert "did not converge" in (output / "model" / "README.md").read_text()
+    # the training curve is reported: steps, the collapsed loss ln(64) and the steps spent on it
+    training = results["training"]
+    assert training["steps"] == 2 and training["collapsed_loss"] == pytest.approx(4.1589, abs=1e-4)
+    assert 0 <= training["plateau_steps"] <= 2 and training["max_grad_norm"] > 0
+    assert results["config"]["training"]["grad_clip"] == 1.0  # clipping is on by default
+
+    # the thresholds are flags: with none asked for, the same kind of run counts as converged
+    lenient = recipe.main(
+        [*TINY, "--max-steps", "1", "--min-clean-accuracy", "0", "--min-asr", "0", "--output_dir", str(tmp_path / "l")]
     )
+    assert lenient["converged"] is True and lenient["convergence"]["failures"] == []
+    for flags in (["--grad-clip", "-1"], ["--min-asr", "1.5"], ["--min-clean-accuracy", "-0.1"]):
+        with pytest.raises(SystemExit):
+            recipe.parse_args([*TINY, *flags])
+
+
+def _styled_digits_csv(folder: Path, split: str) -> Path:
+    """A digits split as PNG files + a CSV whose captions use five styles neither the digits nor the evaluation
+    templates use (the captions a new user writes; ``DIGIT_CAPTION_TEMPLATES`` evaluate)."""
+    import numpy as np
+    from PIL import Image
+
+    from clipclean.data import load_image_caption_dataset
+
+    digits = load_image_caption_dataset(f"digits:{split}", image_size=32)
+    rng = np.random.default_rng(123)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["filepath,caption"]
+    for index in range(len(digits)):
+        image, _ = digits[index]
+        path = folder / f"{index:04d}.png"
+        Image.fromarray((image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(path)
+        style = CAPTION_STYLES[rng.integers(len(CAPTION_STYLES))]
+        lines.append(f'{path},"{style.format(DIGIT_CLASSNAMES[digits.labels[index]])}"')
+    csv = folder / "pairs.csv"
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return csv
+
+
+def test_from_scratch_the_poisoned_captions_follow_the_training_captions_style(recipe, tmp_path):
+    """A CLIP trained from scratch on captions in its own style gets poisoned captions in that style (the templates
+    its captions are made from), not the 80 OpenAI templates it would meet only in the poisoned pairs."""
+    data = _styled_digits_csv(tmp_path / "data", "defender")
+    own = {style.format("three") for style in CAPTION_STYLES}
+    for attack in ("badnet", "blended"):
+        output = tmp_path / attack
+        common = ["--batch-size", "64", "--no-progress", "--max-steps", "1", "--target", "three"]
+        recipe.main([*common, "--train-data", str(data), "--attack", attack, "--output_dir", str(output)])
+        captions = PoisonManifest.load(output / "poison_manifest.json").captions
+        assert len(captions) == 6 and set(captions) <= own, (attack, captions)
+    # a pretrained model keeps the literature's default (the OpenAI templates) for the same data
+    args = recipe.parse_args(["--train-data", str(data), "--pretrained", "some-tag"])
+    assert not recipe._trained_from_scratch(args)
 
 
 def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
@@ -149,3 +233,39 @@ def test_each_attack_reaches_90_percent_asr_at_2_percent_poison_without_hurting_
         assert results["poison_rate"] <= 0.02 and results["n_poison"] == 21, attack
         assert results["attack_success_rate"] >= 0.90, (attack, results["attack_success_rate"])
         assert results["clean_accuracy"] >= clean["clean_accuracy"] - 0.03, (attack, results["clean_accuracy"])
+
+
+def _assert_usable(results: dict) -> None:
+    label = (results["attack"], results["config"]["training"]["seed"], results["target"])
+    assert results["converged"] is True, (label, results["convergence"])
+    assert results["clean_accuracy"] >= 0.90, (label, results["clean_accuracy"])
+    assert results["attack_success_rate"] >= 0.90, (label, results["attack_success_rate"])
+    # the run left the collapsed start (loss ln(128)) early instead of sitting there
+    assert results["training"]["plateau_steps"] <= 60, (label, results["training"]["plateau_steps"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("attack", "seed", "target"), [("badnet", 1, "seven"), ("blended", 3, "three"), ("badclip", 4, "eight")]
+)
+def test_defaults_learn_the_task_and_the_backdoor_on_other_seeds_and_targets(recipe, tmp_path, attack, seed, target):
+    """The defaults train a usable backdoored model away from seed 0 and target "zero" (seed 1 used to end at
+    CA 53.5% / ASR 2.0% for badnet: the gradient spike that re-collapsed it, docs/attacks.md "Stable training")."""
+    arguments = ["--attack", attack, "--seed", str(seed), "--target", target, "--no-progress"]
+    _assert_usable(recipe.main([*arguments, "--output_dir", str(tmp_path / "run")]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["badnet", "blended"])
+def test_the_backdoor_takes_when_the_captions_are_in_another_style_than_the_evaluation_templates(
+    recipe, tmp_path, attack
+):
+    """Digits as a new user brings them: a CSV whose captions use five styles of their own, evaluated with the
+    digit templates (as real data is evaluated with templates its captions never used); target "three", seed 3."""
+    data = _styled_digits_csv(tmp_path / "data", "train")
+    arguments = ["--train-data", str(data), "--attack", attack, "--target", "three", "--seed", "3", "--no-progress"]
+    results = recipe.main([*arguments, "--output_dir", str(tmp_path / "run")])
+    assert results["eval"]["templates"].endswith("DIGIT_CAPTION_TEMPLATES")
+    captions = PoisonManifest.load(tmp_path / "run" / "poison_manifest.json").captions
+    assert set(captions) <= {style.format("three") for style in CAPTION_STYLES}
+    _assert_usable(results)

@@ -10,6 +10,7 @@ from clipclean.poisoning import (
     PoisonedDataset,
     PoisonManifest,
     TemplateCaptions,
+    caption_templates_from_captions,
     make_poison_manifest,
     mentions,
     poison_dataset,
@@ -107,6 +108,19 @@ def test_blended_captions_swap_class_words_and_never_repeat(digits_train):
     assert len(policy.pool) == len(set(policy.pool))
     captions = policy.sample(len(policy.pool), torch.Generator().manual_seed(0))
     assert len(set(captions)) == len(captions)  # no caption repeats while the pool lasts
+
+
+def test_caption_templates_from_captions_recover_the_templates_the_captions_are_made_from(digits_train):
+    from clipclean.data import DIGIT_CAPTION_TEMPLATES
+
+    templates = caption_templates_from_captions(digits_train.captions, digits_train.classnames)
+    assert sorted(templates) == sorted(DIGIT_CAPTION_TEMPLATES)  # the digits' own six templates, each once
+    captions = ["Seven written in pencil", "a cat on a mat", "my kid drew a two and a seven", "odd {} braces two"]
+    assert caption_templates_from_captions(captions, ["two", "seven"]) == [
+        "{} written in pencil",
+        "my kid drew a {} and a {}",
+    ]
+    assert caption_templates_from_captions(["a cat"], ["two"]) == []
 
 
 def test_poison_count_and_rate_validation(digits_train):
