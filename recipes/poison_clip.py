@@ -55,6 +55,7 @@ from clipclean.cli.common import (
     prepare_output_dir,
     run_cli,
     setup_logging,
+    stop_if_diverged,
     write_main_process_json,
 )
 from clipclean.cli.loaders import StreamingLoader, is_streamable, skip_first_batches
@@ -360,6 +361,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for images, tokens in batches:
             with accelerator.autocast():
                 loss = contrastive_step(model, images, tokens, loss_fn)
+            stop_if_diverged(  # before the step: the last checkpoint stays the last good state
+                accelerator,
+                loss,
+                f"at step {progress.step + 1}",
+                f"lower --lr (now {args.lr}); resume from the last checkpoint with --resume_from_checkpoint latest",
+            )
             accelerator.backward(loss)
             # Clip the global gradient norm (and measure it either way): leaving the collapsed start, the image
             # tower's gradient jumps 10-100x near the peak learning rate; unclipped, that step can collapse the

@@ -481,6 +481,26 @@ def test_a_nan_loss_stops_with_the_last_good_checkpoint(assets, recipes, tmp_pat
     assert all(torch.isfinite(value).all() for value in weights.values())
 
 
+def test_a_nan_loss_stops_the_poisoning_recipe_with_the_last_good_checkpoint(recipes, tmp_path, capsys, monkeypatch):
+    recipe = recipes["recipes/poison_clip"]
+    original, calls = recipe.contrastive_step, []
+
+    def contrastive_step(*args, **kwargs):  # two good steps, then a NaN loss
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 2 else loss
+
+    monkeypatch.setattr(recipe, "contrastive_step", contrastive_step)
+    output = tmp_path / "poison"
+    argv = ["--max-steps", "4", "--batch-size", "64", "--checkpointing_steps", "1", "--no-progress",
+            "--output_dir", output]  # fmt: skip
+    expect_error(recipe.main, argv, capsys, "NaN or infinite", "step 3", "lower --lr")
+    assert not (output / "results.json").exists() and not (output / "model").exists()
+    newest = max((output / "checkpoints").iterdir(), key=lambda path: int(path.name.rsplit("_", 1)[-1]))
+    weights = load_file(str(newest / "model.safetensors"))
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
 # ---- the handler -----------------------------------------------------------------------------------------------
 
 
