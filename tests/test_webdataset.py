@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from clipclean.data import DataError, load_image_caption_dataset
 from clipclean.poisoning import PoisonedDataset, TemplateCaptions, make_poison_manifest
 from clipclean.triggers import PatchBlendTrigger, save_trigger
-from clipclean.webdataset import ShardedImageCaptionDataset, ShardStream, expand_shard_spec, shard_ranges_of
+from clipclean.data.webdataset import ShardedImageCaptionDataset, ShardStream, expand_shard_spec, shard_ranges_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

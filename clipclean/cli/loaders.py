@@ -1,8 +1,8 @@
 """Training loaders of the recipes for streamed webdataset shards.
 
 A map-style dataset goes through ``accelerator.prepare`` (accelerate shards it with a seedable sampler). A dataset
-read from webdataset shards is streamed instead with :class:`clipclean.webdataset.ShardStream`, which already splits
-the samples across processes and ``DataLoader`` workers; accelerate must not split it again, so the recipe keeps
+read from webdataset shards is streamed instead with :class:`clipclean.data.webdataset.ShardStream`, which already
+splits the samples across processes and ``DataLoader`` workers; accelerate must not split it again, so the recipe keeps
 :class:`StreamingLoader` out of ``accelerator.prepare`` and the loader places batches on the device itself.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 
-from clipclean.webdataset import ShardStream, sample_keys_of, shard_ranges_of
+from clipclean.data.webdataset import ShardStream, sample_keys_of, shard_ranges_of
 
 
 class _IndexedCollate:
