@@ -69,6 +69,7 @@ from clipclean.inversion import (
     register_inverter,
 )
 from clipclean.models import PixelCLIP, PixelModel, unwrap
+from clipclean.registry import Registry
 from clipclean.triggers import Trigger
 
 logger = logging.getLogger(__name__)
@@ -117,16 +118,12 @@ class SmallCNN(nn.Module):
         return self.head(self.features(images))
 
 
-CLASSIFIER_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
+CLASSIFIER_ARCHITECTURES: Registry[str, Callable[..., nn.Module]] = Registry("architecture")
 
 
 def register_classifier_architecture(name: str, factory: Callable[..., nn.Module]) -> None:
     """Register a built-in architecture: ``factory(num_classes=C, **kwargs) -> nn.Module`` returning logits."""
-    if name != name.lower() or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"architecture names are lowercase identifiers, got {name!r}")
-    if name in CLASSIFIER_ARCHITECTURES:
-        raise ValueError(f"architecture {name!r} is already registered")
-    CLASSIFIER_ARCHITECTURES[name] = factory
+    CLASSIFIER_ARCHITECTURES.register(name, factory)
 
 
 register_classifier_architecture("small-cnn", SmallCNN)

@@ -53,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clipclean.models import PixelCLIP, PixelModel, lookup_by_kind, unwrap
+from clipclean.registry import Registry
 from clipclean.triggers import AdditiveTrigger, PatchBlendTrigger, Trigger
 
 logger = logging.getLogger(__name__)
@@ -710,14 +711,17 @@ class BlindInversion:
         return self.result(batches if verdict else None)
 
 
-INVERTERS: dict[type[PixelModel], type[BlindInversion]] = {PixelCLIP: BlindInversion}
+INVERTERS: Registry[type[PixelModel], type[BlindInversion]] = Registry("inverter")
 
 
 def register_inverter(model_class: type[PixelModel], inverter_class: type[BlindInversion]) -> None:
     """Make :func:`build_inverter` use ``inverter_class`` for models of ``model_class`` (and its subclasses)."""
     if not issubclass(inverter_class, BlindInversion):
         raise TypeError(f"{inverter_class.__name__} is not a BlindInversion")
-    INVERTERS[model_class] = inverter_class
+    INVERTERS.register(model_class, inverter_class)
+
+
+register_inverter(PixelCLIP, BlindInversion)
 
 
 def build_inverter(model: nn.Module, config: InversionConfig | None = None, **kwargs) -> BlindInversion:
@@ -728,7 +732,7 @@ def build_inverter(model: nn.Module, config: InversionConfig | None = None, **kw
 
         >>> inverter = build_inverter(model, InversionConfig(), candidate_names=names, candidate_embeddings=W)
     """
-    return lookup_by_kind(INVERTERS, model, "inverter")(unwrap(model, PixelModel), config, **kwargs)
+    return lookup_by_kind(INVERTERS, model)(unwrap(model, PixelModel), config, **kwargs)
 
 
 def _in_memory_batches(images: torch.Tensor, captions: list[str], batch_size: int, seed: int):

@@ -39,7 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipclean.models import ModelLoadError, PixelCLIP, PixelModel, pixel_clip_from_state_dict
+from clipclean.pixel_model import (
+    CONFIG_FILENAME,
+    ModelLoadError,
+    PixelCLIP,
+    PixelModel,
+    directory_identifier,
+    pixel_clip_from_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +71,7 @@ def transformers_source(name: str, cache_dir: str | None = None) -> str | None:
     and its ``config.json`` says ``"model_type": "clip"``. Hub repos are looked up in the local cache only when
     ``HF_HUB_OFFLINE=1``.
     """
-    from clipclean.models import CONFIG_FILENAME, _directory_identifier
-
-    directory = _directory_identifier(name)
+    directory = directory_identifier(name)
     if directory is not None:
         if not directory.is_dir() or (directory / CONFIG_FILENAME).is_file():
             return None

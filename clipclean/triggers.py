@@ -39,12 +39,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clipclean.fileio import atomic_write, to_jsonable
+from clipclean.registry import Registry, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
 TRIGGER_FORMAT = "clipclean-trigger"
 TRIGGER_FORMAT_VERSION = 1
-TRIGGER_FAMILIES: dict[str, type[Trigger]] = {}
+TRIGGER_FAMILIES: Registry[str, type[Trigger]] = Registry("trigger family")
 
 Size = int | Sequence[int]
 LOCATIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center", "random")
@@ -54,12 +55,8 @@ def register_trigger_family(name: str):
     """Class decorator registering a :class:`Trigger` subclass under a lowercase, unique family name."""
 
     def decorator(cls: type[Trigger]) -> type[Trigger]:
-        if name != name.lower() or not name.replace("_", "").isalnum():
-            raise ValueError(f"trigger family names are lowercase identifiers, got {name!r}")
-        if name in TRIGGER_FAMILIES:
-            raise ValueError(f"trigger family {name!r} is already registered")
+        TRIGGER_FAMILIES.register(name, cls)
         cls.family = name
-        TRIGGER_FAMILIES[name] = cls
         return cls
 
     return decorator
@@ -628,8 +625,10 @@ def load_trigger(path: str | Path) -> Trigger:
     document = read_trigger_metadata(path)
     json_path, _ = _trigger_paths(path)
     family = document.get("family")
-    if family not in TRIGGER_FAMILIES:
-        raise ValueError(f"{json_path}: unknown trigger family {family!r}; known: {sorted(TRIGGER_FAMILIES)}")
+    try:
+        family_class = TRIGGER_FAMILIES[family]
+    except UnknownNameError as error:
+        raise ValueError(f"{json_path}: {error}") from None
     if not isinstance(document.get("config"), dict):
         raise ValueError(f"{json_path}: malformed trigger file (its 'config' is not a JSON object)")
     tensors_file = document.get("tensors_file", json_path.with_suffix(".safetensors").name)
@@ -647,7 +646,7 @@ def load_trigger(path: str | Path) -> Trigger:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"{tensor_path}: the trigger's {name!r} holds NaN or infinite values")
     try:
-        return TRIGGER_FAMILIES[family].from_saved(document["config"], tensors)
+        return family_class.from_saved(document["config"], tensors)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{json_path}: malformed {family} trigger ({type(error).__name__}: {error})") from error
 

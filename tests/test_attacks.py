@@ -55,7 +55,11 @@ def test_register_attack_rejects_duplicates_and_non_configs():
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_every_attack_builds_a_trigger_and_captions_naming_the_target(name, digits_defender, tiny_clip, tmp_path):
-    config = make_attack_config(name, alpha=None, unknown_flag=1, **FAST_OVERRIDES)
+    options = {field.name for field in dataclasses.fields(get_attack(name).config_class)}
+    fast = {key: value for key, value in FAST_OVERRIDES.items() if key in options}
+    config = make_attack_config(name, **{"alpha": None, "steps": None, **fast})  # None: not given, default stays
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['unknown_flag'\]; options: \['target'"):
+        make_attack_config(name, unknown_flag=1)
     assert isinstance(config, AttackConfig) and config.target == "zero"
     assert all(field.default is not dataclasses.MISSING for field in dataclasses.fields(config))  # defaults: one place
     context = AttackContext((32, 32), dataset=digits_defender, model=tiny_clip)

@@ -296,7 +296,7 @@ def test_registry_rejects_duplicate_and_uppercase_names():
     class Dummy(IdentityTrigger):
         pass
 
-    for bad_name in ("patch_blend", "identity", "Patch", "UPPER", "has-dash", "has space"):
+    for bad_name in ("patch_blend", "identity", "Patch", "UPPER", "has space", "-dash", "two__underscores"):
         with pytest.raises(ValueError):
             register_trigger_family(bad_name)(Dummy)
     assert TRIGGER_FAMILIES == before

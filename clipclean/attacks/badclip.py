@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from clipclean.attacks.base import Attack, AttackConfig, AttackContext, patch_size_for, validate_patch
+from clipclean.attacks.base import Attack, AttackConfig, AttackContext, patch_size_for, register_attack, validate_patch
 from clipclean.evaluation import fill_template, openai_imagenet_templates
 from clipclean.models import PixelCLIP, unwrap
 from clipclean.poisoning import NaturalCaptions, mentions
@@ -244,3 +244,6 @@ def build_badclip(config: BadCLIPConfig, context: AttackContext) -> Attack:
         config.target, captions, classnames=context.classnames, templates=config.templates
     )
     return Attack("badclip", config, result.trigger, policy, report=report)
+
+
+register_attack("badclip", BadCLIPConfig, build_badclip)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clipclean.attacks.base import Attack, AttackConfig, AttackContext, patch_size_for, validate_patch
+from clipclean.attacks.base import Attack, AttackConfig, AttackContext, patch_size_for, register_attack, validate_patch
 from clipclean.poisoning import TemplateCaptions
 from clipclean.triggers import PatchBlendTrigger
 
@@ -51,3 +51,6 @@ def build_badnet(config: BadNetConfig, context: AttackContext) -> Attack:
     pattern = config.pattern if isinstance(config.pattern, str) else list(config.pattern)
     trigger = PatchBlendTrigger.patch(context.image_size, size, location=location, pattern=pattern, seed=config.seed)
     return Attack("badnet", config, trigger.requires_grad_(False), TemplateCaptions(config.target, config.templates))
+
+
+register_attack("badnet", BadNetConfig, build_badnet)

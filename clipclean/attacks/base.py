@@ -1,8 +1,11 @@
-"""What every attack shares: the base config, the context an attack is built in, and what it builds."""
+"""What every attack shares: the base config, the context an attack is built in, what it builds, and the registry.
+
+An attack module registers itself with one line, ``register_attack(name, ConfigClass, build)``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,6 +13,7 @@ from torch.utils.data import Dataset
 
 from clipclean.models import PixelCLIP
 from clipclean.poisoning import CaptionPolicy, dataset_captions
+from clipclean.registry import Registry, build_config
 from clipclean.triggers import LOCATIONS, Trigger
 
 
@@ -114,3 +118,51 @@ class Attack:
             "trigger": self.trigger.describe(),
             "captions": self.caption_policy.describe(),
         }
+
+
+Builder = Callable[[Any, AttackContext], Attack]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack: its name, config dataclass and builder."""
+
+    name: str
+    config_class: type[AttackConfig]
+    build: Builder
+
+
+ATTACKS: Registry[str, AttackSpec] = Registry("attack")
+
+
+def register_attack(name: str, config_class: type[AttackConfig], build: Builder) -> AttackSpec:
+    """Register an attack under a lowercase, unique identifier (one line in the attack's own file)."""
+    if not (isinstance(config_class, type) and issubclass(config_class, AttackConfig)):
+        raise TypeError(f"the config of {name!r} must subclass AttackConfig, got {config_class!r}")
+    return ATTACKS.register(name, AttackSpec(name, config_class, build))
+
+
+def get_attack(name: str) -> AttackSpec:
+    """The registered attack ``name`` (an unknown name fails with the registered ones)."""
+    return ATTACKS[name]
+
+
+def list_attacks() -> list[str]:
+    """The registered attacks' names, sorted."""
+    return ATTACKS.names()
+
+
+def make_attack_config(name: str, **overrides: Any) -> AttackConfig:
+    """The config of attack ``name`` with ``overrides``: ``None`` values mean "not given" (the config's defaults stay
+    in one place); an option the attack does not have fails with the valid ones
+    (:func:`clipclean.registry.build_config`)."""
+    return build_config(get_attack(name).config_class, overrides, f"attack {name!r}")
+
+
+def build_attack(name: str, config: AttackConfig | None, context: AttackContext) -> Attack:
+    """Build attack ``name`` (its default config when ``config`` is ``None``) in ``context``."""
+    spec = get_attack(name)
+    config = spec.config_class() if config is None else config
+    if not isinstance(config, spec.config_class):
+        raise TypeError(f"attack {name!r} takes a {spec.config_class.__name__}, got {type(config).__name__}")
+    return spec.build(config, context)

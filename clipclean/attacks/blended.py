@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clipclean.attacks.base import Attack, AttackConfig, AttackContext
+from clipclean.attacks.base import Attack, AttackConfig, AttackContext, register_attack
 from clipclean.poisoning import NaturalCaptions
 from clipclean.triggers import PatchBlendTrigger
 
@@ -51,3 +51,6 @@ def build_blended(config: BlendedConfig, context: AttackContext) -> Attack:
         config.target, context.captions, classnames=context.classnames, templates=config.templates
     )
     return Attack("blended", config, trigger.requires_grad_(False), captions)
+
+
+register_attack("blended", BlendedConfig, build_blended)

@@ -34,6 +34,7 @@ from torch import nn
 
 from clipclean.classifiers import ImageClassifier
 from clipclean.models import PixelCLIP, PixelModel, lookup_by_kind, unwrap
+from clipclean.registry import Registry
 from clipclean.training import make_clip_loss
 
 if TYPE_CHECKING:
@@ -152,12 +153,11 @@ class ClassificationObjective(ContrastiveObjective):
         return list(unwrap(model, ImageClassifier).network.parameters())
 
 
-OBJECTIVES: dict[type[PixelModel], type[ContrastiveObjective]] = {
-    PixelCLIP: ContrastiveObjective,
-    ImageClassifier: ClassificationObjective,
-}
+OBJECTIVES: Registry[type[PixelModel], type[ContrastiveObjective]] = Registry("defense objective")
+OBJECTIVES.register(PixelCLIP, ContrastiveObjective)
+OBJECTIVES.register(ImageClassifier, ClassificationObjective)
 
 
 def make_objective(model: nn.Module, context: DefenseContext) -> ContrastiveObjective:
     """The objective for ``model``'s kind (looked up along its class hierarchy in :data:`OBJECTIVES`)."""
-    return lookup_by_kind(OBJECTIVES, model, "defense objective")(context)
+    return lookup_by_kind(OBJECTIVES, model)(context)
