@@ -539,15 +539,6 @@ class BlindInversion:
         self.target_direction = direction.to(self.device).float()
         self.directions = self.target_direction[None].expand(len(self.population), -1).clone()
 
-    def add_hypothesis(self, trigger: Trigger) -> None:
-        """Add ``trigger`` to the population (its parameters join the M-step's optimiser). Call before the next
-        :meth:`e_step`; in targeted mode (after :meth:`commit_to_target`) it gets the target direction."""
-        trigger = trigger.to(self.device)
-        self.population.append(trigger)
-        self.optimizer.add_param_group({"params": list(trigger.parameters())})
-        if self.target_direction is not None:
-            self.directions = self.target_direction[None].expand(len(self.population), -1).clone()
-
     def set_mask_budget(self, budget: float) -> None:
         """Put every patch/blend hypothesis under the hard mask budget ``budget`` (a fraction of the image)."""
         for trigger in self.population:

@@ -56,18 +56,18 @@ def test_quick_benchmark_writes_table_csv_and_plot(tmp_path):
     quick = ("--rounds 1 --epochs 1 --max-clean-pairs 64 --set inversion.rounds=1 --set inversion.steps_per_round=3 "
              "--set inversion.verdict_steps=2")  # fmt: skip
     mechanisms = load_script("benchmarks/mechanisms.py")
-    variants = ["default", "additive=--set unlearning_additive_eps=0.1 --set unlearn_when_clean=true"]
+    variants = ["default", "reset10=--set reset_fraction=0.1 --set unlearn_when_clean=true"]
     arguments = ["--benchmark-output", str(output), "--attacks", "badnet", "--variants", *variants,
                  "--clean-seeds", "0", "1", "--seeds", "0", "1", "--setting", "2:0.1:1e-4", "--clean-args", quick,
                  "--jobs", "2"]  # fmt: skip
     study = mechanisms.main(arguments)
     assert [(row["variant"], row["n_cleanings"], row["n_retunes"]) for row in study] == [
-        ("default", 2, 4), ("additive", 2, 4),
+        ("default", 2, 4), ("reset10", 2, 4),
     ]  # fmt: skip
-    assert study[1]["flags"] == "--set unlearning_additive_eps=0.1 --set unlearn_when_clean=true"
+    assert study[1]["flags"] == "--set reset_fraction=0.1 --set unlearn_when_clean=true"
     for row in study:
         assert 0 <= row["ra_asr_mean"] <= 1 and 0 <= row["reference_ra_asr_mean"] <= 1 and row["verdicts"]
-    assert (output / "mechanisms" / "additive" / "badnet_s1" / "cleaned").is_dir()
+    assert (output / "mechanisms" / "reset10" / "badnet_s1" / "cleaned").is_dir()
     assert "RA-ASR" in (output / "mechanisms" / "mechanisms.md").read_text()
     assert mechanisms.main(arguments) == study  # finished cleanings are reused
     with pytest.raises(SystemExit):

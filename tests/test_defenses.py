@@ -12,18 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from planted import TARGET, PlantedBackdoorCLIP, clean_images, planted_candidates
 
 from clipclean.classifiers import create_classifier
 from clipclean.defenses import DEFENSES, DefenseConfig, DefenseContext, build_defense
 from clipclean.defenses.baerase import TriggerGenerator, mode_seeking_diversity, target_probability
-from clipclean.defenses.bibau import interpolate, relearned_outputs
 from clipclean.defenses.cleanclip import augment_images, augment_tokens
-from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.fileio import load_state_tree, save_state_tree, to_jsonable
 from clipclean.models import load_clip
-from clipclean.triggers import AdditiveTrigger, Trigger, load_trigger
+from clipclean.triggers import Trigger, load_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "clean_clip.py"
@@ -246,31 +243,6 @@ def test_baerase_generator_respects_the_budget_and_learns_the_known_target():
     assert float(probability.max()) < 1e-3
 
 
-def test_simulated_retuning_step_pulls_toward_the_target_without_touching_the_model(tiny_clip):
-    """BI-BAU's simulated retuning (issue 8): the outputs after one simulated re-poisoning step of the image tower
-    match the target direction better, the model itself is unchanged, and a loss on those outputs trains the image
-    tower only (first order, through the swapped-in parameters)."""
-    model = tiny_clip.train()
-    objective = ContrastiveObjective(DefenseContext())
-    images, captions = clean_images(16)
-    direction = F.normalize(torch.randn(model.embed_dim, generator=torch.Generator().manual_seed(3)), dim=0)
-    with torch.no_grad():
-        own = model.encode_text(model.tokenize(captions))
-    before = {name: value.clone() for name, value in model.named_parameters()}
-
-    def pulled(outputs) -> float:
-        return float(objective.target_probability(outputs, own, direction, model.logit_scale).mean().detach())
-
-    start = pulled(objective.image_outputs(model, images))
-    relearned = relearned_outputs(objective, model, images, own, direction, model.logit_scale, step=3e-4)
-    assert pulled(relearned) > 1.5 * start
-    assert all(torch.equal(value, before[name]) for name, value in model.named_parameters())
-    (relearned @ direction).mean().backward()
-    visual = {id(parameter) for parameter in model.model.visual.parameters()}
-    graded = [parameter for parameter in model.parameters() if parameter.grad is not None]
-    assert graded and all(id(parameter) in visual for parameter in graded)
-
-
 def _restored_bibau(defense, config: dict):
     """A fresh BI-BAU on a fresh planted model, restored from ``defense``'s state through a saved checkpoint."""
     state = _state_round_trip(defense.state_dict())
@@ -287,65 +259,9 @@ def _state_round_trip(state: dict) -> dict:
         return load_state_tree(folder, "state")
 
 
-def test_bibau_simulated_retuning_term_trains():
-    model, context, batches = _setup()
-    config = {**TINY["bibau"], "retune_weight": 1.0}
-    defense = build_defense("bibau", model, context, config)
-    defense.begin_round(0, batches)
-    trainable = _prepare_like_the_recipe(model, defense)
-    losses, _ = defense.forward(model, batches[0])
-    assert torch.isfinite(losses["simulated_retuning"]) and float(losses["simulated_retuning"].detach()) > 0
-    losses["loss"].backward()
-    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
-    with pytest.raises(ValueError, match="retune_step"):
-        build_defense("bibau", model, context, {**config, "retune_step": 0.0})
-
-
-def test_bibau_path_term_interpolates_between_the_starting_and_the_current_model():
-    model, context, batches = _setup()
-    defense = build_defense("bibau", model, context, {**TINY["bibau"], "path_weight": 1.0})
-    defense.begin_round(0, batches)
-    trainable = _prepare_like_the_recipe(model, defense)
-    with torch.no_grad():
-        for parameter in model.model.visual.parameters():
-            parameter.add_(0.01)
-    objective = defense.objective
-    ends = {a: interpolate(objective, model, a) for a in (0.0, 0.5, 1.0)}
-    current = dict(model.named_parameters())
-    reference = dict(context.reference.named_parameters())
-    assert ends[1.0] and set(ends[1.0]) == {
-        n for n, p in model.named_parameters() if p in set(model.model.visual.parameters())
-    }
-    for name in ends[1.0]:
-        assert torch.allclose(ends[1.0][name], current[name]) and torch.allclose(ends[0.0][name], reference[name])
-        assert torch.allclose(ends[0.5][name], (current[name] + reference[name]) / 2)
-    losses, _ = defense.forward(model, batches[0])
-    assert torch.isfinite(losses["path"]) and float(losses["path"].detach()) > 0
-    losses["loss"].backward()
-    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
-
-
-def test_bibau_unlearns_an_additive_hypothesis_too_and_resumes_with_it():
-    model, context, batches = _setup()
-    config = {**TINY["bibau"], "unlearning_additive_eps": 0.1}
-    defense = build_defense("bibau", model, context, config)
-    defense.begin_round(0, batches)
-    population = defense.inverter.population
-    assert len(population) == 2 and isinstance(population[-1], AdditiveTrigger)
-    assert float(population[-1].delta.abs().max()) <= 0.1 + 1e-6
-    assert defense.inverter.directions.shape[0] == 2
-    _prepare_like_the_recipe(model, defense)
-    defense.forward(model, batches[0])[0]["loss"].backward()
-    restored = _restored_bibau(defense, config)
-    assert len(restored.inverter.population) == 2
-    assert torch.equal(restored.inverter.population[-1].delta, population[-1].delta)
-    with pytest.raises(ValueError, match="unlearning_additive_eps"):
-        build_defense("bibau", model, context, {**config, "unlearning_additive_eps": 2.0})
-
-
 def test_bibau_unit_reset_reinitialises_the_top_units_and_resumes_with_its_report():
     model, context, batches = _setup()
-    config = {**TINY["bibau"], "reset_fraction": 0.05, "reset_samples": 32, "hidden_distill_weight": 1.0}
+    config = {**TINY["bibau"], "reset_fraction": 0.05, "reset_samples": 32}
     defense = build_defense("bibau", model, context, config)
     begin = defense.begin_round(0, batches)
     blocks = model.model.visual.transformer.resblocks
@@ -361,13 +277,12 @@ def test_bibau_unit_reset_reinitialises_the_top_units_and_resumes_with_its_repor
         assert not torch.equal(block.mlp.c_fc.weight[units], reference_blocks[index].mlp.c_fc.weight[units])
     trainable = _prepare_like_the_recipe(model, defense)
     losses, _ = defense.forward(model, batches[0])
-    assert torch.isfinite(losses["hidden_distill"]) and float(losses["hidden_distill"].detach()) > 0
     losses["loss"].backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trainable)
     assert defense.summary()["unit_reset"] == defense.reset_report
     restored = _restored_bibau(defense, config)
     assert restored.reset_report == defense.reset_report
-    for bad in ({"reset_fraction": 1.0}, {"reset_samples": 1}, {"hidden_distill_weight": -1.0}):
+    for bad in ({"reset_fraction": 1.0}, {"reset_samples": 1}):
         with pytest.raises(ValueError):
             build_defense("bibau", model, context, {**config, **bad})
 
@@ -385,24 +300,6 @@ def test_bibau_resolves_its_persistence_defaults_per_kind_of_model():
     explicit = {**TINY["bibau"], "reset_fraction": 0.0, "stop_early": True}
     config = build_defense("bibau", model, context, explicit).config
     assert (config.reset_fraction, config.stop_early) == (0.0, True)
-
-
-def test_bibau_hidden_distillation_is_zero_exactly_when_triggered_activations_match_the_reference_clean_ones():
-    model, context, batches = _setup()
-    defense = build_defense("bibau", model, context, {**TINY["bibau"], "hidden_distill_weight": 1.0})
-    images = batches[0][0]
-
-    def distillation(triggered: torch.Tensor) -> float:
-        hidden: dict[int, torch.Tensor] = {}
-        handles = [layer.record(hidden, index) for index, layer in enumerate(defense.unit_layers)]
-        with torch.no_grad():
-            model.encode_image(torch.cat([images, triggered]))
-        for handle in handles:
-            handle.remove()
-        return float(defense._hidden_distillation(hidden, images))
-
-    assert distillation(images) == pytest.approx(0.0, abs=1e-10)  # the model is still the reference
-    assert distillation(images.flip(0)) > 1e-3
 
 
 def test_trigger_generator_starts_small_and_within_budget():

@@ -28,9 +28,9 @@ What it assumes: a few clean samples (the recipe passes the defender set; ``n_sa
 statistics), an image tower with units (:mod:`clipclean.units`: a ViT's MLP units, open_clip's or a transformers
 ``CLIPModel``'s ``fc1``/``fc2``; else Conv2d channels), and no knowledge of the trigger or the target.
 
-Approximations (documented on purpose): the paper's body was not consulted; this follows method.md section 5's
-description. The units are MLP hidden units of ViT blocks (zeroing) rather than the paper's exact choice of
-layer and edit rule, and the trigger is an *inverted* one in the no-backdoor-knowledge setting.
+Approximations (documented on purpose): the paper's body was not consulted; this follows its abstract. The units are
+MLP hidden units of ViT blocks (zeroing) rather than the paper's exact choice of layer and edit rule, and the trigger
+is an *inverted* one in the no-backdoor-knowledge setting.
 
 Example::
 
@@ -122,8 +122,6 @@ class AGE(Defense):
         self.inversion_report: dict | None = None
         self.edited_units: dict[int, list[int]] = {}
         self.edit_report: dict = {}
-        self.round_reports: list[dict] = []
-        self._round_values: dict[str, list[float]] = {}
         self._gradient_hooks: list = []
 
     @property
@@ -202,7 +200,7 @@ class AGE(Defense):
         return {"inversion": self.inversion_report, "edit": self.edit_report}
 
     # ---- repair ----------------------------------------------------------------------------------------
-    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
         images, own = batch
         objective = self.objective
         (outputs,), own, scale = objective.forward(model, images, own)
@@ -213,39 +211,28 @@ class AGE(Defense):
             losses["anchor"] = objective.anchor(outputs, objective.reference_outputs(images))
             loss = loss + self.config.anchor_weight * losses["anchor"]
         losses["loss"] = loss
-        for name, value in losses.items():
-            self._round_values.setdefault(name, []).append(float(value.detach()))
         return losses, {}
 
-    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
-        report = {"round": round_index}
-        report.update({f"mean_{name}": sum(v) / len(v) for name, v in self._round_values.items()})
-        self.round_reports.append(report)
-        self._round_values = {}
-        return False, report
-
-    def summary(self) -> dict:
-        return {"inversion": self.inversion_report, "edit": self.edit_report, "rounds": self.round_reports}
+    def method_summary(self) -> dict:
+        return {"inversion": self.inversion_report, "edit": self.edit_report}
 
     def trigger_for_report(self) -> Trigger | None:
         return self.trigger
 
-    def state_dict(self) -> dict:
+    def method_state_dict(self) -> dict:
         state = {
             "edited_units": json.dumps({str(index): units for index, units in self.edited_units.items()}),
             "inversion_report": json.dumps(self.inversion_report),
             "edit_report": json.dumps(self.edit_report),
-            "round_reports": json.dumps(self.round_reports),
         }
         if self.trigger is not None:
             state["trigger"] = trigger_state(self.trigger)
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_method_state_dict(self, state: dict) -> None:
         self.edited_units = {int(index): units for index, units in json.loads(state["edited_units"]).items()}
         self.inversion_report = json.loads(state["inversion_report"])
         self.edit_report = json.loads(state["edit_report"])
-        self.round_reports = json.loads(state["round_reports"])
         if "trigger" in state:
             self.trigger = trigger_from_state(state["trigger"], self.model.device)
         self.apply_edit()

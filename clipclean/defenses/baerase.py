@@ -186,6 +186,8 @@ def mode_seeking_diversity(masks: torch.Tensor, patterns: torch.Tensor, noise: t
 class BAERASE(Defense):
     """Generator-based trigger-distribution recovery and bounded unlearning (see the module docstring)."""
 
+    report_means = ("target_probability",)  # the round report also averages the stamped images' p_target
+
     def __init__(self, model: PixelCLIP, config: BAERASEConfig, context: DefenseContext) -> None:
         super().__init__(model, config, context)
         with torch.random.fork_rng(devices=[]):  # the same initialisation on every process
@@ -198,8 +200,6 @@ class BAERASE(Defense):
         self.direction: torch.Tensor | None = None
         self.inversion_report: dict | None = None
         self.generator_reports: list[dict] = []
-        self.round_reports: list[dict] = []
-        self._round_values: dict[str, list[float]] = {}
         if context.reference is not None:
             reference = dict(context.reference.named_parameters())
             self._start = {name: reference[name].detach() for name, _ in self._tuned_parameters()}
@@ -272,9 +272,9 @@ class BAERASE(Defense):
         terms = [(p - self._start[name]).pow(2).sum() for name, p in self._tuned_parameters() if p.requires_grad]
         return torch.stack(terms).sum() if terms else torch.zeros((), device=self.model.device)
 
-    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
         if self.direction is None:
-            raise RuntimeError("BAERASE.forward needs the target: run begin_round(0, batches) first")
+            raise RuntimeError("BAERASE.loss needs the target: run begin_round(0, batches) first")
         images, own = batch
         with torch.no_grad():
             stamped = self.generator.stamp(images, self._noise(images.shape[0])).detach()
@@ -293,25 +293,13 @@ class BAERASE(Defense):
             + config.forget_weight * losses["forget"]
             + config.weight_penalty * losses["weight_distance"]
         )
-        values = {name: float(value.detach()) for name, value in losses.items()}
-        values["target_probability"] = float(probability.detach().mean())
-        for name, value in values.items():
-            self._round_values.setdefault(name, []).append(value)
-        return losses, {"target_probability": values["target_probability"]}
+        return losses, {"target_probability": float(probability.detach().mean())}
 
-    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
-        report = {"round": round_index}
-        report.update({f"mean_{name}": sum(v) / len(v) for name, v in self._round_values.items()})
-        self.round_reports.append(report)
-        self._round_values = {}
-        return False, report
-
-    def summary(self) -> dict:
+    def method_summary(self) -> dict:
         return {
             "inversion": self.inversion_report,
             "target_source": "target_caption" if self.context.target_caption is not None else "inversion",
             "generator": self.generator_reports,
-            "rounds": self.round_reports,
         }
 
     def trigger_for_report(self) -> PatchBlendTrigger | None:
@@ -324,26 +312,24 @@ class BAERASE(Defense):
         trigger = PatchBlendTrigger(mask[0].clamp(0, 1).cpu(), pattern[0].clamp(0, 1).cpu(), self.model.image_size)
         return trigger.to(self.model.device).requires_grad_(False)
 
-    def state_dict(self) -> dict:
+    def method_state_dict(self) -> dict:
         state = {
             "generator": self.generator.state_dict(),
             "generator_optimizer": self.generator_optimizer.state_dict(),
             "noise_source": self.noise_source.get_state(),
             "inversion_report": json.dumps(self.inversion_report),
             "generator_reports": json.dumps(self.generator_reports),
-            "round_reports": json.dumps(self.round_reports),
         }
         if self.direction is not None:
             state["direction"] = self.direction.detach().cpu()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_method_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
         self.generator_optimizer.load_state_dict(state["generator_optimizer"])
         self.noise_source.set_state(state["noise_source"])
         self.inversion_report = json.loads(state["inversion_report"])
         self.generator_reports = json.loads(state["generator_reports"])
-        self.round_reports = json.loads(state["round_reports"])
         if "direction" in state:
             self.direction = state["direction"].to(self.model.device).float()
 

@@ -1,29 +1,29 @@
 """BI-BAU: blind inversion (EM) + contrastive adversarial unlearning — clipclean's formulation.
 
 This is *clipclean's formulation of BI-BAU, reconstructed from the published abstract* (arXiv 2606.14078,
-ACM CCS 2026); the paper's body, equations and tables are not available. method.md section 4 has the
-derivation; ``docs/method.md`` the user-facing account.
+ACM CCS 2026); the paper's body, equations and tables are not available. ``docs/method.md`` ("Blind inversion with
+EM", "Contrastive adversarial unlearning") has the derivation and the measurements behind the defaults.
 
 What it assumes: a small clean image-caption set ``D``; neither the trigger nor the target caption
 (untargeted; a known target caption switches the inversion to targeted mode). Each round
 
 1. *inverts* the trigger with :class:`~clipclean.inversion.BlindInversion` (EM; warm-started across rounds),
 2. *unlearns* on batches of ``D`` with the model M-step (a CLIP's; an image classifier's replaces the CLIP losses
-   by cross-entropies and the anchors by ``KL(f_ref || f)``, method.md section 4's classifier paragraph, through
-   :mod:`clipclean.defenses.objectives`)
+   by cross-entropies and the anchors by ``KL(f_ref || f)``, docs/method.md "Image classifiers: the degenerate
+   case", through :mod:`clipclean.defenses.objectives`)
    ``L = L_clip(x, c) + alpha L_clip(T(x), c) + beta mean relu(cos(g(T(x)), u)) + gamma ||g(x) - g_ref(x)||^2
    + delta ||g(T(x)) - g_ref(x)||^2``
    where ``T`` is drawn from the inverted population (condition C3), ``u`` is the recovered target direction
    and ``g_ref`` the frozen starting encoder (conditions C1, C2 through the triggered terms, C4 through the
    clean terms); the last term (distilling triggered images to the clean embedding of the *starting* model)
-   is clipclean's addition, measured to help in method.md's prototype table.
+   is clipclean's addition.
 3. *re-inverts* (warm start), handing the next round the triggers the model still responds to (every round runs on
    a CLIP; ``stop_early`` ends the loop once the trigger no longer hijacks, the image classifier's default).
 
 Before the first unlearning round the *unit reset* (``reset_fraction``; :mod:`clipclean.units`) re-initialises the
 image-encoder units that the inverted triggers drive most, so the distillation terms rebuild the clean function
 without the trigger detector. Running every round, six epochs a round and the unit reset are what make the removal
-survive the retuning attack on the digits CLIPs (issue 8; benchmarks/README.md, docs/method.md).
+survive the retuning attack on the digits CLIPs (docs/method.md "Complete unlearning"; benchmarks/README.md).
 
 Example::
 
@@ -48,10 +48,8 @@ from clipclean.defenses.base import (
     DefenseContext,
     register_defense,
 )
-from clipclean.defenses.objectives import ContrastiveObjective
 from clipclean.inversion import EStepStats, InversionConfig, InversionResult, build_inverter, cycle
-from clipclean.models import PixelCLIP, unwrap
-from clipclean.triggers import AdditiveTrigger
+from clipclean.models import PixelCLIP
 from clipclean.units import collect_images, editable_unit_layers, record_unit_activations, top_units, unit_scores
 
 logger = logging.getLogger(__name__)
@@ -63,9 +61,9 @@ class BIBAUConfig(DefenseConfig):
 
     Args:
         rounds: EM rounds of (inversion, unlearning epochs, re-inversion).
-        epochs: passes over the defender data per round. Default 6 (was 2: on the digits CLIPs the longer unlearning
-            both keeps more clean accuracy, through the anchor, and makes the removal of Blended and BadCLIP
-            triggers more persistent; benchmarks/README.md).
+        epochs: passes over the defender data per round. Default 6: on the digits CLIPs six epochs keep more clean
+            accuracy than two (through the anchor) and make the removal of Blended and BadCLIP triggers more
+            persistent (benchmarks/README.md).
         lr: unlearning learning rate (AdamW, set by the recipe).
         alpha: weight of the contrastive loss of triggered images against their own captions.
         beta: weight of the push-off ``relu(cos(g(T(x)), u))``.
@@ -83,30 +81,8 @@ class BIBAUConfig(DefenseConfig):
             Default 0.1 (a tenth of the image; ``None`` keeps the naming budget). Measured on the digits CLIPs (seed
             0): with ``None`` the Blended and BadCLIP triggers kept 9-30% ASR after unlearning, with 0.1 0.3-1.4%
             (docs/method.md); on a small CNN, benchmarks/classifier.md.
-        unlearning_additive_eps: when > 0, after the target is named the population also gets a full-image additive
-            hypothesis (``||delta||_inf <= eps``) fitted toward the target and unlearned with the others: a
-            full-image trigger family next to the local patches (condition C3; a Blended trigger changes every
-            pixel). Not used to *name* the target (on tiny CLIPs an additive hypothesis is a universal adversarial
-            perturbation that names a wrong one, docs/method.md). 0 (default) leaves it out.
-        path_weight: weight of the *path* term (after path-aware minimisation, Min et al., NeurIPS 2024, arXiv
-            2410.09838: a superficially cleaned model stays connected to the backdoored one by a low-loss path along
-            which the backdoor returns): the push-off and triggered-distillation terms are also applied to a model
-            interpolated between the starting (backdoored) model and the current one,
-            ``w_a = w_ref + a (w - w_ref)`` with ``a`` drawn uniformly from ``[path_min, 1]`` each step, so the
-            whole path leaves the backdoor, not only its end. 0 (default) turns it off. Costs about one more forward
-            and backward of the triggered batch.
-        path_min: the smallest interpolation coefficient ``a`` of the path term.
-        retune_weight: weight of the *simulated retuning* term (issue 8, complete removal): the push-off loss
-            ``-log(1 - p_target(T x))`` measured after one simulated re-poisoning step of the image parameters (an
-            Adam-like sign step of size ``retune_step`` that raises ``p_target(T x)`` toward the recovered target
-            direction ``u``), so the unlearning prefers weights from which a few poisoned pairs do not bring the
-            backdoor back. 0 turns it off. Costs about one more forward and backward of the triggered batch.
-        retune_step: size of that simulated step (per-parameter displacement; the default retuning attack's 60
-            AdamW steps at lr 1e-4 move a parameter by at most 6e-3, but one sign step of 1e-3 on every image
-            parameter already pulls a never-poisoned digits CLIP's triggered images most of the way to the target,
-            so the default is 3e-4).
-        reset_fraction: *unit reset* (issue 8, complete unlearning; the "targeted re-initialisation of the units that
-            carry the trigger detector, followed by distillation" of method.md section 4): after the target is named
+        reset_fraction: *unit reset* (complete unlearning: re-initialise the units that carry the trigger detector,
+            then distil the clean function back; docs/method.md "Complete unlearning"): after the target is named
             (and the population re-fitted under ``unlearning_budget``), score every hidden unit of the image encoder
             (a ViT block's MLP units, else Conv2d channels; :mod:`clipclean.units`) by how differently it fires on
             triggered and clean defender images (the score of activation-guided editing, averaged over the active
@@ -116,11 +92,6 @@ class BIBAUConfig(DefenseConfig):
             own (``default_reset_fraction``: 0.25 for a CLIP; 0 for an image classifier, where it was not measured);
             0 turns it off (the ablation). Measured on the digits CLIPs: benchmarks/README.md.
         reset_samples: defender images (per process) used to score the units for the reset.
-        hidden_distill_weight: weight of distilling the triggered images' *hidden* unit activations (every unit layer
-            of :mod:`clipclean.units`, token- or space-averaged) to the starting model's activations on the clean
-            images: the trigger is made invisible at every depth, not only in the output embedding (the
-            ``delta`` term). Per layer the squared error is divided by the reference activations' squared norm. 0
-            (default) turns it off.
         stop_early: end the EM loop after a round whose warm-started re-inversion no longer hijacks (fewer than
             ``inversion.collapse_fraction`` of the triggered images closer to ``u`` than to their own captions): a
             *functional* criterion. ``None`` (default): the objective's own (``default_stop_early``: off for a CLIP,
@@ -130,7 +101,7 @@ class BIBAUConfig(DefenseConfig):
             under the retuning attack to 38-71% ASR, those that ran all three rounds to 1.6-2.1% (the never-poisoned
             reference: 3.4%).
         unlearn_when_clean: unlearn even when the verdict says "no backdoor found". False by default: the EM loop
-            stops as soon as the verdict finds no backdoor (method.md section 4), so a clean model is left untouched.
+            stops as soon as the verdict finds no backdoor, so a clean model is left untouched.
             Set it when you distrust the verdict (it can miss a backdoor; docs/method.md has the measurements).
     """
 
@@ -145,14 +116,8 @@ class BIBAUConfig(DefenseConfig):
     reinversion_steps: int = 40
     verdict: bool = True
     unlearning_budget: float | None = 0.1
-    unlearning_additive_eps: float = 0.0
-    path_weight: float = 0.0
-    path_min: float = 0.5
-    retune_weight: float = 0.0
-    retune_step: float = 3e-4
     reset_fraction: float | None = None
     reset_samples: int = 128
-    hidden_distill_weight: float = 0.0
     stop_early: bool | None = None
     unlearn_when_clean: bool = False
 
@@ -160,20 +125,12 @@ class BIBAUConfig(DefenseConfig):
         super().__post_init__()
         if isinstance(self.inversion, dict):
             self.inversion = InversionConfig(**self.inversion)
-        weights = (self.alpha, self.beta, self.gamma or 0.0, self.delta, self.path_weight, self.retune_weight,
-                   self.hidden_distill_weight)  # fmt: skip
-        if min(weights) < 0:
-            raise ValueError("loss weights (alpha, beta, gamma, delta and the *_weight options) must be >= 0")
+        if min(self.alpha, self.beta, self.gamma or 0.0, self.delta) < 0:
+            raise ValueError("loss weights (alpha, beta, gamma, delta) must be >= 0")
         if self.reset_fraction is not None and not 0 <= self.reset_fraction < 1:
             raise ValueError(f"reset_fraction must be in [0, 1), got {self.reset_fraction}")
         if self.reset_samples < 2:
             raise ValueError(f"reset_samples must be >= 2, got {self.reset_samples}")
-        if not 0 <= self.path_min <= 1:
-            raise ValueError(f"path_min must be in [0, 1], got {self.path_min}")
-        if not 0 <= self.unlearning_additive_eps <= 1:
-            raise ValueError(f"unlearning_additive_eps must be in [0, 1], got {self.unlearning_additive_eps}")
-        if self.retune_step <= 0:
-            raise ValueError(f"retune_step must be > 0, got {self.retune_step}")
         if self.reinversion_steps < 1:
             raise ValueError("reinversion_steps must be >= 1")
         if self.unlearning_budget is not None and not 0 < self.unlearning_budget <= 1:
@@ -205,12 +162,8 @@ class BIBAU(Defense):
         )
         self.first_result: InversionResult | None = None
         self.first_trigger_index: int | None = None
-        self.round_reports: list[dict] = []
-        self._step = 0
         self.reset_report: dict = {}
-        distills_hidden = config.hidden_distill_weight > 0
-        self.unit_layers = editable_unit_layers(model) if config.reset_fraction > 0 or distills_hidden else []
-        self.reference_unit_layers = editable_unit_layers(context.reference) if distills_hidden else []
+        self.unit_layers = editable_unit_layers(model) if config.reset_fraction > 0 else []
 
     def begin_round(self, round_index: int, batches: Iterable[Batch]) -> dict:
         if round_index == 0:
@@ -233,7 +186,7 @@ class BIBAU(Defense):
                 report["anomaly_index"],
             )
             skip = not self.config.unlearn_when_clean and report["verdict"] == "no backdoor found"
-            if self._widens() and not skip:
+            if self.config.unlearning_budget is not None and not skip:
                 with timer("refit_at_unlearning_budget"):
                     self._widen_population(self.first_result.direction)
                     stream = cycle(batches)
@@ -276,43 +229,26 @@ class BIBAU(Defense):
         logger.info("unit reset: %s", {layer: len(item["units"]) for layer, item in report.items()})
         return report
 
-    def _widens(self) -> bool:
-        return self.config.unlearning_budget is not None or self.config.unlearning_additive_eps > 0
-
     def _widen_population(self, direction: torch.Tensor) -> None:
-        """Targeted mode toward the named target, under the unlearning budget, plus the additive hypothesis."""
-        inverter = self.inverter
-        inverter.commit_to_target(direction)
-        if self.config.unlearning_budget is not None:
-            inverter.set_mask_budget(self.config.unlearning_budget)
-        if self.config.unlearning_additive_eps > 0:
-            eps, seed = self.config.unlearning_additive_eps, inverter.config.seed * 101 + 89
-            inverter.add_hypothesis(AdditiveTrigger.random(inverter.model.image_size, eps, seed))
+        """Targeted mode toward the named target, under the unlearning budget."""
+        self.inverter.commit_to_target(direction)
+        self.inverter.set_mask_budget(self.config.unlearning_budget)
 
     def _active_triggers(self) -> list[tuple[nn.Module, torch.Tensor]]:
         """The population's hypotheses with a positive backdoor score, best first (C3: the distribution)."""
         stats = self.inverter.last_stats
         return [(self.inverter.population[j], stats.directions[j]) for j in self.inverter.active_hypotheses()]
 
-    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
         images, own = batch
         triggers = self._active_triggers()
-        trigger, direction = triggers[self._step % len(triggers)]
-        self._step += 1
+        trigger_index = self.steps % len(triggers)
+        trigger, direction = triggers[trigger_index]
         objective = self.objective
         with torch.no_grad():
             triggered = trigger.apply(images).detach()
         reference_clean = objective.reference_outputs(images)
-        hidden: dict[int, torch.Tensor] = {}  # the hidden activations, recorded only for the hidden distillation
-        distills_hidden = self.config.hidden_distill_weight > 0
-        handles = (
-            [layer.record(hidden, index) for index, layer in enumerate(self.unit_layers)] if distills_hidden else []
-        )
-        try:
-            (clean, triggered_out), own, scale = objective.forward(model, torch.cat([images, triggered]), own, parts=2)
-        finally:
-            for handle in handles:
-                handle.remove()
+        (clean, triggered_out), own, scale = objective.forward(model, torch.cat([images, triggered]), own, parts=2)
         clean_name, triggered_name = f"{objective.prefix}_clean", f"{objective.prefix}_triggered"
         losses = {
             clean_name: objective.task_loss(clean, own, scale),
@@ -328,40 +264,10 @@ class BIBAU(Defense):
             "anchor": self.config.gamma,
             "distill_triggered": self.config.delta,
         }
-        if distills_hidden:
-            losses["hidden_distill"] = self._hidden_distillation(hidden, images)
-            weights["hidden_distill"] = self.config.hidden_distill_weight
-        if self.config.path_weight > 0:
-            draw = torch.Generator().manual_seed(self.config.inversion.seed * 100_003 + self._step)  # resumable
-            low = self.config.path_min
-            coefficient = low + (1 - low) * float(torch.rand((), generator=draw))
-            on_path = objective.image_outputs(model, triggered, interpolate(objective, model, coefficient))
-            push, distill = objective.push_off(on_path, own, direction), objective.anchor(on_path, reference_clean)
-            losses["path"] = self.config.beta * push + self.config.delta * distill
-            weights["path"] = self.config.path_weight
-        if self.config.retune_weight > 0:
-            relearned = relearned_outputs(
-                objective, model, triggered, own.detach(), direction, scale, self.config.retune_step
-            )
-            probability = objective.target_probability(relearned, own, direction, scale)
-            losses["simulated_retuning"] = -torch.log1p(-probability.clamp(max=1 - 1e-6)).mean()
-            weights["simulated_retuning"] = self.config.retune_weight
         losses["loss"] = sum(weights[name] * losses[name] for name in weights)
-        return losses, {"trigger_index": self._step % len(triggers)}
+        return losses, {"trigger_index": trigger_index}
 
-    def _hidden_distillation(self, hidden: dict[int, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        """Mean over unit layers of ``||a(T x) - a_ref(x)||^2 / ||a_ref(x)||^2`` (batch means), where ``hidden``
-        holds the current model's activations of the stacked ``[x, T(x)]`` batch."""
-        layers = range(len(self.unit_layers))
-        reference = record_unit_activations(self.context.reference, self.reference_unit_layers, layers, images)
-        terms = []
-        for index in layers:
-            triggered = hidden[index][images.shape[0] :]
-            error = (triggered - reference[index]).pow(2).sum(-1).mean()
-            terms.append(error / reference[index].pow(2).sum(-1).mean().clamp_min(1e-6))
-        return torch.stack(terms).mean()
-
-    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
+    def finish_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
         """Warm-started re-inversion on the updated model; with ``stop_early``, stop when the trigger no longer
         hijacks."""
         with self.timer("reinversion"):
@@ -371,19 +277,17 @@ class BIBAU(Defense):
         best = int(stats.backdoor_scores.argmax())
         hijacked = float(stats.hijacked_fractions[best])
         report = {
-            "round": round_index,
             "reinversion_backdoor_score": float(stats.backdoor_scores[best]),
             "reinversion_hijacked_fraction": hijacked,
         }
-        self.round_reports.append(report)
         stop = self.config.stop_early and hijacked < self.config.inversion.collapse_fraction
         logger.info("round %d re-inversion: %s%s", round_index, report, " -> stop" if stop else "")
         return stop, report
 
-    def summary(self) -> dict:
+    def method_summary(self) -> dict:
         if self.first_result is None:
             return {}
-        summary = {"inversion": self.first_result.report(), "rounds": self.round_reports}
+        summary = {"inversion": self.first_result.report()}
         if self.reset_report:
             summary["unit_reset"] = self.reset_report
         return summary
@@ -391,15 +295,13 @@ class BIBAU(Defense):
     def trigger_for_report(self):
         return None if self.first_result is None else self.first_result.trigger
 
-    def state_dict(self) -> dict:
+    def method_state_dict(self) -> dict:
         inverter = self.inverter
         stats = inverter.last_stats
         state = {
             "population": [trigger.state_dict() for trigger in inverter.population],
             "optimizer": inverter.optimizer.state_dict(),
             "budget_level": inverter.budget_level,
-            "round_reports": json.dumps(self.round_reports),
-            "step": self._step,
             "reset_report": json.dumps(self.reset_report),
         }
         if stats is not None:
@@ -414,16 +316,14 @@ class BIBAU(Defense):
             }
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_method_state_dict(self, state: dict) -> None:
         inverter = self.inverter
         inverter._set_budget(int(state["budget_level"]))
-        if "first" in state and self._widens():  # the state was saved after the population was widened
+        if "first" in state and self.config.unlearning_budget is not None:  # saved after the population was widened
             self._widen_population(state["first"]["direction"])
         for trigger, trigger_state in zip(inverter.population, state["population"]):
             trigger.load_state_dict(trigger_state)
         inverter.optimizer.load_state_dict(state["optimizer"])
-        self.round_reports = json.loads(state["round_reports"])
-        self._step = int(state["step"])
         self.reset_report = json.loads(state.get("reset_report", "{}"))
         if "stats" in state:
             inverter.last_stats = EStepStats(**state["stats"])
@@ -451,50 +351,6 @@ class BIBAU(Defense):
                 candidate_asr=report["candidate_asr"],
                 history=report["history"],
             )
-
-
-def interpolate(objective: ContrastiveObjective, model: nn.Module, coefficient: float) -> dict[str, torch.Tensor]:
-    """The image parameters of ``w_ref + coefficient (w - w_ref)`` (``w_ref``: the frozen starting model in
-    ``objective.context.reference``), by name, differentiable in the current ``w`` (for
-    :meth:`ContrastiveObjective.image_outputs`)."""
-    reference = dict(unwrap(objective.context.reference, objective.kind).named_parameters())
-    named = dict(unwrap(model, objective.kind).named_parameters())
-    image = {id(parameter) for parameter in objective.image_parameters(model)}
-    return {
-        name: reference[name].detach() + coefficient * (value - reference[name].detach())
-        for name, value in named.items()
-        if id(value) in image and value.requires_grad
-    }
-
-
-def relearned_outputs(
-    objective: ContrastiveObjective,
-    model: nn.Module,
-    triggered: torch.Tensor,
-    own: torch.Tensor,
-    direction: torch.Tensor,
-    scale: torch.Tensor | None,
-    step: float,
-) -> torch.Tensor:
-    """The image outputs of ``triggered`` after one simulated re-poisoning step of the image parameters.
-
-    The step is Adam-like: every image parameter ``w`` moves by ``-step * sign(grad_w L)`` with
-    ``L = -log p_target(T x)`` (the attacker's pull of triggered images toward the target direction ``u``; the
-    captions' features ``own`` and the temperature are held fixed). The sign is a constant, so the returned outputs
-    are differentiable in the *current* parameters (first order, as in first-order MAML): a loss on them tells the
-    unlearning how to move so that the re-poisoned model stays clean. Runs on the unwrapped model: the gradient
-    reaches the parameters through the caller's single backward (DDP synchronises it as usual).
-    """
-    named = dict(unwrap(model, objective.kind).named_parameters())
-    image_parameters = {id(parameter) for parameter in objective.image_parameters(model)}
-    movable = {name: value for name, value in named.items() if id(value) in image_parameters and value.requires_grad}
-    outputs = objective.image_outputs(model, triggered)
-    pull = -torch.log(objective.target_probability(outputs, own, direction, scale).clamp_min(1e-6)).mean()
-    grads = torch.autograd.grad(pull, list(movable.values()), allow_unused=True)
-    moved = {
-        name: value - step * grad.sign() for (name, value), grad in zip(movable.items(), grads) if grad is not None
-    }
-    return objective.image_outputs(model, triggered, moved)
 
 
 register_defense("bibau", BIBAUConfig, BIBAU)

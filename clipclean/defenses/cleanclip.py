@@ -10,7 +10,7 @@ where ``g``/``h`` are the image/text encoders and ``NT-Xent(a, b)`` is the symme
 (positives on the diagonal) at the model's own temperature, as in the authors' code; it is computed with
 open_clip's ``ClipLoss`` so the negatives come from the global batch across processes.
 
-What it assumes: only the clean set ``D`` (no trigger, no target). Reference recipe at scale (method.md section 5):
+What it assumes: only the clean set ``D`` (no trigger, no target). Reference recipe at scale (the paper's):
 100K pairs, batch 64, 10 epochs, lr 1e-5, both towers tuned.
 
 Approximations (documented on purpose):
@@ -34,10 +34,8 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -186,9 +184,6 @@ class CleanCLIP(Defense):
             )
         super().__init__(model, config, context)
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * context.rank)
-        self.steps = 0
-        self.loss_sums: dict[str, float] = {}
-        self.round_reports: list[dict] = []
 
     def augment(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The augmented views ``(aug(x), aug(c))`` of a batch."""
@@ -200,7 +195,7 @@ class CleanCLIP(Defense):
             tokens = augment_tokens(tokens, self.generator, config.token_dropout, config.token_swap)
         return images, tokens
 
-    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
         images, tokens = batch
         augmented_images, augmented_tokens = self.augment(images, tokens)
         image_features, text_features, logit_scale = model(
@@ -216,26 +211,12 @@ class CleanCLIP(Defense):
         losses["loss"] = self.config.clip_weight * losses["clip_clean"] + self.config.unimodal_weight * (
             losses["nt_xent_image"] + losses["nt_xent_text"]
         )
-        self.steps += 1
-        for name, value in losses.items():
-            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + float(value.detach())
         return losses, {}
 
-    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
-        report = {"round": round_index, "steps": self.steps}
-        report.update({f"mean_{name}": total / max(self.steps, 1) for name, total in self.loss_sums.items()})
-        self.round_reports.append(report)
-        self.steps, self.loss_sums = 0, {}
-        return False, report
+    def method_state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
 
-    def summary(self) -> dict:
-        return {"rounds": self.round_reports}
-
-    def state_dict(self) -> dict:
-        return {"round_reports": json.dumps(self.round_reports), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.round_reports = json.loads(state["round_reports"])
+    def load_method_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
 
 

@@ -1,4 +1,4 @@
-"""FT: clean contrastive fine-tuning, the simplest backdoor-removal baseline (method.md section 5).
+"""FT: clean contrastive fine-tuning, the simplest backdoor-removal baseline.
 
 The backdoored CLIP is fine-tuned on the defender's clean image-caption set ``D`` with the CLIP loss only,
 ``L = L_clip(x, c)`` (symmetric InfoNCE over the global batch); the hope is that catastrophic forgetting erases
@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clipclean.defenses.base import Batch, Defense, DefenseConfig, DefenseContext, register_defense
-from clipclean.models import PixelCLIP
+from clipclean.defenses.base import Batch, Defense, DefenseConfig, register_defense
 
 logger = logging.getLogger(__name__)
 
@@ -53,36 +51,18 @@ class Finetune(Defense):
         context: :class:`DefenseContext` (only ``rank``/``world_size`` are used, for the gathered CLIP loss).
     """
 
-    def __init__(self, model: PixelCLIP, config: FinetuneConfig, context: DefenseContext) -> None:
-        super().__init__(model, config, context)
-        self.steps = 0
-        self.round_losses: list[float] = []
-        self.round_reports: list[dict] = []
-
-    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
         images, own = batch
         (outputs,), own, scale = self.objective.forward(model, images, own)
         task_loss = self.objective.task_loss(outputs, own, scale)
-        self.steps += 1
-        self.round_losses.append(float(task_loss.detach()))
         return {f"{self.objective.prefix}_clean": task_loss, "loss": task_loss}, {}
 
-    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
-        mean_loss = sum(self.round_losses) / len(self.round_losses) if self.round_losses else None
-        report = {"round": round_index, "steps": len(self.round_losses), "mean_clip_loss": mean_loss}
-        self.round_reports.append(report)
-        self.round_losses = []
-        return False, report
+    def finish_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
+        # the round's mean task loss under the name FT's round reports have always used (also "mean_loss")
+        return False, {"mean_clip_loss": self.round_mean("loss")}
 
-    def summary(self) -> dict:
-        return {"steps": self.steps, "rounds": self.round_reports}
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "round_reports": json.dumps(self.round_reports)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-        self.round_reports = json.loads(state["round_reports"])
+    def method_summary(self) -> dict:
+        return {"steps": self.steps}
 
 
 register_defense("finetune", FinetuneConfig, Finetune)

@@ -13,7 +13,7 @@ For an image classifier (the paper's own setting) the task loss is the cross-ent
 What it assumes: only the clean set ``D`` (no trigger, no target); a trigger that an L-inf bounded universal
 additive perturbation (:class:`~clipclean.triggers.AdditiveTrigger` on [0, 1] pixels) can emulate well enough.
 
-**Approximation:** this is the *plain alternating* version (method.md section 5): the perturbation is re-solved
+**Approximation:** this is the *plain alternating* version: the perturbation is re-solved
 by projected sign-gradient ascent at the start of every round (warm-started; optionally every
 ``refresh_every`` steps on the current batch) and the model is then updated with ``delta`` held fixed. The
 original's implicit hypergradient (the fixed-point / conjugate-gradient term ``d delta*/d theta``) is **not**
@@ -96,9 +96,6 @@ class IBAU(Defense):
         super().__init__(model, config, context)
         self.trigger = AdditiveTrigger.random(model.image_size, eps=config.eps, seed=config.seed).to(model.device)
         self.inner_reports: list[dict] = []
-        self.round_reports: list[dict] = []
-        self._round_losses: dict[str, list[float]] = {}
-        self._step = 0
 
     def solve_perturbation(self, batches: Iterator[Batch], steps: int) -> dict:
         """``steps`` projected sign-gradient ascent steps of ``delta`` on ``L_clip(x + delta, c)``, model frozen.
@@ -128,12 +125,11 @@ class IBAU(Defense):
         logger.info("I-BAU round %d inner maximisation: %s", round_index, report)
         return {"inner": report}
 
-    def forward(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
         images, own = batch
         refresh = self.config.refresh_every
-        if refresh and self._step > 0 and self._step % refresh == 0:
+        if refresh and self.steps > 0 and self.steps % refresh == 0:
             self.solve_perturbation(iter([batch] * self.config.inner_steps), self.config.inner_steps)
-        self._step += 1
         with torch.no_grad():
             perturbed = self.trigger.apply(images).detach()
         objective = self.objective
@@ -144,46 +140,28 @@ class IBAU(Defense):
             perturbed_name: objective.task_loss(perturbed_out, own, scale),
         }
         losses["loss"] = losses[clean_name] + self.config.perturbed_weight * losses[perturbed_name]
-        for name, value in losses.items():
-            self._round_losses.setdefault(name, []).append(float(value.detach()))
         return losses, {}
 
-    def end_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
-        report = {"round": round_index, "perturbation_linf": self.perturbation_linf()}
-        report.update({f"mean_{name}": sum(v) / len(v) for name, v in self._round_losses.items()})
-        self.round_reports.append(report)
-        self._round_losses = {}
-        return False, report
+    def finish_round(self, round_index: int, batches: Iterable[Batch]) -> tuple[bool, dict]:
+        return False, {"perturbation_linf": self.perturbation_linf()}
 
     def perturbation_linf(self) -> float:
         """``||delta||_inf`` (at most ``eps``)."""
         return float(self.trigger.delta.detach().abs().max())
 
-    def summary(self) -> dict:
-        return {
-            "eps": self.config.eps,
-            "perturbation_linf": self.perturbation_linf(),
-            "inner": self.inner_reports,
-            "rounds": self.round_reports,
-        }
+    def method_summary(self) -> dict:
+        return {"eps": self.config.eps, "perturbation_linf": self.perturbation_linf(), "inner": self.inner_reports}
 
     def trigger_for_report(self) -> AdditiveTrigger:
         return self.trigger
 
-    def state_dict(self) -> dict:
-        return {
-            "delta": self.trigger.delta.detach().cpu(),
-            "inner_reports": json.dumps(self.inner_reports),
-            "round_reports": json.dumps(self.round_reports),
-            "step": self._step,
-        }
+    def method_state_dict(self) -> dict:
+        return {"delta": self.trigger.delta.detach().cpu(), "inner_reports": json.dumps(self.inner_reports)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_method_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.trigger.delta.copy_(state["delta"].to(self.trigger.delta.device))
         self.inner_reports = json.loads(state["inner_reports"])
-        self.round_reports = json.loads(state["round_reports"])
-        self._step = int(state["step"])
 
 
 register_defense("ibau", IBAUConfig, IBAU)

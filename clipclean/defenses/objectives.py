@@ -11,10 +11,10 @@ piece                       CLIP (:class:`ContrastiveObjective`)         classif
 ``push_off(out, own, u)``   ``relu(cos(g(T x), u))``                     ``sum_{k != y} r_k p(k | T x)``
 ``target_probability``      ``softmax(s g [u, h(c_1..B)])[0]``           ``sum_{k != y} r_k p(k | x)``
 ``image_parameters``        the image tower                              the whole network
-``image_outputs(m, x, P)``  ``g(x)`` with parameters ``P`` swapped in    logits with parameters ``P`` swapped in
 ==========================  ===========================================  ==========================================
 
-so BI-BAU's classifier loss is method.md section 4's ``CE(f(T x), y) + CE(f(x), y) + gamma KL(f_ref(x) || f(x))``
+so BI-BAU's classifier loss is ``CE(f(T x), y) + CE(f(x), y) + gamma KL(f_ref(x) || f(x))`` (docs/method.md, "Image
+classifiers: the degenerate case")
 (plus clipclean's push-off and triggered-distillation terms, weights ``beta`` and ``delta``).
 
 Example::
@@ -68,7 +68,6 @@ class ContrastiveObjective:
     default_anchor_weight = 20.0  # BI-BAU's gamma on the squared distance of unit image embeddings
     default_reset_fraction = 0.25  # BI-BAU's unit reset (measured on the digits CLIPs, benchmarks/README.md)
     default_stop_early = False  # BI-BAU runs every EM round (the early stop left BadNet removal superficial)
-    kind: type[PixelModel] = PixelCLIP
 
     def __init__(self, context: DefenseContext) -> None:
         self.context = context
@@ -103,16 +102,6 @@ class ContrastiveObjective:
     def image_parameters(model: PixelModel) -> list[nn.Parameter]:
         return list(unwrap(model).model.visual.parameters())
 
-    def image_outputs(
-        self, model: nn.Module, images: torch.Tensor, parameters: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """The image outputs (a CLIP's unit ``g(x)``, a classifier's logits) of the *unwrapped* model, with the named
-        ``parameters`` (names as in ``unwrap(model).named_parameters()``) swapped in for this call only
-        (``torch.func.functional_call``), so a loss on them is differentiable through the swapped-in tensors."""
-        base = unwrap(model, self.kind)
-        outputs = torch.func.functional_call(base, parameters or {}, (images,), strict=False)
-        return (outputs[0] if isinstance(outputs, tuple) else outputs).float()
-
 
 class ClassificationObjective(ContrastiveObjective):
     """An :class:`~clipclean.classifiers.ImageClassifier`'s pieces (see the module table); ``own`` is labels ``(B,)``
@@ -122,7 +111,6 @@ class ClassificationObjective(ContrastiveObjective):
     default_anchor_weight = 5.0  # BI-BAU's gamma on KL(f_ref(x) || f(x))
     default_reset_fraction = 0.0  # the unit reset was measured on CLIPs only
     default_stop_early = True  # the CNN settings of benchmarks/classifier.md stop when the trigger no longer hijacks
-    kind = ImageClassifier
 
     def forward(self, model: nn.Module, images: torch.Tensor, own: torch.Tensor, parts: int = 1):
         return model(images).float().chunk(parts), own.to(images.device).long(), None
