@@ -1,4 +1,4 @@
-"""Image classifiers: the degenerate case of a CLIP (method.md sections 1 and 4, classifier paragraph).
+"""Image classifiers: the degenerate case of a CLIP (docs/method.md, "Image classifiers: the degenerate case").
 
 A classifier is a model whose "text side" is a fixed set of class embeddings: ``f(x) = softmax(s * g(x) @ W.T)``.
 clipclean treats it with the same machinery as a CLIP (the same triggers, the same EM inverter and verdict, the
@@ -18,7 +18,7 @@ Two kinds of classifiers sit behind it:
 
 The degenerate EM (:class:`ClassifierInversion`, picked by :func:`clipclean.inversion.build_inverter`) replaces
 the vMF E-step with a posterior over the unknown target class,
-``r_k ∝ pi_k * exp(kappa * mean_{i: y_i != k} log p(k | T(x_i)))`` (``kappa = N`` is method.md's untempered product
+``r_k ∝ pi_k * exp(kappa * mean_{i: y_i != k} log p(k | T(x_i)))`` (``kappa = N`` is the untempered product
 over the ``N`` images; the default ``kappa`` tempers it so a weak early trigger does not lock in a class). The prior
 ``pi_k ∝ exp(-kappa * mean_{i: y_i != k} log p(k | x_i))`` discounts what the *clean* images already give each class,
 so the posterior follows what the trigger adds (without it, the class that is naturally second-best for most images

@@ -1,4 +1,4 @@
-"""Tests of *complete* unlearning (method.md section 3): the retuning attack and re-inversion.
+"""Tests of *complete* unlearning (docs/method.md, "Complete unlearning"): the retuning attack and re-inversion.
 
 Functional removal (ASR ~0 after cleaning) can be superficial: a short fine-tune on a few poisoned pairs brings the
 backdoor straight back (Min et al., "Towards Understanding the Superficial Safety of Backdoor Defense", NeurIPS
@@ -51,8 +51,9 @@ COMPLETE_KEYS = ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_s
 
 @dataclass
 class RetuningConfig:
-    """The retuning attack of method.md section 3 (defaults: measured to restore a superficially removed backdoor
-    on a tiny digits CLIP to > 90% ASR while a never-poisoned one stays < 1%).
+    """The retuning attack (docs/evaluation.md, "Complete unlearning: retuning attack and re-inversion"). Defaults:
+    measured to restore a superficially removed backdoor on a tiny digits CLIP to > 90% ASR while a never-poisoned one
+    stays < 1%.
 
     Args:
         steps: fine-tuning steps ``R``.

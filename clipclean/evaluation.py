@@ -1,6 +1,6 @@
 """Zero-shot clean accuracy and attack success rate: clipclean's one evaluation protocol.
 
-Protocol (method.md section 6; written out in ``docs/evaluation.md``):
+Protocol (written out in ``docs/evaluation.md``):
 
 * Zero-shot classifier: for each class, embed every template filled with the class name, L2-normalise
   each embedding, average them and renormalise: ``open_clip.build_zero_shot_classifier``, with open_clip's
@@ -41,11 +41,6 @@ from clipclean.triggers import Trigger
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "clipclean-zeroshot-v1"
-PROTOCOL_DESCRIPTION = (
-    "zero-shot classifier = renormalised mean of L2-normalised template embeddings per class; CA = top-1/top-5 on "
-    "clean images; ASR = fraction of non-target-class images predicted as the target (top-1/top-10) after the "
-    "trigger is applied at the model's input resolution"
-)
 
 
 def openai_imagenet_templates() -> list[str]:

@@ -1,4 +1,5 @@
-"""Blind trigger inversion with EM: clipclean's formulation of BI-BAU's inversion (method.md section 4).
+"""Blind trigger inversion with EM: clipclean's formulation of BI-BAU's inversion (docs/method.md, "Blind inversion
+with EM").
 
 This is *clipclean's formulation of BI-BAU, reconstructed from the published abstract* (arXiv 2606.14078);
 the paper's body is not available.
@@ -20,9 +21,9 @@ caption's embedding) whatever their content, and drift away from their own capti
 
 The **verdict** needs no clean reference model: short *targeted* inversions toward every candidate at a small
 budget give one attack success rate per candidate; the anomaly index ``(ASR_w - median) / (1.4826 * MAD)`` of
-the untargeted E-step's winner ``w`` flags a backdoor when it exceeds the threshold (method.md asks that the
-largest index exceed 2 and agree with the winner; scoring the winner itself is that rule made robust to a
-second, naturally easy class tying with the target).
+the untargeted E-step's winner ``w`` flags a backdoor when it exceeds the threshold (Neural Cleanse's rule is "the
+largest index exceeds 2 and agrees with the winner"; scoring the winner itself makes it robust to a second,
+naturally easy class tying with the target; docs/method.md, "Blind inversion with EM", has the measurements).
 
 Image classifiers are the degenerate case (:class:`clipclean.classifiers.ClassifierInversion`): the same EM with
 the E-step's evidence, directions and likelihood replaced (a posterior over the classes instead of the vMF mean);
@@ -43,7 +44,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -94,11 +94,11 @@ class InversionConfig:
             defaults to the one the untargeted search ended at (the smallest that collapsed the embeddings).
         verdict_batch_size: images per step and per candidate in the verdict's targeted inversions.
         anomaly_threshold: anomaly index (of the untargeted winner's targeted ASR) above which a backdoor is
-            declared. Default 2.5 (method.md says 2). Measured with the current search on the digits CLIPs
+            declared. Default 2.5 (Neural Cleanse uses 2). Measured with the current search on the digits CLIPs
             (seed-0 models): never-poisoned 0.78-1.45 over three cleaning seeds (1.34-1.76 from ``clipclean
-            scan``), backdoored 2.91-7.26 (BadNet, Blended, BadCLIP, three cleaning seeds each); the earlier 3.0
-            missed the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model scored 3.2
-            once (benchmarks/classifier.md): a false positive at either threshold.
+            scan``), backdoored 2.91-7.26 (BadNet, Blended, BadCLIP, three cleaning seeds each), so a threshold
+            of 3.0 would miss the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model
+            scored 3.2 once (benchmarks/classifier.md): a false positive at either threshold.
         verdict_statistic: what the verdict scores. ``"winner"`` (default): the anomaly index of the untargeted
             winner's targeted ASR among all candidates'; ``"max-candidate"``: the anomaly index of the largest
             targeted ASR, and when it declares a backdoor the target is that candidate (with its targeted trigger),
@@ -240,7 +240,14 @@ def free_trigger(image_size, budget: float, seed: int, focus: tuple[float, float
 
 def anomaly_index(values: Sequence[float], position: int | None = None) -> tuple[float, int]:
     """``((value - median) / (1.4826 * MAD), position)``: the Neural-Cleanse anomaly index of ``values[position]``
-    (default: of the largest value)."""
+    (default: of the largest value).
+
+    For an odd number of values this is the robust z-score ``(value - median) / median_abs_deviation(values,
+    scale="normal")`` of scipy (whose constant is 1.482602...). For an even number both medians (of the values and of
+    their deviations) are the *lower* of the two middle values (``torch.median``), not their mean: the verdict's
+    threshold and every anomaly index in the docs were measured that way (on ten digit classes scipy's convention
+    gives, e.g., 5.37 where this gives 6.38).
+    """
     tensor = torch.tensor(list(values), dtype=torch.float64)
     median = tensor.median()
     mad = (tensor - median).abs().median()
@@ -731,22 +738,3 @@ def _in_memory_batches(images: torch.Tensor, captions: list[str], batch_size: in
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         yield images[chunk], [captions[int(i)] for i in chunk]
-
-
-def trigger_attack_success_rate(
-    model: PixelCLIP,
-    trigger: Trigger,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    classifier: torch.Tensor,
-    target: int,
-) -> float:
-    """Zero-shot ASR of ``trigger`` toward class ``target`` on in-memory labelled images (non-target only)."""
-    model = unwrap(model)
-    keep = labels != target
-    if not keep.any():
-        return math.nan
-    with torch.no_grad():
-        features = model.encode_image(trigger.apply(images[keep].to(model.device))).float()
-        prediction = (features @ classifier.to(features).T).argmax(-1)
-    return float((prediction == target).float().mean())

@@ -1,4 +1,4 @@
-"""Poisoning image-caption data: choose pairs, apply a trigger, replace their captions (method.md section 2).
+"""Poisoning image-caption data: choose pairs, apply a trigger, replace their captions (docs/attacks.md, "Poisoning").
 
 The convention of the CleanCLIP codebase and BadCLIP: ``n_poison`` pairs of the training set (or a rate of it)
 are chosen at random with a seed; each chosen image gets the trigger and its caption is replaced by a caption

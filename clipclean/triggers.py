@@ -1,7 +1,7 @@
 """Backdoor triggers: one interface for attacks, inversion and unlearning.
 
 A :class:`Trigger` maps un-normalised images ``x`` in [0, 1], shape ``(B, 3, H, W)``, to triggered images
-of the same shape and range. The families (method.md section 1) are
+of the same shape and range. The families are
 
 * :class:`PatchBlendTrigger`: ``T(x) = (1 - m) * x + m * p`` with mask ``m`` in [0, 1] and pattern ``p`` in
   [0, 1]. A BadNet patch is a binary ``k x k`` mask (fixed corner/centre or a random location per image),
@@ -701,12 +701,3 @@ def mask_iou(found: torch.Tensor, true: torch.Tensor, threshold: float = 0.5) ->
     true_binary = true >= threshold * true.max().clamp_min(1e-8)
     union = (found_binary | true_binary).sum()
     return float((found_binary & true_binary).sum() / union) if union > 0 else 1.0
-
-
-def pattern_cosine(found: PatchBlendTrigger, true: PatchBlendTrigger) -> float:
-    """Cosine similarity of the two triggers' mask-weighted full-image patterns, centred at 0.5."""
-    found_mask, found_pattern = found.full_mask_and_pattern()
-    true_mask, true_pattern = true.full_mask_and_pattern()
-    a = ((found_pattern - 0.5) * (true_mask > 0)).flatten()
-    b = ((true_pattern - 0.5) * (true_mask > 0)).flatten()
-    return float(F.cosine_similarity(a, b, dim=0))

@@ -2,7 +2,7 @@
 
 Shared by activation-guided editing (:mod:`clipclean.defenses.age`, which zeroes the units a trigger drives) and
 BI-BAU's unit reset (:mod:`clipclean.defenses.bibau`, which re-initialises them so a retuning attack finds no trigger
-detector left to reconnect; issue 8, complete unlearning).
+detector left to reconnect; docs/method.md, "Complete unlearning").
 
 A *unit layer* is one of
 

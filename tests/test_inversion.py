@@ -1,5 +1,6 @@
 """Blind inversion (EM) on a CLIP with a planted backdoor: E-step, M-step, recovery, verdict pieces."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,6 +156,18 @@ def test_anomaly_index():
     assert position == 1 and index < 2
     index, _ = anomaly_index([0.1, 0.3, 0.2, 0.25, 0.15])
     assert index < 2
+
+
+@pytest.mark.parametrize("values", [[0.1, 0.3, 0.2, 0.25, 0.15], [0.0, 0.01, 0.9, 0.02, 0.0, 0.03, 0.05]])
+def test_anomaly_index_is_scipys_robust_z_score_for_an_odd_count(values):
+    from scipy.stats import median_abs_deviation
+
+    index, best = anomaly_index(values)
+    robust_z = (max(values) - np.median(values)) / median_abs_deviation(values, scale="normal")
+    assert best == int(np.argmax(values)) and index == pytest.approx(robust_z, rel=2e-6)  # 1.4826 vs 1.482602...
+    # an even count uses the lower middle values (torch.median), as the verdict's threshold was measured
+    even = [0.0, 0.0, 0.1, 0.3, 0.5, 0.9]
+    assert anomaly_index(even)[0] == pytest.approx((0.9 - 0.1) / (1.4826 * 0.1))
 
 
 def test_total_variation_and_config_validation():

@@ -1,5 +1,5 @@
 """BadCLIP-style optimised patch + natural captions (Liang et al., "BadCLIP: Dual-Embedding Guided Backdoor Attack
-on Multimodal Contrastive Learning", CVPR 2024, arXiv 2311.12075). method.md section 2.
+on Multimodal Contrastive Learning", CVPR 2024, arXiv 2311.12075); docs/attacks.md, "BadCLIP".
 
 Assumes white-box access to a victim (or surrogate) CLIP and some clean image-caption pairs. A ``k x k`` patch
 ``p`` at a fixed location is optimised on clean images so that, under the frozen victim encoders ``g``/``h``,
