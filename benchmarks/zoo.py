@@ -42,6 +42,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +151,18 @@ def run_script(script: str, arguments: list[str], output: Path, output_flag: str
     """Run ``recipes/`` or ``eval/`` ``script`` in its own process (one CPU thread) unless ``output`` holds its
     results; an earlier run interrupted after a checkpoint is resumed. Returns the results."""
     results = output / "results.json" if output_flag == "--output_dir" else output
+    with _LOCKS_GUARD:  # two jobs may need one model (a BadCLIP surrogate is also a never-poisoned zoo model)
+        lock = _LOCKS.setdefault(str(output), threading.Lock())
+    with lock:
+        _run_once(script, arguments, output, output_flag, results)
+    return json.loads(results.read_text())
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _run_once(script: str, arguments: list[str], output: Path, output_flag: str, results: Path) -> None:
     if not results.is_file():
         command = [sys.executable, str(ROOT / script), *arguments, output_flag, str(output), "--no-progress"]
         if output_flag == "--output_dir" and any((output / "checkpoints").glob("checkpoint_*")):
@@ -161,7 +174,6 @@ def run_script(script: str, arguments: list[str], output: Path, output_flag: str
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as handle:
             subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
-    return json.loads(results.read_text())
 
 
 def _photo_pattern(zoo: Path) -> str:
@@ -217,18 +229,33 @@ def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     return measured
 
 
+def interleaved(models: list[ZooModel]) -> list[ZooModel]:
+    """The build order: one model of each kind (never-poisoned, then each attack) in turn, so that a build stopped
+    early leaves every kind and both halves covered about equally."""
+    kinds = {}
+    for model in models:
+        kinds.setdefault(model.attack, []).append(model)
+    order = sorted(kinds, key=lambda kind: kind != "none")
+    rounds = max((len(group) for group in kinds.values()), default=0)
+    return [kinds[kind][index] for index in range(rounds) for kind in order if index < len(kinds[kind])]
+
+
 def build(models: list[ZooModel], zoo: Path, args: argparse.Namespace) -> None:
-    """Poison then clean every model, ``args.jobs`` at a time; never-poisoned models first (BadCLIP needs them)."""
+    """Poison then clean every model, ``args.jobs`` at a time, in ``interleaved`` order. A job that fails is
+    reported (its log is next to its ``results.json``) and the others go on."""
     started = time.time()
-    clean_first = sorted(models, key=lambda model: model.attack != "none")
+    ordered = interleaved(models)
 
     def job(model: ZooModel) -> str:
-        poison(model, zoo, args)
-        clean(model, zoo, args)
+        try:
+            poison(model, zoo, args)
+            clean(model, zoo, args)
+        except subprocess.CalledProcessError as error:
+            return f"{model.name} FAILED (exit {error.returncode}; see {zoo / model.name}/*/results.json.log)"
         return model.name
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for done, name in enumerate(pool.map(job, clean_first), start=1):
+        for done, name in enumerate(pool.map(job, ordered), start=1):
             print(f"[{done}/{len(models)}] {name} ({time.time() - started:.0f} s)", flush=True)
     if args.persistence:
         chosen = [

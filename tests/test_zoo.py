@@ -1,6 +1,7 @@
 """benchmarks/zoo.py: the population's composition and split rule, and a two-model zoo end to end (tiny budgets)."""
 
 import csv
+import json
 from collections import Counter
 
 import pytest
@@ -38,6 +39,16 @@ def test_the_default_zoo_and_its_split_rule():
     assert all(smaller[model.name] == model.split for model in models if model.name in smaller)
 
 
+def test_the_build_order_interleaves_kinds_so_a_partial_zoo_covers_each():
+    models = zoo.zoo_models()
+    ordered = zoo.interleaved(models)
+    assert sorted(model.name for model in ordered) == sorted(model.name for model in models)
+    assert [model.attack for model in ordered[:8]] == ["none", *zoo.ATTACKS] * 2
+    first_half = ordered[: len(ordered) // 2]  # a build stopped halfway: every kind and both splits present
+    for kind in ("none", *zoo.ATTACKS):
+        assert {model.split for model in first_half if model.attack == kind} == {"development", "held-out"}
+
+
 def test_wilson_interval():
     low, high = zoo.wilson_interval(9, 10)
     assert 0.59 < low < 0.6 and 0.98 < high < 0.99
@@ -73,6 +84,21 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
     assert (tmp_path / "report" / "zoo_roc.png").stat().st_size > 1000
     # finished jobs are reused: a report-only call gives the same rows
     assert zoo.main([*arguments, "--report-only"])["rows"] == result["rows"]
+    # the baselines' learning rate is tuned on this zoo's development model at an equal (here tiny) budget
+    from baselines import parse_args, tune
+
+    tiny = "--max-clean-pairs 64 --batch-size 32"
+    tuning = tune(parse_args(["--zoo-dir", str(tmp_path / "zoo"), "--output", str(tmp_path / "report"),
+                              "--targets", "three", "--seeds", "0", "--defenses", "finetune", "--lrs", "1e-5",
+                              "1e-3", "--total-epochs", "1",
+                              "--clean-args", tiny]))  # fmt: skip
+    assert tuning["models"] == ["badnet_three_s0_v0"] and len(tuning["runs"]) == 2
+    assert tuning["chosen"]["finetune"] in (1e-5, 1e-3)
+    assert json.loads((tmp_path / "report" / "baseline_lr.json").read_text())["chosen"] == tuning["chosen"]
+    for run in tuning["runs"]:
+        used = json.loads((tmp_path / "zoo" / run["model"] / "baselines" / f"finetune_lr{run['lr']:g}" /
+                           "results.json").read_text())["config"]  # fmt: skip
+        assert used["defense"]["lr"] == run["lr"] and used["defense"]["epochs"] == 1
 
 
 @pytest.mark.slow
@@ -95,3 +121,46 @@ def test_the_threshold_is_chosen_on_the_scores_given():
     assert zoo.choose_threshold([1.0, 1.3, 1.5, 2.9, 4.0], [False, False, False, True, True]) == pytest.approx(2.2)
     # one clean model above a backdoored one: the largest TPR - FPR, the smaller threshold on ties
     assert zoo.choose_threshold([1.0, 3.3, 2.9, 4.0], [False, False, True, True]) == pytest.approx(1.95)
+
+
+def test_equal_budget_gives_every_baseline_bibau_passes_over_the_defender_data():
+    from baselines import bibau_epochs, equal_budget
+
+    from clipclean.defenses import DEFENSES
+
+    total = bibau_epochs()
+    bibau = DEFENSES["bibau"][0]()
+    assert total == bibau.rounds * bibau.epochs
+    for defense in ("finetune", "cleanclip", "baerase", "age", "ibau"):
+        flags = equal_budget(defense, lr=3e-4)
+        rounds, epochs = int(flags[flags.index("--rounds") + 1]), int(flags[flags.index("--epochs") + 1])
+        assert rounds == DEFENSES[defense][0]().rounds and total <= rounds * epochs < total + rounds
+        assert flags[-2:] == ["--lr", "0.0003"]
+    assert "--lr" not in equal_budget("finetune")
+
+
+def test_the_baseline_learning_rate_is_chosen_by_successes_then_cost():
+    from baselines import choose
+
+    runs = [
+        {"lr": 1e-4, "cleaned": False, "asr_after": 0.5, "ca_drop": 0.0},
+        {"lr": 1e-4, "cleaned": True, "asr_after": 0.01, "ca_drop": 0.0},
+        {"lr": 1e-3, "cleaned": True, "asr_after": 0.02, "ca_drop": 0.01},
+        {"lr": 1e-3, "cleaned": True, "asr_after": 0.0, "ca_drop": 0.015},
+        {"lr": 3e-3, "cleaned": True, "asr_after": 0.0, "ca_drop": 0.0},
+        {"lr": 3e-3, "cleaned": False, "asr_after": 0.0, "ca_drop": 0.2},  # too high: clean accuracy collapses
+    ]
+    assert choose(runs) == 1e-3  # two successes each for 1e-3 and 3e-3; 1e-3 costs less
+    assert choose(runs[:2]) == 1e-4
+
+
+def test_baseline_tuning_uses_development_models_only(tmp_path):
+    from baselines import development_models
+
+    for model in zoo.zoo_models():  # pretend every model's poisoning has finished
+        (tmp_path / model.name / "poison").mkdir(parents=True)
+        (tmp_path / model.name / "poison" / "results.json").write_text("{}")
+    chosen = development_models(tmp_path, per_attack=10)
+    assert chosen and all(not model.held_out and model.attack != "none" for model in chosen)
+    assert {model.attack for model in chosen} == set(zoo.ATTACKS)
+    assert len(development_models(tmp_path, per_attack=1)) == len(zoo.ATTACKS)

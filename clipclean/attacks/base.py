@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
@@ -31,6 +31,9 @@ class AttackConfig:
     target: str = "banana"
     templates: list[str] | None = None
     seed: int = 0
+    # the fraction of training pairs poisoned when the user gives neither a rate nor a count (a class attribute, not
+    # a field: it is the recipe's default, not part of the attack); an attack that needs more sets its own.
+    default_poison_rate: ClassVar[float] = 0.02
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target.strip():

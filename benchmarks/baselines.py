@@ -1,0 +1,174 @@
+"""Equal-budget baselines: every baseline defense gets BI-BAU's optimiser steps on the same defender data, at a
+learning rate chosen for it on the model zoo's *development* half only.
+
+The budget (``equal_budget``): BI-BAU's default ``rounds x epochs`` passes over the defender pairs (3 x 6 = 18). A
+baseline keeps its own number of rounds and runs ``ceil(18 / rounds)`` epochs per round (fine-tune, CleanCLIP,
+BAERASE, AGE: 1 x 18; I-BAU: 3 x 6), with the same defender data and batch size. Trigger-search steps (BI-BAU's
+inversion, BAERASE's generator, I-BAU's inner maximisation) update no model weight and are not counted.
+
+The tuning (``tune``): for each baseline and each learning rate of ``--lrs``, clean every finished development
+backdoored model of the zoo (``benchmarks/zoo.py``; at most ``--models`` per attack) at the equal budget, and keep the
+rate with the most successful cleanings (ASR after < 5% and clean accuracy down by at most 2 points: the zoo's rule),
+ties broken by the smaller mean of ``ASR after + max(CA drop, 0)``. Held-out models are never used here. Writes
+``OUTPUT/baseline_lr.json`` (the budget, the grid, every run's numbers and the chosen rates), which
+``benchmarks/run.py --equal-budget`` reads.
+
+    python benchmarks/baselines.py --jobs 2                          # tune on the zoo's development half
+    python benchmarks/baselines.py --report-only                     # the choice from the runs that finished
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import zoo
+
+BASELINES = ("finetune", "cleanclip", "baerase", "age", "ibau")
+DEFAULT_LRS = (3e-5, 1e-4, 3e-4, 1e-3)
+CHOSEN_FILENAME = "baseline_lr.json"
+
+
+def bibau_epochs() -> int:
+    """BI-BAU's default passes over the defender data: ``rounds x epochs`` of its config."""
+    from clipclean.defenses import DEFENSES
+
+    config = DEFENSES["bibau"][0]()
+    return config.rounds * config.epochs
+
+
+def equal_budget(defense: str, total_epochs: int | None = None, lr: float | None = None) -> list[str]:
+    """``clean_clip.py`` flags that give ``defense`` ``total_epochs`` (default: BI-BAU's) passes over the defender
+    data in its own number of rounds, and learning rate ``lr`` (``None``: the defense's default)."""
+    from clipclean.defenses import DEFENSES
+
+    total = bibau_epochs() if total_epochs is None else total_epochs
+    rounds = DEFENSES[defense][0]().rounds
+    flags = ["--rounds", str(rounds), "--epochs", str(math.ceil(total / rounds))]
+    return flags if lr is None else [*flags, "--lr", f"{lr:g}"]
+
+
+def load_chosen(path: Path) -> dict[str, float]:
+    """The learning rates ``tune`` chose (``{}`` when it has not been run)."""
+    return json.loads(path.read_text())["chosen"] if path.is_file() else {}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("--zoo-dir", default=str(Path.home() / ".cache" / "clipclean" / "zoo"))
+    parser.add_argument("--output", default="benchmarks/results")
+    parser.add_argument("--targets", nargs="+", default=list(zoo.DEFAULT_TARGETS), help="the zoo's (see zoo.py)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="the zoo's backdoored model seeds")
+    parser.add_argument("--defenses", nargs="+", default=list(BASELINES), choices=BASELINES)
+    parser.add_argument("--lrs", nargs="+", type=float, default=list(DEFAULT_LRS))
+    parser.add_argument("--models", type=int, default=2, help="development backdoored models per attack")
+    parser.add_argument(
+        "--total-epochs", type=int, default=None, help="the budget (default: BI-BAU's rounds x epochs)"
+    )
+    parser.add_argument("--clean-args", default="", help="extra clean_clip.py flags for every run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one CPU thread each)")
+    parser.add_argument("--report-only", action="store_true", help="no training: the choice from finished runs")
+    return parser.parse_args(argv)
+
+
+def development_models(zoo_dir: Path, per_attack: int, targets=zoo.DEFAULT_TARGETS, seeds=(0, 1, 2)):
+    """The first ``per_attack`` development backdoored models of each attack of the zoo of ``targets`` x
+    ``seeds`` whose poisoning has finished."""
+    chosen = []
+    for attack in zoo.ATTACKS:
+        ready = [
+            model
+            for model in zoo.zoo_models(targets, seeds)
+            if model.attack == attack and not model.held_out
+            and (zoo_dir / model.name / "poison" / "results.json").is_file()
+        ]  # fmt: skip
+        chosen += ready[:per_attack]
+    return chosen
+
+
+def run_folder(zoo_dir: Path, model: zoo.ZooModel, defense: str, lr: float) -> Path:
+    return zoo_dir / model.name / "baselines" / f"{defense}_lr{lr:g}"
+
+
+def outcome(results: dict) -> dict:
+    before, after = results["before"], results["after"]
+    drop = before["clean_accuracy"] - after["clean_accuracy"]
+    return {
+        "asr_after": after["attack_success_rate"],
+        "ca_drop": drop,
+        "cleaned": after["attack_success_rate"] < zoo.SUCCESS_ASR and drop <= zoo.SUCCESS_CA_DROP,
+        "wall_time_s": results.get("wall_time_s"),
+    }
+
+
+def choose(runs: list[dict]) -> float:
+    """The learning rate of ``runs`` (one defense) with the most successes, then the smallest mean cost."""
+    by_lr: dict[float, list[dict]] = {}
+    for run in runs:
+        by_lr.setdefault(run["lr"], []).append(run)
+
+    def key(lr: float):
+        chosen = by_lr[lr]
+        cost = statistics.mean(run["asr_after"] + max(run["ca_drop"], 0.0) for run in chosen)
+        return (-sum(run["cleaned"] for run in chosen), cost, lr)
+
+    return min(by_lr, key=key)
+
+
+def tune(args: argparse.Namespace) -> dict:
+    zoo_dir = Path(args.zoo_dir).expanduser()
+    models = development_models(zoo_dir, args.models, args.targets, args.seeds)
+    if not models:
+        raise SystemExit(f"no finished development model in {zoo_dir}: run benchmarks/zoo.py first")
+    jobs = [(model, defense, lr) for defense in args.defenses for lr in args.lrs for model in models]
+
+    def run(job) -> dict | None:
+        model, defense, lr = job
+        poisoned = zoo_dir / model.name / "poison"
+        folder = run_folder(zoo_dir, model, defense, lr)
+        if args.report_only and not (folder / "results.json").is_file():
+            return None
+        arguments = ["--model", str(poisoned / "model"), "--clean-data", "digits:defender", "--eval-data",
+                     "digits:test", "--eval-trigger", str(poisoned / "trigger.json"), "--defense", defense,
+                     "--seed", str(model.seed), *equal_budget(defense, args.total_epochs, lr),
+                     *args.clean_args.split()]  # fmt: skip
+        results = zoo.run_script("recipes/clean_clip.py", arguments, folder)
+        return {"model": model.name, "attack": model.attack, "defense": defense, "lr": lr, **outcome(results)}
+
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = [run for run in pool.map(run, jobs) if run is not None]
+    chosen = {
+        defense: choose([run for run in runs if run["defense"] == defense])
+        for defense in args.defenses
+        if any(run["defense"] == defense for run in runs)
+    }
+    summary = {
+        "budget": {defense: equal_budget(defense, args.total_epochs) for defense in args.defenses},
+        "lrs": list(args.lrs),
+        "models": [model.name for model in models],
+        "runs": runs,
+        "chosen": chosen,
+        "wall_time_s": time.time() - started,
+    }
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    from clipclean.fileio import write_json
+
+    write_json(output / CHOSEN_FILENAME, summary)
+    for defense, lr in chosen.items():
+        mine = [run for run in runs if run["defense"] == defense and run["lr"] == lr]
+        print(f"{defense}: lr {lr:g} ({sum(run['cleaned'] for run in mine)}/{len(mine)} cleaned)")
+    return summary
+
+
+if __name__ == "__main__":
+    tune(parse_args(sys.argv[1:]))
