@@ -21,13 +21,15 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from clipclean.errors import ClipcleanError
 
-__all__ = ["Registry", "UnknownNameError", "build_config"]
+__all__ = ["Registry", "UnknownNameError", "build_config", "import_modules"]
 
 Key = TypeVar("Key")
 Value = TypeVar("Value")
@@ -122,3 +124,10 @@ def build_config(config_class: type, overrides: Mapping[str, Any] | None = None,
         owner = what or config_class.__name__
         raise UnknownNameError(f"{owner} has no option(s) {unknown}; options: {options}")
     return config_class(**given)
+
+
+def import_modules(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (its ``__name__`` and ``__path__``), so each method file registers itself
+    when the package is imported: adding a method is adding a file."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")

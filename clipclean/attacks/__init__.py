@@ -25,9 +25,6 @@ A new attack is one file in this package with a config dataclass (subclass of ``
 it, so nothing else is edited.
 """
 
-import importlib
-import pkgutil
-
 from clipclean.attacks.base import (
     ATTACKS,
     Attack,
@@ -40,10 +37,9 @@ from clipclean.attacks.base import (
     make_attack_config,
     register_attack,
 )
+from clipclean.registry import import_modules
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-del _module
+import_modules(__name__, __path__)
 
 from clipclean.attacks.badclip import BadCLIPConfig, optimize_badclip_patch  # noqa: E402
 from clipclean.attacks.badnet import BadNetConfig  # noqa: E402

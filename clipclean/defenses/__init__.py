@@ -5,9 +5,6 @@ Importing this package imports every module in it, and each defense module regis
 here: nothing else is edited.
 """
 
-import importlib
-import pkgutil
-
 from clipclean.defenses.base import (
     DEFENSES,
     Defense,
@@ -16,9 +13,8 @@ from clipclean.defenses.base import (
     build_defense,
     register_defense,
 )
+from clipclean.registry import import_modules
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-del _module
+import_modules(__name__, __path__)
 
 __all__ = ["DEFENSES", "Defense", "DefenseConfig", "DefenseContext", "build_defense", "register_defense"]
