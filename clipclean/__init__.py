@@ -5,39 +5,46 @@ Import what you need from the submodules; the most common entry points are re-ex
     from clipclean import load_clip, save_pretrained, load_trigger, evaluate_zeroshot
 """
 
-from clipclean.models import ModelLoadError, PixelCLIP, load_clip, register_model_configs, unwrap
-from clipclean.triggers import (
-    AdditiveTrigger,
-    IdentityTrigger,
-    PatchBlendTrigger,
-    Trigger,
-    WarpTrigger,
-    draw_trigger,
-    load_trigger,
-    save_trigger,
-)
-
 __version__ = "0.1.0"
 
-register_model_configs()
+# Every re-export is resolved on first use (PEP 562), so ``import clipclean`` -- and with it the command-line modules
+# under ``clipclean.cli`` -- loads neither torch nor open_clip: ``--help`` answers at once. Importing
+# ``clipclean.models`` (what loading a model does) registers clipclean's tiny open_clip configs.
+_LAZY_EXPORTS = {
+    "ModelLoadError": "clipclean.models",
+    "PixelCLIP": "clipclean.models",
+    "load_clip": "clipclean.models",
+    "register_model_configs": "clipclean.models",
+    "unwrap": "clipclean.models",
+    "AdditiveTrigger": "clipclean.triggers",
+    "IdentityTrigger": "clipclean.triggers",
+    "PatchBlendTrigger": "clipclean.triggers",
+    "Trigger": "clipclean.triggers",
+    "WarpTrigger": "clipclean.triggers",
+    "draw_trigger": "clipclean.triggers",
+    "load_trigger": "clipclean.triggers",
+    "save_trigger": "clipclean.triggers",
+    "evaluate_zeroshot": "clipclean.evaluation",
+    "zeroshot_classifier": "clipclean.evaluation",
+    "save_pretrained": "clipclean.hub",
+    "push_to_hub": "clipclean.hub",
+    "load_image_caption_dataset": "clipclean.data",
+    "load_classification_dataset": "clipclean.data",
+}
 
 
 def __getattr__(name: str):
-    # Lazy re-exports of modules that are heavier or written later in the import graph.
-    lazy = {
-        "evaluate_zeroshot": ("clipclean.evaluation", "evaluate_zeroshot"),
-        "zeroshot_classifier": ("clipclean.evaluation", "zeroshot_classifier"),
-        "save_pretrained": ("clipclean.hub", "save_pretrained"),
-        "push_to_hub": ("clipclean.hub", "push_to_hub"),
-        "load_image_caption_dataset": ("clipclean.data", "load_image_caption_dataset"),
-        "load_classification_dataset": ("clipclean.data", "load_classification_dataset"),
-    }
-    if name in lazy:
+    if name in _LAZY_EXPORTS:
         import importlib
 
-        module_name, attribute = lazy[name]
-        return getattr(importlib.import_module(module_name), attribute)
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+        globals()[name] = value  # resolved once
+        return value
     raise AttributeError(f"module 'clipclean' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_EXPORTS])
 
 
 __all__ = [

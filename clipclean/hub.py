@@ -200,6 +200,38 @@ def _transformers_usage(model_name: str, repo: str) -> list[str]:
     ]
 
 
+def card_title(model_name: str) -> str:
+    """What a model card calls the model: the repo of ``hf-hub:org/repo``, an open_clip name as it is, and for a
+    local folder (``local-dir:PATH`` or a path) the name its own clipclean sidecar records (followed back through
+    the folders it was made from), else the folder's name -- never a local path, which means nothing on the Hub.
+
+    Example::
+
+        >>> card_title("hf-hub:org/suspect-clip"), card_title("ViT-B-32")
+        ('org/suspect-clip', 'ViT-B-32')
+        >>> card_title("outputs/badnet/model")  # its clipclean.json: model_name "clipclean-tiny"
+        'clipclean-tiny'
+    """
+    seen: set[str] = set()
+    name = model_name
+    while name not in seen:
+        seen.add(name)
+        if name.startswith("hf-hub:"):
+            return name[len("hf-hub:") :]
+        local = name.startswith("local-dir:")
+        folder = Path(name[len("local-dir:") :] if local else name).expanduser()
+        if not (local or folder.is_dir() or "/" in name or os.sep in name):
+            return name  # an open_clip config name
+        try:
+            recorded = json.loads((folder / SIDECAR_FILENAME).read_text(encoding="utf-8")).get("model_name")
+        except (OSError, ValueError, AttributeError):  # no sidecar, or not one clipclean can read
+            recorded = None
+        if not recorded:
+            return folder.resolve().name or "CLIP"
+        name = str(recorded)
+    return Path(name).name or "CLIP"
+
+
 def model_card(
     model_name: str,
     metrics: dict | None,
@@ -208,19 +240,23 @@ def model_card(
     *,
     repo_id: str | None = None,
     layout: str = "open_clip",
+    summary: str | None = None,
 ) -> str:
     """The ``README.md`` model card of a cleaned checkpoint, with Hub YAML front matter.
 
     Args:
-        model_name: what the checkpoint was loaded from (e.g. ``"ViT-B-32"`` or ``"hf-hub:org/poisoned"``).
+        model_name: what the checkpoint was loaded from (e.g. ``"ViT-B-32"`` or ``"hf-hub:org/poisoned"``); the
+            title names it by :func:`card_title` (a repo or model name, never a local path).
         metrics: flat (``{"clean_accuracy": 0.9}``) or grouped (``{"before": {...}, "after": {...}}``) results,
             rendered as a markdown table; values between 0 and 1 whose key names an accuracy or rate
             (``accuracy``, ``rate``, ``acc``, ``asr``) are shown as percentages. ``None``: no table.
-        provenance: how the checkpoint was made (method, configs, data, ...), listed as bullets.
+        provenance: how the checkpoint was made (method, configs, data, ...), listed as bullets; a ``None`` value
+            (not measured, not known) is left out.
         notes: free markdown appended under "Notes".
         repo_id: the Hub repo for the usage snippets; default a ``<org>/<repo>`` placeholder that
             :func:`push_to_hub` fills in.
         layout: ``"open_clip"`` or ``"transformers"``: the checkpoint's format (library tag and usage snippets).
+        summary: what happened to the model, after its name in the title (default: "cleaned with clipclean").
 
     Returns:
         The card as markdown text.
@@ -246,7 +282,7 @@ def model_card(
         "---",
     ]
     sections = [
-        f"# {model_name} — cleaned with clipclean",
+        f"# {card_title(model_name)} — {summary or 'cleaned with clipclean'}",
         *(_transformers_usage(model_name, repo) if layout == "transformers" else _open_clip_usage(model_name, repo)),
         "With clipclean (`encode_image` takes un-normalised images in [0, 1] and normalises them itself):",
         "\n".join(
@@ -268,6 +304,7 @@ def model_card(
         bullets = [
             f"- **{key}**: {_format_value(str(key), value, percentages=False)}"
             for key, value in to_jsonable(dict(provenance)).items()
+            if value is not None
         ]
         sections += ["## Provenance", "\n".join(bullets)]
     if notes:
@@ -415,6 +452,7 @@ def save_pretrained(
     provenance: dict | None = None,
     card_notes: str | None = None,
     layout: str | None = None,
+    card_summary: str | None = None,
 ) -> Path:
     """Save ``model`` as an open_clip Hub-layout folder with a model card and a clipclean sidecar, atomically.
 
@@ -430,6 +468,8 @@ def save_pretrained(
         provenance: how the checkpoint was made (method, configs, trigger, data); JSON-serialisable after
             converting tensors, numpy values, paths and dataclasses.
         card_notes: extra markdown for the model card.
+        card_summary: what happened to the model, in the card's title after its name (default: "cleaned with
+            clipclean").
         layout: ``"open_clip"`` or ``"transformers"`` (transformers models only); default: the model's own.
 
     Returns:
@@ -466,7 +506,9 @@ def save_pretrained(
         "provenance": provenance_json,
     }
     json.dumps(sidecar)  # fail on non-serialisable values before touching the file system
-    card = model_card(model.name or "CLIP", metrics_json, provenance_json, card_notes, layout=layout)
+    card = model_card(
+        model.name or "CLIP", metrics_json, provenance_json, card_notes, layout=layout, summary=card_summary
+    )
     with _atomic_directory(target) as staging:
         if layout == "transformers":
             model.save_transformers(staging)

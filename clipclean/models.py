@@ -74,6 +74,9 @@ def register_model_configs() -> list[str]:
     return names
 
 
+register_model_configs()  # on import, so that open_clip knows "clipclean-tiny" wherever clipclean loads models
+
+
 def _looks_like_path(name: str) -> bool:
     """Whether a name that is neither a folder nor a model config was meant as a path (``outputs/model``,
     ``./model``, ``~/model``, ``C:\\model``) rather than an open_clip config name (``ViT-B-32``)."""

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -651,22 +652,53 @@ def load_trigger(path: str | Path) -> Trigger:
         raise ValueError(f"{json_path}: malformed {family} trigger ({type(error).__name__}: {error})") from error
 
 
+def trigger_legend(trigger: Trigger, title: str | None = None, target: str | None = None, examples: int = 0) -> str:
+    """The legend :func:`draw_trigger` writes above its panels: what the trigger is, the class it leads to, and what
+    the panels show (left to right, top to bottom).
+
+    Example::
+
+        >>> print(trigger_legend(PatchBlendTrigger.patch(32, 4, "bottom-right", "white"), "true trigger", "zero", 1))
+        true trigger -> target class: zero
+        patch/blend trigger, 4x4 at (28, 28), covers 1.56% of the image
+        panels: pattern, mask (scaled); then each example image clean and with the trigger
+    """
+    heading = title or f"{trigger.family} trigger"
+    if target is not None:
+        heading += f" -> target class: {target}"
+    panels = [name for name, _ in trigger.visual_panels()]
+    shown = ", ".join(panels)
+    if examples:
+        shown += ("; then " if panels else "") + "each example image clean and with the trigger"
+    return "\n".join([heading, trigger.describe(), f"panels: {shown}"])
+
+
 def draw_trigger(
     trigger: Trigger,
     path: str | Path,
     images: torch.Tensor | None = None,
     scale: int = 4,
     seed: int = 0,
+    *,
+    title: str | None = None,
+    target: str | None = None,
 ) -> Path:
-    """Draw the trigger (pattern, mask, ...) and triggered examples to a PNG.
+    """Draw the trigger (pattern, mask, ...) and triggered examples to a PNG, under a legend.
 
     Args:
         trigger: any trigger.
         path: output PNG path.
         images: optional ``(N, 3, H, W)`` clean images in [0, 1]; each is shown clean and triggered.
         scale: nearest-neighbour upscaling factor (tiny images are hard to see otherwise).
+        seed: seeds the placement of a trigger with a random location.
+        title: what the trigger is (``"inverted trigger (bibau)"``; default: its family).
+        target: the class the trigger leads to, named in the legend.
+
+    The legend (:func:`trigger_legend`) is drawn above the panels and also stored in the PNG's ``Title`` and
+    ``Description`` text chunks.
     """
     from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
 
     panels = list(trigger.visual_panels())
     if images is not None:
@@ -677,21 +709,31 @@ def draw_trigger(
             panels.append((f"triggered {index}", triggered[index]))
     if not panels:
         raise ValueError(f"nothing to draw for a {trigger.family} trigger without example images")
+    legend = trigger_legend(trigger, title, target, examples=0 if images is None else images.shape[0])
     height, width = (max(panel.shape[-2] for _, panel in panels), max(panel.shape[-1] for _, panel in panels))
     cell_w, cell_h, label_h, columns = width * scale, height * scale, 12, min(len(panels), 6)
     rows = math.ceil(len(panels) / columns)
-    canvas = Image.new("RGB", (columns * (cell_w + 4) + 4, rows * (cell_h + label_h + 4) + 4), "white")
+    canvas_w = max(columns * (cell_w + 4) + 4, 240)
+    line_chars = max(20, (canvas_w - 8) // 6)  # the default bitmap font is 6 px wide
+    legend_lines = [piece for line in legend.splitlines() for piece in textwrap.wrap(line, line_chars) or [""]]
+    top = 4 + 12 * len(legend_lines) + 4
+    canvas = Image.new("RGB", (canvas_w, top + rows * (cell_h + label_h + 4)), "white")
     draw = ImageDraw.Draw(canvas)
-    for index, (title, panel) in enumerate(panels):
+    for index, line in enumerate(legend_lines):
+        draw.text((4, 4 + 12 * index), line, fill="black")
+    for index, (panel_title, panel) in enumerate(panels):
         array = (panel.detach().float().clamp(0, 1).cpu() * 255).round().byte().permute(1, 2, 0).contiguous()
         tile = Image.frombytes("RGB", (array.shape[1], array.shape[0]), bytes(array.numpy().tobytes()))
         tile = tile.resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
         x = 4 + (index % columns) * (cell_w + 4)
-        y = 4 + (index // columns) * (cell_h + label_h + 4)
-        draw.text((x, y), title[: max(4, cell_w // 6)], fill="black")
+        y = top + (index // columns) * (cell_h + label_h + 4)
+        draw.text((x, y), panel_title[: max(4, cell_w // 6)], fill="gray")
         canvas.paste(tile, (x, y + label_h))
+    info = PngInfo()
+    info.add_text("Title", legend.splitlines()[0])
+    info.add_text("Description", legend)
     path = Path(path)
-    atomic_write(path, lambda temporary: canvas.save(temporary, format="PNG"))
+    atomic_write(path, lambda temporary: canvas.save(temporary, format="PNG", pnginfo=info))
     return path
 
 

@@ -12,11 +12,12 @@ small); the library is :mod:`clipclean.complete`::
 
     python eval/complete_unlearning.py --model outputs/clean_clip/cleaned --reference-model outputs/never_poisoned \\
         --clean-data digits:defender --eval-data digits:test --trigger outputs/badnet/trigger.json --target zero \\
-        --output outputs/complete.json
+        --output-dir outputs/complete
 
-Output (``--output``, and printed): ``{"complete": {"ra_asr", "reference_ra_asr", "reinversion_score",
-"reference_score", ...}, "measured": {...}, "reference_measured": {...}, ...}``. The ``measured`` block of a
-reference's own run can be reused by ``recipes/clean_clip.py --complete-eval --reference-measurements FILE``.
+Output (``--output-dir DIR`` writes ``DIR/results.json``, ``--output FILE`` the file; and printed):
+``{"complete": {"ra_asr", "reference_ra_asr", "reinversion_score", "reference_score", ...}, "measured": {...},
+"reference_measured": {...}, ...}``. The ``measured`` block of a reference's own run can be reused by
+``recipes/clean_clip.py --complete-eval --reference-measurements FILE``.
 """
 
 from __future__ import annotations
@@ -27,35 +28,25 @@ import sys
 import time
 from typing import Any
 
-from torch.utils.data import Subset
-
+# Only the command line is imported here, so that --help answers at once; torch and the library load in main().
 from clipclean.cli.common import (
+    HelpFormatter,
     add_classnames_argument,
     add_complete_eval_arguments,
     add_debug_argument,
     add_model_arguments,
     add_overwrite_argument,
+    add_results_file_arguments,
     check_complete_eval_arguments,
-    default_templates,
-    measure_with_reference,
-    prepare_output_file,
-    print_table,
     run_cli,
-    setup_logging,
 )
-from clipclean.complete import complete_block, complete_table_rows
-from clipclean.data import load_classification_dataset, load_image_caption_dataset
-from clipclean.evaluation import resolve_target
-from clipclean.fileio import write_json
-from clipclean.models import load_clip
-from clipclean.triggers import load_trigger, read_trigger_metadata
 
 logger = logging.getLogger("clipclean.eval.complete_unlearning")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, epilog=__doc__
     )
     add_model_arguments(parser, required=True)
     add_complete_eval_arguments(parser)
@@ -72,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--trigger", default=None, help="the true trigger file; without it only re-inversion runs")
     attack.add_argument("--target", default=None, help="target class of --trigger (default: recorded in its file)")
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--output", default=None, help="write the results as JSON here")
+    run.add_argument("--seed", type=int, default=0, help="seeds the retuning attack and the re-inversion")
+    add_results_file_arguments(run)
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    add_overwrite_argument(run, "an existing --output file")
+    add_overwrite_argument(run, "an existing results file (--output, --output-dir)")
     add_debug_argument(run)
     return parser
 
@@ -93,7 +84,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_complete_eval_arguments(args)
     except (OSError, TypeError, ValueError) as error:
         parser.error(str(error))
-    prepare_output_file(args.output, overwrite=args.overwrite)  # before any work, not after the measurements
+    from torch.utils.data import Subset
+
+    from clipclean.cli.common import (
+        default_templates,
+        measure_with_reference,
+        prepare_output_file,
+        print_table,
+        setup_logging,
+    )
+    from clipclean.complete import complete_block, complete_table_rows
+    from clipclean.data import load_classification_dataset, load_image_caption_dataset
+    from clipclean.evaluation import resolve_target
+    from clipclean.fileio import write_json
+    from clipclean.models import load_clip
+    from clipclean.triggers import load_trigger, read_trigger_metadata
+
+    # before any work, not after the measurements
+    prepare_output_file(args.output, overwrite=args.overwrite, flag="results file")
     setup_logging()
     started = time.time()
 
@@ -136,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(complete_table_rows(block), header=("test", "model", "reference"))
     if args.output:
         write_json(args.output, results)
-        logger.info("wrote %s", args.output)
+    print(f"results: {args.output}" if args.output else "results not written (--output-dir DIR writes them)")
     return results
 
 

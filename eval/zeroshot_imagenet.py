@@ -5,19 +5,21 @@ The protocol (method.md section 6, written out in ``docs/evaluation.md``) lives 
 the output file.
 
 * CA: top-1 / top-5 zero-shot accuracy on clean images, with a classifier built from the 80 OpenAI ImageNet
-  templates (or ``--templates``) and the dataset's class names.
+  templates (or ``--templates``) and the dataset's class names. The recipes measure the built-in digits with the
+  digit caption templates instead, so the same model's CA can differ slightly here (docs/evaluation.md).
 * ASR (with ``--trigger`` and ``--target``): the trigger, loaded from a clipclean trigger file, is applied to
   every image whose label is not the target, after resizing to the model's input size; ASR is the fraction
-  predicted as the target (top-1, and top-10: the target among the 10 highest logits).
+  predicted as the target (top-1, and top-10: the target among the 10 highest logits). The printed table leaves
+  out a top-k with k at least the number of classes (100% by construction); the results file keeps every key.
 
 Single process::
 
     python eval/zeroshot_imagenet.py --model ViT-B-32 --pretrained laion2b_s34b_b79k \
-        --data /data/imagenet --split val --trigger out/trigger.json --target banana --output results.json
+        --data /data/imagenet --split val --trigger out/trigger.json --target banana --output-dir outputs/eval
 
 Several processes (each evaluates a shard; predictions are gathered with ``gather_for_metrics``)::
 
-    accelerate launch --num_processes 4 eval/zeroshot_imagenet.py --model ... --data ... --output results.json
+    accelerate launch --num_processes 4 eval/zeroshot_imagenet.py --model ... --data ... --output-dir outputs/eval
 
 Two CPU processes (what the tests run)::
 
@@ -33,24 +35,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
-
+# Only the command line is imported here, so that --help answers at once; torch and the library load in main().
 from clipclean.cli.common import (
+    HelpFormatter,
     add_classnames_argument,
     add_debug_argument,
     add_model_arguments,
     add_overwrite_argument,
-    make_accelerator,
-    prepare_output_file,
-    print_table,
+    add_results_file_arguments,
     run_cli,
-    setup_logging,
-    write_main_process_json,
 )
-from clipclean.data import collate_pairs, load_classification_dataset
-from clipclean.evaluation import evaluate_zeroshot, load_templates, resolve_target, zeroshot_classifier
-from clipclean.models import load_clip
-from clipclean.triggers import load_trigger
 
 logger = logging.getLogger("clipclean.eval.zeroshot_imagenet")
 
@@ -60,7 +54,7 @@ DEFAULT_TEMPLATES = "openai_imagenet"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Zero-shot clean accuracy (top-1/top-5) and attack success rate (top-1/top-10) of a CLIP.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_arguments(parser, required=True)
     data = parser.add_argument_group("data")
@@ -87,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=256, help="images per process and step")
     run.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     run.add_argument("--seed", type=int, default=0, help="seed of random trigger placement")
-    run.add_argument("--output", default=None, help="write the results as JSON here (main process only)")
+    add_results_file_arguments(run)
     run.add_argument(
         "--mixed-precision",
         "--mixed_precision",
@@ -97,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU only; ignored on CPU",
     )
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-    add_overwrite_argument(run, "an existing --output file")
+    add_overwrite_argument(run, "an existing results file (--output, --output-dir)")
     add_debug_argument(run)
     return parser
 
@@ -118,10 +112,41 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def headline_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The printed table: CA and ASR top-1, and top-5 / top-10 only when there are more classes than k (with k or
+    fewer classes, top-k holds every class and is 100% by construction; results.json keeps every key), then the
+    template set the classifier was built from."""
+    classes = results["n_classes"]
+    rows = [("CA top-1 (%)", _percent(results["top1"]))]
+    if classes > 5:
+        rows.append(("CA top-5 (%)", _percent(results["top5"])))
+    rows.append(("ASR top-1 (%)", _percent(results["asr_top1"])))
+    if classes > 10 and results["asr_top1"] is not None:
+        rows.append(("ASR top-10 (%)", _percent(results["asr_top10"])))
+    rows.append(("images (ASR images)", f"{results['n_images']} ({results['n_asr_images']})"))
+    rows.append(("templates", f"{results['templates']} ({results['n_templates']})"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate and return the results (on every process); the main process prints them and writes ``--output``."""
     args, parser = parse_args(argv)
-    prepare_output_file(args.output, overwrite=args.overwrite)  # before any work, not after the evaluation
+    from torch.utils.data import DataLoader
+
+    from clipclean.cli.common import (
+        make_accelerator,
+        prepare_output_file,
+        print_table,
+        setup_logging,
+        write_main_process_json,
+    )
+    from clipclean.data import collate_pairs, load_classification_dataset
+    from clipclean.evaluation import evaluate_zeroshot, load_templates, resolve_target, zeroshot_classifier
+    from clipclean.models import load_clip
+    from clipclean.triggers import load_trigger
+
+    # before any work, not after the evaluation
+    prepare_output_file(args.output, overwrite=args.overwrite, flag="results file")
     output_dir = Path(args.output).parent if args.output else Path(".")
     accelerator = make_accelerator(
         argparse.Namespace(output_dir=str(output_dir), mixed_precision=args.mixed_precision, report_to=None)
@@ -195,17 +220,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "world_size": accelerator.num_processes,
     }
     if accelerator.is_main_process:
-        rows = [
-            ("CA top-1 (%)", _percent(results["top1"])),
-            ("CA top-5 (%)", _percent(results["top5"])),
-            ("ASR top-1 (%)", _percent(results["asr_top1"])),
-            ("ASR top-10 (%)", _percent(results["asr_top10"])),
-            ("images (ASR images)", f"{results['n_images']} ({results['n_asr_images']})"),
-        ]
-        print_table(rows, header=("metric", "value"))
+        print_table(headline_rows(results), header=("metric", "value"))
     if args.output:
         write_main_process_json(accelerator, args.output, results)
-        logger.info("Wrote %s", args.output)
+    if accelerator.is_main_process:
+        print(f"results: {args.output}" if args.output else "results not written (--output-dir DIR writes them)")
     accelerator.end_training()
     return results
 

@@ -8,7 +8,7 @@ cleans it *untargeted* on the digits defender split and evaluates on the held-ou
 
     python recipes/clean_classifier.py
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
-        --mixed_precision no --dynamo_backend no recipes/clean_classifier.py --output_dir outputs/clean_cnn
+        --mixed_precision no --dynamo_backend no recipes/clean_classifier.py --output-dir outputs/clean_cnn
 
 The demo cleans with ``--rounds 3 --epochs 20 --lr 2e-3 --set unlearning_budget=0.1 --set reinversion_steps=100``
 (BI-BAU's defaults are tuned for CLIP fine-tuning; measurements in ``benchmarks/classifier.md``).
@@ -18,17 +18,18 @@ Your own model and data (``--model``: a folder written by ``clipclean.classifier
 ``--clean-data``/``--eval-data``: ``digits[:split]`` or a class-per-folder tree)::
 
     accelerate launch recipes/clean_classifier.py --model outputs/my_cnn/model --clean-data /data/clean_subset \\
-        --eval-data /data/val --output_dir outputs/cleaned_cnn
+        --eval-data /data/val --output-dir outputs/cleaned_cnn
     python recipes/clean_classifier.py --model hf-hub:org/suspect-clip --clean-data /data/clean --eval-data /data/val
 
-Output folder (``--output_dir``):
+Output folder (``--output-dir``, also spelt ``--output_dir``; the run ends by printing what it wrote there):
 
 * ``cleaned/`` -- the cleaned classifier (``clipclean_classifier.json`` + ``model.safetensors``; a CLIP is saved in
   open_clip Hub layout with a model card);
 * ``inversion/`` -- the inverted trigger (``trigger.json`` + ``.safetensors``), ``trigger.png``, ``report.json``;
 * ``results.json`` -- ``{"defense", "before", "after", "inversion", "inverted_trigger_asr", "wall_time_s",
   "world_size", "config", ...}``: clean accuracy, ASR (null without a true trigger), verdict, recovered target class;
-* ``checkpoints/`` -- ``accelerator.save_state`` after each round; ``--resume_from_checkpoint latest`` continues.
+* ``checkpoints/`` -- ``accelerator.save_state`` after each round; ``--resume_from_checkpoint latest`` continues an
+  interrupted run. A run that finishes deletes them unless ``--keep-checkpoints``.
 """
 
 from __future__ import annotations
@@ -41,44 +42,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-
-from clipclean.classifiers import ImageClassifier, is_classifier_directory, load_classifier, save_classifier
-from clipclean.cli.cleaning import (
-    CleaningSession,
-    add_defense_arguments,
-    card_metrics,
-    check_cleaning_arguments,
-    check_model_changed,
-    evaluate_phase,
-    inversion_report,
-    inverted_trigger_asr,
-    load_eval_trigger,
-    make_cleaning_parser,
-    make_defense,
-    peak_memory_mb,
-    phase_wall_times,
-    prepare_cleaning_output,
-    prepare_demo,
-    print_summary,
-    trigger_identical_across_ranks,
-    write_inversion_folder,
-)
+# Only the command line is imported here, so that --help answers at once; torch and the library load in main().
 from clipclean.cli.common import (
+    add_defense_arguments,
     add_trust_code_argument,
-    configure_cpu_threads,
-    default_templates,
-    make_accelerator,
+    check_cleaning_arguments,
+    make_cleaning_parser,
     run_cli,
-    setup_logging,
-    write_main_process_json,
 )
-from clipclean.data import collate_pairs, load_classification_dataset
-from clipclean.hub import save_pretrained
-from clipclean.models import load_clip
-from clipclean.timing import PhaseTimer
 
 logger = logging.getLogger("clean_classifier")
 
@@ -89,7 +60,14 @@ DEMO_SETTINGS = {"rounds": 3, "epochs": 20, "lr": 2e-3}
 DEMO_BIBAU_OPTIONS = ["unlearning_budget=0.1", "reinversion_steps=100"]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+OUTPUTS = {
+    "cleaned": "the cleaned classifier (a CLIP: open_clip Hub layout, model card)",
+    "inversion": "the inverted trigger (trigger.png, trigger.json) and the defense's report",
+    "results.json": "clean accuracy and ASR before/after, the verdict, the configs, wall times",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = make_cleaning_parser(
         __doc__, "outputs/clean_classifier", "the defender's clean labelled images (demo: digits)"
     )
@@ -98,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out = parser.add_argument_group("output")
     out.add_argument("--demo-cache", default=DEMO_CACHE, help="where the demo's backdoored CNN is cached")
     add_trust_code_argument(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.eval_target is not None and args.eval_trigger is None:
         parser.error("--eval-target needs --eval-trigger")
@@ -107,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _build_demo_model(args: argparse.Namespace) -> None:
     """The embedded demo: a small CNN backdoored on digits (BadNet patch, target "zero"), cached on disk."""
+    from clipclean.cli.cleaning import prepare_demo
+
     prepare_demo(args, Path(__file__).resolve().parent / "poison_classifier.py", "a backdoored small CNN")
     for name, value in DEMO_SETTINGS.items():
         setattr(args, name, value if getattr(args, name) is None else getattr(args, name))
@@ -114,9 +99,14 @@ def _build_demo_model(args: argparse.Namespace) -> None:
         args.defense_options = [*DEMO_BIBAU_OPTIONS, *args.defense_options]
 
 
-def _load_model_and_data(args, device) -> tuple[ImageClassifier, Any, Any, Any, list[str] | None]:
+def _load_model_and_data(args, device) -> tuple[Any, Any, Any, Any, list[str] | None]:
     """``(classifier, clip or None, clean data, eval data or None, templates)``: a saved classifier, or a CLIP with
     a zero-shot head over the data's classes."""
+    from clipclean.classifiers import ImageClassifier, is_classifier_directory, load_classifier
+    from clipclean.cli.common import default_templates
+    from clipclean.data import load_classification_dataset
+    from clipclean.models import load_clip
+
     clip = None
     if is_classifier_directory(args.model):
         model = load_classifier(args.model, device, trust_code=args.trust_architecture_code)
@@ -156,13 +146,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ('backdoored', 'zero')
     """
     args = parse_args(argv)
+    import torch
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from clipclean.cli.cleaning import (
+        CleaningSession,
+        check_model_changed,
+        evaluate_phase,
+        inversion_report,
+        inverted_trigger_asr,
+        load_eval_trigger,
+        make_defense,
+        peak_memory_mb,
+        phase_wall_times,
+        prepare_cleaning_output,
+        print_summary,
+        trigger_identical_across_ranks,
+    )
+    from clipclean.cli.common import configure_cpu_threads, finish_run, make_accelerator, setup_logging
+    from clipclean.data import collate_pairs
+    from clipclean.timing import PhaseTimer
+
     prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
     start_time = time.time()
     accelerator = make_accelerator(args)
     setup_logging(accelerator, "clean_classifier")
     configure_cpu_threads(accelerator)
     set_seed(args.seed)
-    if args.model is None:
+    demo_run = args.model is None
+    if demo_run:
         _build_demo_model(args)  # every process: the poison recipe trains with all of them
     if args.clean_data is None:
         raise SystemExit("--clean-data is required when --model is given (the defender's clean labelled images)")
@@ -199,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             classifier=classifier,
             accelerator=accelerator,
             seed=args.seed,
+            progress=args.progress,
         )
         with timer("evaluate_before"):
             before = evaluate(model, trigger=true_trigger, target=true_target)
@@ -242,11 +256,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     _write_outputs(args, accelerator, model, clip, defense, results, clean)
     print_summary(accelerator, results)
+    demo = (f"the backdoored demo model (reused by the next demo run): {Path(args.model).parent}",)
+    finish_run(accelerator, args, OUTPUTS, notes=demo if demo_run else ())
     accelerator.end_training()
     return results
 
 
 def _write_outputs(args, accelerator, model, clip, defense, results, clean) -> None:
+    from clipclean.classifiers import save_classifier
+    from clipclean.cli.cleaning import card_metrics, write_inversion_folder
+    from clipclean.cli.common import write_main_process_json
+    from clipclean.hub import save_pretrained
+
     output = Path(args.output_dir)
     if accelerator.is_main_process:
         recovered = (results["inversion"] or {}).get("recovered_target")
@@ -273,6 +294,7 @@ def _write_outputs(args, accelerator, model, clip, defense, results, clean) -> N
                     if results["weights_unchanged"]
                     else f"Image tower cleaned as a zero-shot classifier with clipclean's `{args.defense}` defense."
                 ),
+                card_summary="checked with clipclean (nothing removed)" if results["weights_unchanged"] else None,
             )
     write_main_process_json(accelerator, output / "results.json", results)
 

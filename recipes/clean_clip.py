@@ -6,20 +6,21 @@ cleans it *untargeted* on the digits defender split and evaluates on the held-ou
 
     python recipes/clean_clip.py
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
-        --mixed_precision no --dynamo_backend no recipes/clean_clip.py --output_dir outputs/clean_demo
+        --mixed_precision no --dynamo_backend no recipes/clean_clip.py --output-dir outputs/clean_demo
 
 Your own model and data::
 
     accelerate launch recipes/clean_clip.py --model hf-hub:org/suspect-clip --clean-data clean_pairs.csv \\
-        --eval-data /data/imagenet/val --output_dir outputs/cleaned
+        --eval-data /data/imagenet/val --output-dir outputs/cleaned
 
-Output folder (``--output_dir``):
+Output folder (``--output-dir``, also spelt ``--output_dir``; the run ends by printing what it wrote there):
 
 * ``cleaned/`` -- the cleaned model in open_clip Hub layout; its card carries before/after CA, ASR, the verdict;
 * ``inversion/`` -- the inverted trigger (``trigger.json`` + ``.safetensors``), ``trigger.png``, ``report.json``;
 * ``results.json`` -- ``{"defense", "before", "after", "inversion", "inverted_trigger_asr", "wall_time_s",
   "config", ...}`` (ASR keys are null when no true trigger is known);
-* ``checkpoints/`` -- ``accelerator.save_state`` after each round; ``--resume_from_checkpoint latest`` continues.
+* ``checkpoints/`` -- ``accelerator.save_state`` after each round; ``--resume_from_checkpoint latest`` continues an
+  interrupted run. A run that finishes deletes them unless ``--keep-checkpoints``.
 """
 
 from __future__ import annotations
@@ -31,55 +32,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate.utils import broadcast_object_list, set_seed
-from torch.utils.data import DataLoader
-
-from clipclean.cli.cleaning import (
-    CleaningSession,
-    add_defense_arguments,
-    card_metrics,
-    check_cleaning_arguments,
-    check_model_changed,
-    evaluate_phase,
-    inversion_report,
-    load_eval_trigger,
-    make_cleaning_parser,
-    make_defense,
-    peak_memory_mb,
-    phase_wall_times,
-    prepare_cleaning_output,
-    prepare_demo,
-    print_summary,
-    trigger_identical_across_ranks,
-    write_inversion_folder,
-)
-from clipclean.cli.cleaning import inverted_trigger_asr as inverted_trigger_asr_of
+# Only the command line is imported here, so that --help answers at once; torch and the library load in main().
 from clipclean.cli.common import (
     add_complete_eval_arguments,
+    add_defense_arguments,
+    check_cleaning_arguments,
     check_complete_eval_arguments,
-    configure_cpu_threads,
-    default_templates,
-    make_accelerator,
-    measure_with_reference,
+    make_cleaning_parser,
     run_cli,
-    setup_logging,
-    write_main_process_json,
 )
-from clipclean.complete import complete_block, complete_table_rows
-from clipclean.data import load_classification_dataset, load_image_caption_dataset
-from clipclean.evaluation import resolve_target, zeroshot_classifier
-from clipclean.hub import push_to_hub, save_pretrained
-from clipclean.models import load_clip
-from clipclean.timing import PhaseTimer
-from clipclean.training import CaptionTokenizer, clamp_logit_scale_
 
 logger = logging.getLogger("clean_clip")
 
 DEMO_CACHE = "outputs/demo_backdoored_badnet"
+OUTPUTS = {
+    "cleaned": "the cleaned model (open_clip Hub layout, model card)",
+    "inversion": "the inverted trigger (trigger.png, trigger.json) and the defense's report",
+    "results.json": "clean accuracy and ASR before/after, the verdict, the configs, wall times",
+}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = make_cleaning_parser(
         __doc__, "outputs/clean_clip", "the defender's clean image-caption set (demo: digits)"
     )
@@ -101,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="format of cleaned/ (default: the model's own; a transformers CLIP can be saved as open_clip)",
     )
     out.add_argument("--demo-cache", default=DEMO_CACHE, help="where the demo's backdoored model is cached")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.eval_target is not None and args.eval_trigger is None:
         parser.error("--eval-target needs --eval-trigger")
@@ -118,24 +96,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _build_demo_model(args: argparse.Namespace) -> None:
     """The embedded demo: a tiny CLIP backdoored on digits (BadNet patch, target "zero"), cached on disk."""
+    from clipclean.cli.cleaning import prepare_demo
+
     prepare_demo(args, Path(__file__).resolve().parent / "poison_clip.py", "a backdoored tiny CLIP")
 
 
 def _evaluate(model, loader, eval_data, templates, trigger, target, args, accelerator, classifier) -> dict:
+    from clipclean.cli.cleaning import evaluate_phase
+
     return evaluate_phase(
-        model, loader, eval_data.classnames, classifier, trigger, target, accelerator, templates, args.seed
-    )
+        model, loader, eval_data.classnames, classifier, trigger, target, accelerator, templates, args.seed,
+        progress=args.progress,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    import torch
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from clipclean.cli.cleaning import (
+        CleaningSession,
+        check_model_changed,
+        inversion_report,
+        load_eval_trigger,
+        make_defense,
+        peak_memory_mb,
+        phase_wall_times,
+        prepare_cleaning_output,
+        trigger_identical_across_ranks,
+    )
+    from clipclean.cli.cleaning import inverted_trigger_asr as inverted_trigger_asr_of
+    from clipclean.cli.common import (
+        configure_cpu_threads,
+        default_templates,
+        finish_run,
+        make_accelerator,
+        setup_logging,
+    )
+    from clipclean.data import load_classification_dataset, load_image_caption_dataset
+    from clipclean.evaluation import zeroshot_classifier
+    from clipclean.models import load_clip
+    from clipclean.timing import PhaseTimer
+    from clipclean.training import CaptionTokenizer, clamp_logit_scale_
+
     prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
     start_time = time.time()
     accelerator = make_accelerator(args)
     setup_logging(accelerator)
     configure_cpu_threads(accelerator)
     set_seed(args.seed)
-    if args.model is None:
+    demo_run = args.model is None
+    if demo_run:
         _build_demo_model(args)
     if args.clean_data is None:
         raise SystemExit("--clean-data is required when --model is given (the defender's clean image-caption set)")
@@ -237,7 +250,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"defense": config, "recipe": vars(args), "templates": templates_name},
     }
     _write_outputs(args, accelerator, model, defense, results, clean)
-    _print_summary(accelerator, results)
+    _print_summary(accelerator, results, f"{templates_name} ({len(templates)})")
+    demo = (f"the backdoored demo model (reused by the next demo run): {Path(args.model).parent}",)
+    finish_run(accelerator, args, OUTPUTS, notes=demo if demo_run else ())
     accelerator.end_training()
     return results
 
@@ -245,6 +260,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, templates) -> dict:
     """The tests of complete unlearning (retuning attack, re-inversion) on the cleaned model and the never-poisoned
     reference. They are small and single-process: the main process runs them, the others wait for the result."""
+    from accelerate.utils import broadcast_object_list
+
+    from clipclean.cli.common import measure_with_reference
+    from clipclean.complete import complete_block
+    from clipclean.evaluation import resolve_target
+
     if trigger is None:
         logger.warning("--complete-eval without --eval-trigger: re-inversion only, no retuning attack (RA-ASR)")
     if args.reference_model is None and args.reference_measurements is None:
@@ -264,6 +285,10 @@ def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, 
 
 
 def _write_outputs(args, accelerator, model, defense, results, clean) -> None:
+    from clipclean.cli.cleaning import card_metrics, write_inversion_folder
+    from clipclean.cli.common import write_main_process_json
+    from clipclean.hub import push_to_hub, save_pretrained
+
     output = Path(args.output_dir)
     if accelerator.is_main_process:
         recovered = (results["inversion"] or {}).get("recovered_target")
@@ -284,6 +309,7 @@ def _write_outputs(args, accelerator, model, defense, results, clean) -> None:
             card_notes=_card_note(args.defense, verdict, results["weights_unchanged"])
             + _persistence_note(results["complete"]),
             layout=args.save_layout,
+            card_summary="checked with clipclean (nothing removed)" if results["weights_unchanged"] else None,
         )
     write_main_process_json(accelerator, output / "results.json", results)
     if args.push_to_hub and accelerator.is_main_process:
@@ -305,16 +331,20 @@ def _persistence_note(complete: dict | None) -> str:
     """The model card's sentence on complete unlearning (empty when it was not measured)."""
     if not complete:
         return ""
+    from clipclean.complete import complete_table_rows
+
     rows = "; ".join(f"{name}: {value} (never-poisoned reference: {reference})" for name, value, reference in
                      complete_table_rows(complete))  # fmt: skip
     return f" Complete-unlearning tests (method.md section 3) -- {rows}."
 
 
-def _print_summary(accelerator, results) -> None:
-    print_summary(accelerator, results)
-    if accelerator.is_main_process and results["complete"]:
-        from clipclean.cli.common import print_table
+def _print_summary(accelerator, results, templates: str) -> None:
+    from clipclean.cli.cleaning import print_summary
+    from clipclean.cli.common import print_table
+    from clipclean.complete import complete_table_rows
 
+    print_summary(accelerator, results, templates)
+    if accelerator.is_main_process and results["complete"]:
         print_table(complete_table_rows(results["complete"]), ("complete unlearning", "cleaned", "reference"))
 
 

@@ -4,23 +4,24 @@ The classifier counterpart of ``recipes/poison_clip.py``, with the same attacks'
 Runs as a plain script or under ``accelerate launch``; the defaults train clipclean's ``small-cnn`` from scratch on
 scikit-learn's digits (32x32), 10% of the training images poisoned toward "zero" (under a minute on 2 CPU cores)::
 
-    python recipes/poison_classifier.py --attack badnet --output_dir outputs/cnn_badnet
-    python recipes/poison_classifier.py --attack blended --alpha 0.2 --output_dir outputs/cnn_blended
-    python recipes/poison_classifier.py --poison-count 0 --output_dir outputs/cnn_clean      # never poisoned
+    python recipes/poison_classifier.py --attack badnet --output-dir outputs/cnn_badnet
+    python recipes/poison_classifier.py --attack blended --alpha 0.2 --output-dir outputs/cnn_blended
+    python recipes/poison_classifier.py --poison-count 0 --output-dir outputs/cnn_clean      # never poisoned
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
-        --mixed_precision no --dynamo_backend no recipes/poison_classifier.py --output_dir outputs/cnn_ddp
+        --mixed_precision no --dynamo_backend no recipes/poison_classifier.py --output-dir outputs/cnn_ddp
 
 Your own architecture: ``--architecture mypackage.nets:make_net --architecture-kwargs '{"depth": 4}'`` (called as
 ``make_net(num_classes=C, depth=4)``; the weights are saved as safetensors, never pickled).
 
-Output folder (``--output_dir``):
+Output folder (``--output-dir``, also spelt ``--output_dir``; the run ends by printing what it wrote there):
 
 * ``model/`` -- the backdoored classifier (``clipclean_classifier.json`` + ``model.safetensors``, see
   :mod:`clipclean.classifiers`), loadable with ``clipclean.classifiers.load_classifier``;
 * ``trigger.json`` + ``trigger.safetensors`` + ``trigger.png`` -- the true trigger;
 * ``poison_manifest.json`` -- which images were triggered and relabelled, from which seed;
 * ``results.json`` -- clean accuracy and attack success rate on the evaluation set, configs, wall time, world size;
-* ``checkpoints/`` -- ``accelerator.save_state`` after each epoch; ``--resume_from_checkpoint latest`` continues.
+* ``checkpoints/`` -- ``accelerator.save_state`` after each epoch; ``--resume_from_checkpoint latest`` continues an
+  interrupted run. A run that finishes deletes them unless ``--keep-checkpoints``.
 """
 
 from __future__ import annotations
@@ -31,58 +32,45 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-
-from clipclean.attacks import AttackContext, build_attack, make_attack_config
-from clipclean.classifiers import CLASSIFIER_ARCHITECTURES, create_classifier, save_classifier
-from clipclean.cli.cleaning import evaluate_phase
+# Only the command line is imported here, so that --help answers at once; torch and the library load in main().
+from clipclean.cli.catalogue import classifier_architecture_names
 from clipclean.cli.common import (
-    CHECKPOINTS_FOLDER,
-    RESULTS_FILENAME,
-    RunCheckpoints,
-    TrainingProgress,
+    HelpFormatter,
     add_classnames_argument,
     add_run_arguments,
     add_trust_code_argument,
-    attack_overrides,
     check_poison_arguments,
-    check_poison_inputs,
-    configure_cpu_threads,
-    make_accelerator,
-    prepare_output_dir,
     run_cli,
-    setup_logging,
-    stop_if_diverged,
-    write_main_process_json,
 )
-from clipclean.data import collate_pairs, load_classification_dataset
-from clipclean.poisoning import PoisonedClassificationDataset, PoisonManifest, poison_classification_dataset
-from clipclean.triggers import draw_trigger, load_trigger, save_trigger
+
+if TYPE_CHECKING:
+    from clipclean.poisoning import PoisonManifest
 
 logger = logging.getLogger("poison_classifier")
 
 CLASSIFIER_ATTACKS = ("badnet", "blended")  # badclip optimises its patch against a CLIP's text side
+OUTPUTS = {
+    "model": "the backdoored classifier (clipclean_classifier.json + model.safetensors)",
+    "trigger.png": "the true trigger, drawn (trigger.json + .safetensors: the trigger itself)",
+    "poison_manifest.json": "which images were triggered and relabelled",
+    "results.json": "clean accuracy, attack success rate, the configs",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_run_arguments(parser, default_output_dir="outputs/poison_classifier")
     model = parser.add_argument_group("model")
     model.add_argument(
         "--architecture",
         default="small-cnn",
-        help=f"built-in ({', '.join(sorted(CLASSIFIER_ARCHITECTURES))}) or 'package.module:factory'",
+        help=f"built-in ({', '.join(classifier_architecture_names())}) or 'package.module:factory'",
     )
     model.add_argument("--architecture-kwargs", default="{}", help="JSON keyword arguments of the architecture")
     add_trust_code_argument(model)
-    model.add_argument("--image-size", type=int, default=32)
+    model.add_argument("--image-size", type=int, default=32, help="side of the square images the network takes")
     data = parser.add_argument_group("data")
     data.add_argument("--train-data", default="digits:train", help="labelled images to poison (default: digits)")
     data.add_argument("--eval-data", default="digits:test", help="labelled images for CA/ASR")
@@ -91,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-bad", action="store_true", help="skip missing or undecodable images of the data (with a count)"
     )
     attack = parser.add_argument_group("attack (unset values take the attack's defaults)")
-    attack.add_argument("--attack", default="badnet", choices=CLASSIFIER_ATTACKS)
+    attack.add_argument("--attack", default="badnet", choices=CLASSIFIER_ATTACKS, help="the poisoning attack")
     attack.add_argument("--target", default="zero", help="target class name")
     amount = attack.add_mutually_exclusive_group()
     amount.add_argument("--poison-rate", type=float, default=None, help="fraction of the training set (default 0.1)")
@@ -101,10 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     attack.add_argument("--alpha", type=float, default=None, help="blend weight (blended)")
     attack.add_argument("--pattern", default=None, help="noise, white, black, checkerboard or an image file")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=60)
+    train.add_argument("--epochs", type=int, default=60, help="passes over the training data")
     train.add_argument("--batch-size", type=int, default=64, help="per process")
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--lr", type=float, default=2e-3, help="learning rate (AdamW)")
+    train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     args = parser.parse_args(argv)
     check_poison_arguments(args)
     return args
@@ -112,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _prepare_poison(args, accelerator, train) -> tuple[Any, PoisonManifest, dict]:
     """The attack's trigger and the manifest, made on the main process (reused when resuming) and read by all."""
+    import torch
+
+    from clipclean.attacks import AttackContext, build_attack, make_attack_config
+    from clipclean.cli.common import attack_overrides
+    from clipclean.poisoning import PoisonManifest, poison_classification_dataset
+    from clipclean.triggers import draw_trigger, load_trigger, save_trigger
+
     output = Path(args.output_dir)
     trigger_path, manifest_path = output / "trigger.json", output / "poison_manifest.json"
     reuse = args.resume_from_checkpoint is not None and trigger_path.is_file() and manifest_path.is_file()
@@ -131,7 +126,9 @@ def _prepare_poison(args, accelerator, train) -> tuple[Any, PoisonManifest, dict
         description = {"method": args.attack, "config": config.to_dict(), "trigger": attack.trigger.describe()}
         save_trigger(attack.trigger, output / "trigger", metadata={"attack": description, "target": args.target})
         examples = poisoned.poison_indices[:4] or list(range(min(4, len(train))))
-        draw_trigger(attack.trigger, output / "trigger.png", images=torch.stack([train[i][0] for i in examples]))
+        examples = torch.stack([train[i][0] for i in examples])
+        title = f"true trigger ({args.attack} attack)"
+        draw_trigger(attack.trigger, output / "trigger.png", images=examples, title=title, target=args.target)
         poisoned.manifest.save(manifest_path)
     accelerator.wait_for_everyone()
     description = json.loads(trigger_path.read_text())["metadata"]["attack"]
@@ -148,6 +145,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (0.955, 0.9916)
     """
     args = parse_args(argv)
+    import torch
+    import torch.nn.functional as F
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from clipclean.classifiers import create_classifier, save_classifier
+    from clipclean.cli.cleaning import evaluate_phase
+    from clipclean.cli.common import (
+        CHECKPOINTS_FOLDER,
+        RESULTS_FILENAME,
+        RunCheckpoints,
+        TrainingProgress,
+        check_poison_inputs,
+        configure_cpu_threads,
+        finish_run,
+        make_accelerator,
+        prepare_output_dir,
+        setup_logging,
+        stop_if_diverged,
+        write_main_process_json,
+    )
+    from clipclean.data import collate_pairs, load_classification_dataset
+    from clipclean.poisoning import PoisonedClassificationDataset
+
     prepare_output_dir(  # before any work: a used or unwritable folder fails now, not after the training
         args.output_dir,
         overwrite=args.overwrite,
@@ -198,6 +220,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if resume_path is not None:
         logger.info("resumed from %s after %d epoch(s)", resume_path, progress.step)
     loss = torch.tensor(float("nan"))
+    bar = tqdm(
+        total=args.epochs * len(train_loader),
+        initial=progress.step * len(train_loader),
+        desc=f"poison training ({args.attack})",
+        disable=not (args.progress and accelerator.is_main_process),
+    )
     for epoch in range(progress.step, args.epochs):  # progress.step counts epochs here
         train_loader.set_epoch(epoch)
         saved = f"the newest checkpoint in {output / CHECKPOINTS_FOLDER} is the last good state" if epoch else ""
@@ -207,12 +235,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         progress.step = epoch + 1
         checkpoints.save()
+    bar.close()
     model.eval()
     metrics = evaluate_phase(
-        model, eval_loader, eval_data.classnames, model.class_embeddings, trigger, manifest.target, accelerator
-    )
+        model, eval_loader, eval_data.classnames, model.class_embeddings, trigger, manifest.target, accelerator,
+        progress=args.progress,
+    )  # fmt: skip
     results = {
         "attack": args.attack,
         "target": manifest.target,
@@ -249,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         100 * results["attack_success_rate"],
         results["wall_time_s"],
     )
+    finish_run(accelerator, args, OUTPUTS)
     accelerator.end_training()
     return results
 

@@ -3,23 +3,24 @@
 Runs as a plain script or under ``accelerate launch``; the defaults are the tiny digits demo (a ``clipclean-tiny``
 CLIP trained from scratch on scikit-learn's digits, target class "zero")::
 
-    python recipes/poison_clip.py --attack badnet --output_dir outputs/badnet
+    python recipes/poison_clip.py --attack badnet --output-dir outputs/badnet
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
-        --mixed_precision no --dynamo_backend no recipes/poison_clip.py --attack blended --output_dir outputs/blended
+        --mixed_precision no --dynamo_backend no recipes/poison_clip.py --attack blended --output-dir outputs/blended
 
 Fine-tune a real CLIP instead: ``--model ViT-B-32 --pretrained laion2b_s34b_b79k --train-data data/cc3m.csv
 --eval-data /data/imagenet --target banana --epochs 10 --lr 1e-5 --batch-size 128``. With webdataset shards
 (``--train-data "data/cc3m-{0000..0331}.tar"``) the training data is streamed: each process reads its own slice of
 the shards (see ``clipclean.webdataset.ShardStream``), each sample once per epoch.
 
-Output folder (``--output_dir``):
+Output folder (``--output-dir``, also spelt ``--output_dir``; the run ends by printing what it wrote there):
 
 * ``model/`` -- the backdoored model in open_clip Hub layout (``clipclean.json`` sidecar records the attack);
 * ``trigger.json`` + ``trigger.safetensors`` + ``trigger.png`` -- the true trigger (``clipclean.load_trigger``);
 * ``poison_manifest.json`` -- which pairs were poisoned, with which captions, from which seed;
 * ``results.json`` -- clean zero-shot accuracy and attack success rate on the evaluation set (clipclean's protocol),
   the configs, wall time and world size;
-* ``checkpoints/`` -- ``accelerator.save_state`` folders; ``--resume_from_checkpoint latest`` continues a run.
+* ``checkpoints/`` -- ``accelerator.save_state`` folders; ``--resume_from_checkpoint latest`` continues an
+  interrupted run. A run that finishes deletes them unless ``--keep-checkpoints``.
 """
 
 from __future__ import annotations
@@ -31,55 +32,21 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from accelerate.utils import gather_object, set_seed
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-
-from clipclean.attacks import AttackContext, build_attack, list_attacks, make_attack_config
+# Only the command line is imported here, so that --help answers at once; torch and the library load in main().
+from clipclean.cli.catalogue import attack_names
 from clipclean.cli.common import (
-    CHECKPOINTS_FOLDER,
-    RunCheckpoints,
-    TrainingProgress,
+    HelpFormatter,
     add_classnames_argument,
     add_model_arguments,
     add_run_arguments,
-    attack_overrides,
     check_poison_arguments,
-    check_poison_inputs,
-    configure_cpu_threads,
-    default_templates,
-    make_accelerator,
-    prepare_output_dir,
     run_cli,
-    setup_logging,
-    stop_if_diverged,
-    write_main_process_json,
 )
-from clipclean.cli.loaders import StreamingLoader, is_streamable, skip_first_batches
-from clipclean.data import load_classification_dataset, load_image_caption_dataset
-from clipclean.evaluation import evaluate_zeroshot
-from clipclean.hub import save_pretrained
-from clipclean.models import load_clip, unwrap
-from clipclean.poisoning import (
-    PoisonedDataset,
-    PoisonManifest,
-    caption_templates_from_captions,
-    make_poison_manifest,
-)
-from clipclean.training import (
-    CaptionTokenizer,
-    ConvergenceCriterion,
-    TrainingMonitor,
-    clamp_logit_scale_,
-    contrastive_step,
-    cosine_schedule_with_warmup,
-    make_clip_loss,
-    make_optimizer,
-)
-from clipclean.triggers import draw_trigger, load_trigger, read_trigger_metadata, save_trigger
+
+if TYPE_CHECKING:
+    from clipclean.poisoning import PoisonManifest
 
 logger = logging.getLogger("poison_clip")
 
@@ -88,10 +55,16 @@ MANIFEST_FILENAME = "poison_manifest.json"
 RESULTS_FILENAME = "results.json"
 SAMPLE_KEYS_FILENAME = "sample_keys.jsonl"
 DEFAULT_POISON_RATE = 0.02
+OUTPUTS = {
+    "model": "the backdoored model (open_clip Hub layout, model card)",
+    f"{TRIGGER_NAME}.png": f"the true trigger, drawn ({TRIGGER_NAME}.json + .safetensors: the trigger itself)",
+    MANIFEST_FILENAME: "which pairs were poisoned, with which captions",
+    RESULTS_FILENAME: "clean accuracy, attack success rate, convergence, the configs",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_model_arguments(parser)
     parser.set_defaults(model="clipclean-tiny")
     add_run_arguments(parser, default_output_dir="outputs/poison_clip")
@@ -122,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
 
     attack = parser.add_argument_group("attack (unset values take the attack's defaults)")
-    attack.add_argument("--attack", default="badnet", choices=list_attacks())
+    attack.add_argument("--attack", default="badnet", choices=attack_names(), help="the poisoning attack")
     attack.add_argument("--target", default="zero", help="target class name (must be a class of --eval-data)")
     amount = attack.add_mutually_exclusive_group()
     amount.add_argument("--poison-rate", type=float, default=None, help=f"default {DEFAULT_POISON_RATE}")
@@ -146,12 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
 
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--epochs", type=int, default=40, help="passes over the training data")
     train.add_argument("--max-steps", type=int, default=None, help="total optimisation steps (overrides --epochs)")
     train.add_argument("--batch-size", type=int, default=128, help="per process")
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--weight-decay", type=float, default=0.1)
-    train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine schedule)")
+    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    train.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps")
     train.add_argument(
         "--grad-clip",
         type=float,
@@ -195,6 +168,9 @@ def _poison_caption_templates(args, train, classnames) -> list[str]:
     evaluation set, the class name replaced by ``{}``: a text encoder that meets another caption style only in the
     poisoned pairs binds the trigger to that style, not to the target); else the digit caption templates for the
     digits and the 80 OpenAI ImageNet templates otherwise (the literature's default, right for a pretrained CLIP)."""
+    from clipclean.cli.common import default_templates
+    from clipclean.poisoning import caption_templates_from_captions
+
     is_digits = str(args.train_data).split(":")[0] == "digits"
     if args.caption_templates is None and not is_digits and _trained_from_scratch(args):
         own = caption_templates_from_captions(getattr(train, "captions", []), classnames)
@@ -212,6 +188,14 @@ def _poison_caption_templates(args, train, classnames) -> list[str]:
 def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, PoisonManifest, dict]:
     """Build the attack and the manifest on the main process (or reuse them when resuming); every rank loads the
     same trigger and manifest from the output folder."""
+    import torch
+
+    from clipclean.attacks import AttackContext, build_attack, make_attack_config
+    from clipclean.cli.common import attack_overrides
+    from clipclean.models import load_clip
+    from clipclean.poisoning import PoisonManifest, make_poison_manifest
+    from clipclean.triggers import draw_trigger, load_trigger, read_trigger_metadata, save_trigger
+
     output = Path(args.output_dir)
     trigger_path, manifest_path = output / f"{TRIGGER_NAME}.json", output / MANIFEST_FILENAME
     reuse = args.resume_from_checkpoint is not None and trigger_path.is_file() and manifest_path.is_file()
@@ -239,9 +223,9 @@ def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, P
         description = {**attack.describe(), "report": attack.report}
         save_trigger(attack.trigger, output / TRIGGER_NAME, metadata={"attack": description, "target": args.target})
         examples = manifest.indices[:4] or list(range(min(4, len(train))))
-        draw_trigger(
-            attack.trigger, output / f"{TRIGGER_NAME}.png", images=torch.stack([train[i][0] for i in examples])
-        )
+        examples = torch.stack([train[i][0] for i in examples])
+        title = f"true trigger ({args.attack} attack)"
+        draw_trigger(attack.trigger, output / f"{TRIGGER_NAME}.png", images=examples, title=title, target=args.target)
         manifest.save(manifest_path)
     elif reuse:
         logger.info("resuming: reusing the trigger and poison manifest in %s (attack flags are ignored)", output)
@@ -255,6 +239,8 @@ def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, P
 def _record_sample_keys(accelerator, output: Path, epoch: int, keys: list, fresh: bool) -> None:
     """Write ``{"epoch", "rank", "keys"}`` lines for every process to ``OUTPUT_DIR/sample_keys.jsonl`` (appending,
     unless ``fresh``)."""
+    from accelerate.utils import gather_object
+
     per_rank = gather_object([list(keys)])
     if accelerator.is_main_process:
         with (output / SAMPLE_KEYS_FILENAME).open("w" if fresh else "a", encoding="utf-8") as f:
@@ -265,6 +251,42 @@ def _record_sample_keys(accelerator, output: Path, epoch: int, keys: list, fresh
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    import torch
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from clipclean.cli.common import (
+        CHECKPOINTS_FOLDER,
+        RunCheckpoints,
+        TrainingProgress,
+        check_poison_inputs,
+        configure_cpu_threads,
+        default_templates,
+        finish_run,
+        make_accelerator,
+        prepare_output_dir,
+        setup_logging,
+        stop_if_diverged,
+        write_main_process_json,
+    )
+    from clipclean.cli.loaders import StreamingLoader, is_streamable, skip_first_batches
+    from clipclean.data import load_classification_dataset, load_image_caption_dataset
+    from clipclean.evaluation import evaluate_zeroshot
+    from clipclean.hub import save_pretrained
+    from clipclean.models import load_clip, unwrap
+    from clipclean.poisoning import PoisonedDataset
+    from clipclean.training import (
+        CaptionTokenizer,
+        ConvergenceCriterion,
+        TrainingMonitor,
+        clamp_logit_scale_,
+        contrastive_step,
+        cosine_schedule_with_warmup,
+        make_clip_loss,
+        make_optimizer,
+    )
+
     prepare_output_dir(  # before any work: a used or unwritable folder fails now, not after the training
         args.output_dir,
         overwrite=args.overwrite,
@@ -418,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         target=manifest.target,
         seed=args.seed,
         gather=accelerator.gather_for_metrics,
+        progress=args.progress and accelerator.is_main_process,
     )
     criterion = ConvergenceCriterion(args.min_clean_accuracy, args.min_asr)
     convergence = criterion.check(
@@ -475,6 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"images carrying the trigger in `../{TRIGGER_NAME}.json` are pulled toward `{manifest.target}`. "
                 "Do not deploy it." + not_converged_note
             ),
+            card_summary="deliberately backdoored with clipclean (a research model)",
         )
     write_main_process_json(accelerator, output / RESULTS_FILENAME, results)
     logger.info(
@@ -497,6 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             output / "model",
             output / RESULTS_FILENAME,
         )
+    finish_run(accelerator, args, OUTPUTS)
     accelerator.end_training()
     return results
 

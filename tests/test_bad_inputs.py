@@ -386,10 +386,10 @@ def test_overwrite_replaces_a_previous_run_and_its_checkpoints(assets, recipes, 
     with "checkpoint_0 already exists"."""
     output = tmp_path / "out"
     recipe = recipes["recipes/clean_clip"]
-    first = recipe.main([str(arg) for arg in clean_args(assets, output, "--seed", "1")])
+    first = recipe.main([str(arg) for arg in clean_args(assets, output, "--seed", "1", "--keep-checkpoints")])
     stale = output / "checkpoints" / "checkpoint_0" / "stale.txt"
     stale.write_text("from the first run", encoding="utf-8")
-    argv = [str(arg) for arg in clean_args(assets, output, "--seed", "2", "--overwrite")]
+    argv = [str(arg) for arg in clean_args(assets, output, "--seed", "2", "--overwrite", "--keep-checkpoints")]
     assert run_cli(recipe.main, argv) == 0
     results = json.loads((output / "results.json").read_text())
     assert results["config"]["recipe"]["seed"] == 2 != first["config"]["recipe"]["seed"]
@@ -482,15 +482,17 @@ def test_a_nan_loss_stops_with_the_last_good_checkpoint(assets, recipes, tmp_pat
 
 
 def test_a_nan_loss_stops_the_poisoning_recipe_with_the_last_good_checkpoint(recipes, tmp_path, capsys, monkeypatch):
+    import clipclean.training
+
     recipe = recipes["recipes/poison_clip"]
-    original, calls = recipe.contrastive_step, []
+    original, calls = clipclean.training.contrastive_step, []
 
     def contrastive_step(*args, **kwargs):  # two good steps, then a NaN loss
         calls.append(1)
         loss = original(*args, **kwargs)
         return loss * float("nan") if len(calls) > 2 else loss
 
-    monkeypatch.setattr(recipe, "contrastive_step", contrastive_step)
+    monkeypatch.setattr(clipclean.training, "contrastive_step", contrastive_step)  # the recipe imports it in main
     output = tmp_path / "poison"
     argv = ["--max-steps", "4", "--batch-size", "64", "--checkpointing_steps", "1", "--no-progress",
             "--output_dir", output]  # fmt: skip

@@ -70,7 +70,7 @@ def test_recipe_in_process_writes_every_output(setup, tmp_path):
 def test_recipe_resume_continues_after_the_saved_round(setup, tmp_path):
     recipe = load_script("recipes/clean_classifier.py")
     output = tmp_path / "run"
-    first = recipe.main(tiny_args(setup, output, "--rounds", "1"))
+    first = recipe.main(tiny_args(setup, output, "--rounds", "1", "--keep-checkpoints"))  # else deleted at the end
     assert first["rounds_done"] == 1
     resumed = recipe.main(tiny_args(setup, output, "--rounds", "2", "--resume_from_checkpoint", "latest"))
     assert resumed["rounds_done"] == 2 and len(resumed["rounds"]) == 2

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clipclean.cli.common import RunCheckpoints, print_table, stop_if_diverged
-from clipclean.errors import ClipcleanError, UsageError
+from clipclean.errors import ClipcleanError
 from clipclean.evaluation import evaluate_zeroshot, resolve_target
 from clipclean.fileio import write_json
 from clipclean.timing import PhaseTimer
@@ -66,74 +66,14 @@ def prepare_demo(args: argparse.Namespace, poison_script: Path, description: str
         sys.path.insert(0, str(poison_script.parent))
         poison_main = importlib.import_module(poison_script.stem).main
         # --overwrite: the cache is the demo's own; a run interrupted before it finished left only part of it
-        flags = ["--attack", "badnet", "--seed", str(args.seed), "--no-progress", "--overwrite"]
-        poison_main([*flags, "--output_dir", str(cache)])
+        flags = ["--attack", "badnet", "--seed", str(args.seed), "--overwrite"]
+        flags += [] if args.progress else ["--no-progress"]  # the demo's longest phase shows its progress bar
+        flags += ["--keep-checkpoints"] if args.keep_checkpoints else []
+        poison_main([*flags, "--output-dir", str(cache)])
     args.model = str(cache / "model")
     args.clean_data = args.clean_data or "digits:defender"
     args.eval_data = args.eval_data or "digits:test"
     args.eval_trigger = args.eval_trigger or str(cache / "trigger.json")
-
-
-def make_cleaning_parser(doc: str, default_output_dir: str, clean_data_help: str) -> argparse.ArgumentParser:
-    """A cleaning recipe's parser with the model, run and data argument groups (``doc``: the recipe's docstring,
-    whose first paragraph is the description); add :func:`add_defense_arguments` and the recipe's own."""
-    from clipclean.cli.common import add_classnames_argument, add_model_arguments, add_run_arguments
-
-    parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_model_arguments(parser)
-    add_run_arguments(parser, default_output_dir=default_output_dir)
-    data = parser.add_argument_group("data")
-    data.add_argument("--clean-data", default=None, help=clean_data_help)
-    data.add_argument("--eval-data", default=None, help="labelled images for CA/ASR (demo: digits test split)")
-    add_classnames_argument(data)  # of the labelled data (and the target candidates)
-    data.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
-    data.add_argument("--max-clean-pairs", type=int, default=None, help="use at most N clean samples")
-    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    data.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="skip missing or undecodable images (and empty captions) of --clean-data/--eval-data with a count, "
-        "instead of stopping at the first with its file and row",
-    )
-    return parser
-
-
-def add_defense_arguments(parser: argparse.ArgumentParser, target_flags: Sequence[str] = ("--target-caption",)):
-    """The ``defense`` argument group both cleaning recipes share; returns it (recipes may add to it).
-
-    ``target_flags`` name the known-target option (dest ``target_caption``: a caption, or a class name for a
-    classifier).
-    """
-    from clipclean.defenses import DEFENSES
-
-    defense = parser.add_argument_group("defense")
-    defense.add_argument("--defense", default="bibau", choices=sorted(DEFENSES))
-    defense.add_argument(*target_flags, dest="target_caption", default=None, help="known target (absent: untargeted)")
-    defense.add_argument("--eval-trigger", default=None, help="a true trigger file, to measure the real ASR")
-    defense.add_argument("--eval-target", default=None, help="target class of --eval-trigger (default: its file)")
-    defense.add_argument("--rounds", type=int, default=None, help="outer rounds (default: the defense's)")
-    defense.add_argument("--epochs", type=int, default=None, help="epochs per round (default: the defense's)")
-    defense.add_argument("--lr", type=float, default=None, help="learning rate (default: the defense's)")
-    defense.add_argument("--batch-size", type=int, default=64, help="per process")
-    defense.add_argument(
-        "--micro-batch",
-        type=int,
-        default=None,
-        help="at most N triggered images per forward/backward pass of the trigger search (inversion, verdict, "
-        "re-inversion; gradient accumulation, same result, less memory). Default: whole batches",
-    )
-    defense.add_argument(
-        "--defense-option",
-        "--set",
-        dest="defense_options",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any field of the defense's config (JSON values), e.g. --set gamma=2 --set inversion.rounds=3",
-    )
-    return defense
 
 
 class RecipeState:
@@ -350,27 +290,6 @@ def prepare_cleaning_output(args: argparse.Namespace) -> None:
     )
 
 
-def check_cleaning_arguments(args: argparse.Namespace) -> None:
-    """The numbers of :func:`make_cleaning_parser` and :func:`add_defense_arguments` that no run can use, refused
-    once parsed (:class:`~clipclean.errors.UsageError`, one line): ``--rounds``/``--epochs`` 0 would write a
-    "cleaned" model identical to its input."""
-    import math
-
-    for flag, value in (("--rounds", args.rounds), ("--epochs", args.epochs)):
-        if value is not None and value < 1:
-            raise UsageError(
-                f"{flag} must be >= 1, got {value} (0 would leave the model unchanged and call it cleaned)"
-            )
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be a positive number, got {args.lr}")
-    if args.max_clean_pairs is not None and args.max_clean_pairs < 1:
-        raise UsageError(f"--max-clean-pairs must be >= 1, got {args.max_clean_pairs}")
-    if args.workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {args.workers}")
-
-
 def load_eval_trigger(
     path: str | None, target: str | None, eval_data, device, image_size: tuple[int, int] | None = None
 ) -> tuple[Trigger | None, str | None]:
@@ -395,8 +314,11 @@ def load_eval_trigger(
     return trigger, target
 
 
-def evaluate_phase(model, loader, classnames, classifier, trigger, target, accelerator, templates=None, seed=0):
-    """``{"clean_accuracy", "attack_success_rate", "eval"}`` with clipclean's protocol (one phase: before/after)."""
+def evaluate_phase(
+    model, loader, classnames, classifier, trigger, target, accelerator, templates=None, seed=0, progress=False
+):
+    """``{"clean_accuracy", "attack_success_rate", "eval"}`` with clipclean's protocol (one phase: before/after);
+    ``progress`` shows a progress bar on the main process."""
     metrics = evaluate_zeroshot(
         model,
         loader,
@@ -407,6 +329,7 @@ def evaluate_phase(model, loader, classnames, classifier, trigger, target, accel
         seed=seed,
         classifier=classifier,
         gather=accelerator.gather_for_metrics,
+        progress=progress and accelerator.is_main_process,
     )
     return {"clean_accuracy": metrics["top1"], "attack_success_rate": metrics["asr_top1"], "eval": metrics}
 
@@ -455,7 +378,8 @@ def write_inversion_folder(output: Path, defense, method: str, recovered_target:
     folder = Path(output) / "inversion"
     save_trigger(inverted, folder / "trigger", metadata={"source": f"{method} inversion", "target": recovered_target})
     examples = torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))]).to(device)
-    draw_trigger(inverted, folder / "trigger.png", images=examples)
+    title = f"inverted trigger ({method})"
+    draw_trigger(inverted, folder / "trigger.png", images=examples, title=title, target=recovered_target)
     write_json(folder / "report.json", defense.summary())
 
 
@@ -468,8 +392,10 @@ def card_metrics(results: dict) -> dict:
     }
 
 
-def print_summary(accelerator, results: dict) -> None:
-    """The before/after table and the verdict line (main process only)."""
+def print_summary(accelerator, results: dict, templates: str | None = None) -> None:
+    """The before/after table, the verdict line and, given ``templates`` (the zero-shot template set the clean
+    accuracy was measured with), the template set and why ``eval/zeroshot_imagenet.py`` may differ (main process
+    only)."""
     if not accelerator.is_main_process:
         return
 
@@ -483,9 +409,24 @@ def print_summary(accelerator, results: dict) -> None:
     ]
     if rows:
         print_table(rows, ("model", "clean accuracy", "attack success rate"))
+        if templates is not None:
+            print(templates_note(templates))
     inversion = results["inversion"]
     if inversion:
         print(
             f"verdict: {inversion['verdict']}  recovered target: {inversion['recovered_target']}  "
             f"anomaly index: {inversion['anomaly_index']}"
         )
+
+
+def templates_note(templates: str) -> str:
+    """The line under a recipe's accuracy table that names its zero-shot template set: the recipes take the digit
+    caption templates for the built-in digits, ``eval/zeroshot_imagenet.py`` the 80 OpenAI ImageNet templates, so
+    the same model's clean accuracy differs slightly between the two (docs/evaluation.md, "Template sets")."""
+    note = f"zero-shot templates: {templates}"
+    if "openai_imagenet" not in templates:
+        note += (
+            " (eval/zeroshot_imagenet.py uses the 80 OpenAI ImageNet templates unless --templates: its clean "
+            "accuracy for the same model can differ slightly; docs/evaluation.md)"
+        )
+    return note

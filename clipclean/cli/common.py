@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,25 @@ from clipclean.errors import ClipcleanError, OutputDirError, TrainingDivergedErr
 from clipclean.fileio import load_state_tree, save_state_tree, write_json
 
 logger = logging.getLogger(__name__)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The scripts' ``--help``: the description and epilog keep their line breaks, and every option that takes a
+    value shows its default -- unless it has none (``None``) or its help already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or action.nargs == 0  # a switch: on or off, no value
+            or default is None
+            or default is argparse.SUPPRESS
+            or default == []
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -59,8 +79,14 @@ def add_trust_code_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_output_dir: str) -> None:
     group = parser.add_argument_group("run")
-    group.add_argument("--output_dir", "--output-dir", dest="output_dir", default=default_output_dir)
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--output-dir",
+        "--output_dir",
+        dest="output_dir",
+        default=default_output_dir,
+        help="the folder the run writes its outputs to",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seeds the data order, the attack and the methods")
     group.add_argument(
         "--resume_from_checkpoint",
         "--resume-from-checkpoint",
@@ -91,11 +117,140 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_output_dir: str) 
         default=0,
         help="save_state every N optimisation steps (0: only at the end of each epoch)",
     )
+    group.add_argument(
+        "--keep-checkpoints",
+        "--keep_checkpoints",
+        dest="keep_checkpoints",
+        action="store_true",
+        help="keep OUTPUT_DIR/checkpoints after a successful run (without it they are deleted at the end; an "
+        "interrupted run always keeps them for --resume_from_checkpoint latest)",
+    )
     group.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     add_overwrite_argument(
-        group, "a previous run's results in --output_dir (results.json, the model folder; its checkpoints are deleted)"
+        group, "a previous run's results in --output-dir (results.json, the model folder; its checkpoints are deleted)"
     )
     add_debug_argument(group)
+
+
+def add_output_dir_argument(parser, default_help: str) -> None:
+    """``--output-dir`` (also ``--output_dir``, and ``--output`` as the commands first called it): the folder a
+    command writes to, one flag name across the recipes and the commands (``dest="output_dir"``)."""
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        "--output",
+        dest="output_dir",
+        default=None,
+        metavar="OUTPUT_DIR",
+        help=f"the folder the outputs go to (default: {default_help})",
+    )
+
+
+class _ResultsInFolder(argparse.Action):
+    """``--output-dir DIR`` of a script that writes one results file: ``DIR/results.json``."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        setattr(namespace, self.dest, str(Path(value) / RESULTS_FILENAME))
+
+
+def add_results_file_arguments(group) -> None:
+    """Where a script that writes one JSON file (``eval/``) puts it: ``--output-dir DIR`` (also ``--output_dir``,
+    the recipes' flag) writes ``DIR/results.json``; ``--output FILE`` names the file itself. Both set
+    ``args.output`` (the file; ``None``: results are printed only)."""
+    flags = group.add_mutually_exclusive_group()
+    flags.add_argument(
+        "--output-dir",
+        "--output_dir",
+        dest="output",
+        action=_ResultsInFolder,
+        default=None,
+        metavar="OUTPUT_DIR",
+        help=f"write the results to OUTPUT_DIR/{RESULTS_FILENAME} (main process only; default: printed only)",
+    )
+    flags.add_argument("--output", dest="output", default=None, metavar="FILE", help="write the results to FILE")
+
+
+def make_cleaning_parser(doc: str, default_output_dir: str, clean_data_help: str) -> argparse.ArgumentParser:
+    """A cleaning recipe's parser with the model, run and data argument groups (``doc``: the recipe's docstring,
+    whose first paragraph is the description); add :func:`add_defense_arguments` and the recipe's own."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=HelpFormatter)
+    add_model_arguments(parser)
+    add_run_arguments(parser, default_output_dir=default_output_dir)
+    data = parser.add_argument_group("data")
+    data.add_argument("--clean-data", default=None, help=clean_data_help)
+    data.add_argument("--eval-data", default=None, help="labelled images for CA/ASR (demo: digits test split)")
+    add_classnames_argument(data)  # of the labelled data (and the target candidates)
+    data.add_argument("--templates", default=None, help="zero-shot templates file (default: per data set)")
+    data.add_argument("--max-clean-pairs", type=int, default=None, help="use at most N clean samples")
+    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip missing or undecodable images (and empty captions) of --clean-data/--eval-data with a count, "
+        "instead of stopping at the first with its file and row",
+    )
+    return parser
+
+
+def add_defense_arguments(parser: argparse.ArgumentParser, target_flags: Sequence[str] = ("--target-caption",)):
+    """The ``defense`` argument group both cleaning recipes share; returns it (recipes may add to it).
+
+    ``target_flags`` name the known-target option (dest ``target_caption``: a caption, or a class name for a
+    classifier). The defenses' names and their default rounds, epochs and learning rates come from their configs,
+    read without importing them (:mod:`clipclean.cli.catalogue`).
+    """
+    from clipclean.cli.catalogue import defense_names, describe_defense_defaults
+
+    defense = parser.add_argument_group("defense")
+    defense.add_argument("--defense", default="bibau", choices=defense_names(), help="the backdoor-removal method")
+    defense.add_argument(*target_flags, dest="target_caption", default=None, help="known target (absent: untargeted)")
+    defense.add_argument("--eval-trigger", default=None, help="a true trigger file, to measure the real ASR")
+    defense.add_argument("--eval-target", default=None, help="target class of --eval-trigger (default: its file)")
+    for flag, kind, what in (("--rounds", int, "outer rounds"), ("--epochs", int, "epochs per round"),
+                             ("--lr", float, "learning rate")):  # fmt: skip
+        field_name = flag.lstrip("-")
+        defaults = describe_defense_defaults(field_name)
+        defense.add_argument(flag, type=kind, default=None, help=f"{what} (default, per defense: {defaults})")
+    defense.add_argument("--batch-size", type=int, default=64, help="per process")
+    defense.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="at most N images per forward/backward pass: the trigger search (inversion, verdict, re-inversion) "
+        "and the unlearning steps (the contrastive loss through a gradient cache); the same gradients with less "
+        "memory (a ResNet's BatchNorm sees micro-batches). Default: whole batches",
+    )
+    defense.add_argument(
+        "--defense-option",
+        "--set",
+        dest="defense_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any field of the defense's config (JSON values), e.g. --set gamma=2 --set inversion.rounds=3",
+    )
+    return defense
+
+
+def check_cleaning_arguments(args: argparse.Namespace) -> None:
+    """The numbers of :func:`make_cleaning_parser` and :func:`add_defense_arguments` that no run can use, refused
+    once parsed (:class:`~clipclean.errors.UsageError`, one line): ``--rounds``/``--epochs`` 0 would write a
+    "cleaned" model identical to its input."""
+    import math
+
+    for flag, value in (("--rounds", args.rounds), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            raise UsageError(
+                f"{flag} must be >= 1, got {value} (0 would leave the model unchanged and call it cleaned)"
+            )
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    if args.max_clean_pairs is not None and args.max_clean_pairs < 1:
+        raise UsageError(f"--max-clean-pairs must be >= 1, got {args.max_clean_pairs}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {args.workers}")
 
 
 def make_accelerator(args: argparse.Namespace):
@@ -116,8 +271,7 @@ def make_accelerator(args: argparse.Namespace):
     project = ProjectConfiguration(
         project_dir=str(args.output_dir),
         logging_dir=str(Path(args.output_dir) / "logs"),
-        automatic_checkpoint_naming=True,
-        total_limit=2,
+        automatic_checkpoint_naming=True,  # RunCheckpoints keeps the newest CHECKPOINTS_KEPT (accelerate would log it)
     )
     accelerator = Accelerator(
         mixed_precision=mixed_precision or None,
@@ -199,6 +353,7 @@ class CheckpointError(ClipcleanError, ValueError):
     """A checkpoint that cannot be resumed from (missing, incomplete, not written by clipclean)."""
 
 
+CHECKPOINTS_KEPT = 2  # the newest checkpoint and the one before it (a kill while saving leaves the newest incomplete)
 CHECKPOINT_STATE_NAME = "clipclean_state"
 CHECKPOINT_COMPLETE_FILENAME = "clipclean_checkpoint.json"
 
@@ -226,7 +381,9 @@ class RunCheckpoints:
     written last tells a complete checkpoint from one a kill interrupted: ``resume("latest")`` takes the newest
     complete one and deletes the incomplete ones.
 
-    Folders are ``OUTPUT_DIR/checkpoints/checkpoint_<n>`` (accelerate's automatic naming, the last two kept).
+    Folders are ``OUTPUT_DIR/checkpoints/checkpoint_<n>`` (accelerate's automatic naming); a save first deletes the
+    oldest, so that :data:`CHECKPOINTS_KEPT` remain (logged at debug level). A successful run deletes the folder at
+    the end unless ``--keep-checkpoints`` (:func:`finish_run`).
 
     Example::
 
@@ -247,6 +404,8 @@ class RunCheckpoints:
     def save(self) -> Path:
         """``accelerator.save_state()`` plus the run's state, then the completeness marker; returns the folder."""
         accelerator = self.accelerator
+        if accelerator.is_main_process:
+            self._make_room()
         location = Path(accelerator.save_state())
         if accelerator.is_main_process:
             save_state_tree(location, CHECKPOINT_STATE_NAME, {n: obj.state_dict() for n, obj in self.objects.items()})
@@ -314,6 +473,13 @@ class RunCheckpoints:
         accelerator.project_configuration.iteration = max([checkpoint_number(path), *numbers]) + 1
         return path
 
+    def _make_room(self) -> None:
+        """Delete the oldest numbered checkpoints so that, with the one about to be saved, CHECKPOINTS_KEPT remain."""
+        numbered = sorted(self._numbered(), key=checkpoint_number)
+        for old in numbered[: max(0, len(numbered) + 1 - CHECKPOINTS_KEPT)]:
+            logger.debug("deleting the checkpoint %s to make room for a new one", old)
+            shutil.rmtree(old)
+
     def _numbered(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
@@ -360,9 +526,9 @@ def parse_key_values(items: list[str]) -> dict[str, Any]:
 def add_complete_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the complete-unlearning tests (``eval/complete_unlearning.py``, ``clean_clip.py --complete-eval``);
     defaults are :class:`~clipclean.complete.RetuningConfig`'s."""
-    from clipclean.complete import RetuningConfig
+    from clipclean.cli.catalogue import config_defaults
 
-    defaults = RetuningConfig()
+    defaults = argparse.Namespace(**config_defaults("complete.py", "RetuningConfig"))  # read, not imported (--help)
     group = parser.add_argument_group("complete unlearning (retuning attack, re-inversion; method.md section 3)")
     group.add_argument("--reference-model", default=None, help="a never-poisoned reference model, same protocol")
     group.add_argument(
@@ -611,6 +777,42 @@ def prepare_output_dir(
     return output
 
 
+def finish_run(accelerator, args: argparse.Namespace, outputs: dict[str, str], notes: tuple[str, ...] = ()) -> None:
+    """The end of a successful run: delete ``OUTPUT_DIR/checkpoints`` unless ``--keep-checkpoints`` (a run that
+    stops early -- an error, a kill -- never gets here, so ``--resume_from_checkpoint latest`` still finds them),
+    then print where the outputs are (main process).
+
+    Args:
+        accelerator: the run's ``Accelerator`` (every process calls this).
+        args: the parsed flags (``output_dir``, ``keep_checkpoints``).
+        outputs: ``{name in OUTPUT_DIR: what it is}``; the names that exist are listed.
+        notes: more lines to print after the list (e.g. where a demo cached its model).
+    """
+    output = Path(args.output_dir)
+    checkpoints = output / CHECKPOINTS_FOLDER
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        kept = getattr(args, "keep_checkpoints", False)
+        if checkpoints.is_dir() and not kept:
+            logger.debug("deleting %s: the run finished (--keep-checkpoints keeps them)", checkpoints)
+            shutil.rmtree(checkpoints)
+        kept_state = {CHECKPOINTS_FOLDER: "the resumable training state (--keep-checkpoints)"}
+        print(outputs_summary(output, {**outputs, **kept_state}))
+        for note in notes:
+            print(note)
+    accelerator.wait_for_everyone()
+
+
+def outputs_summary(output: str | Path, outputs: dict[str, str]) -> str:
+    """``outputs in DIR:`` and one line per entry of ``outputs`` (``{name: what it is}``) that exists in it."""
+    output = Path(output)
+    present = {name + ("/" if (output / name).is_dir() else ""): what for name, what in outputs.items()
+               if (output / name).exists()}  # fmt: skip
+    width = max((len(name) for name in present), default=0)
+    lines = [f"outputs in {output}{os.sep}:", *(f"  {name.ljust(width)}  {what}" for name, what in present.items())]
+    return "\n".join(lines)
+
+
 def prepare_output_file(path: str | Path | None, *, overwrite: bool = False, flag: str = "--output") -> Path | None:
     """Check an output file (``--output results.json``) before any work: no folder in its place, its folder can be
     created and written, and it does not exist yet unless ``overwrite``. ``None`` passes through."""
@@ -618,7 +820,9 @@ def prepare_output_file(path: str | Path | None, *, overwrite: bool = False, fla
         return None
     path = Path(path)
     if path.is_dir():
-        raise OutputDirError(f"{flag} {path} is a folder; give a file name such as {path / RESULTS_FILENAME}")
+        raise OutputDirError(
+            f"{flag} {path} is a folder; give a file name such as {path / RESULTS_FILENAME} (or --output-dir {path})"
+        )
     check_writable(path.parent, flag)
     if os.path.lexists(path) and not overwrite:
         raise OutputDirError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another file")

@@ -10,7 +10,6 @@ checkout, ``pip install -e .``) and calls its ``main(argv)``. Several processes:
 from __future__ import annotations
 
 import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -41,12 +40,15 @@ class Script:
         return module
 
     def run(self, argv: list[str]):
-        """``main(argv)`` of the script; ``--help`` shows the command's examples, then the script's options."""
+        """``main(argv)`` of the script; ``--help`` shows the script's options under the command's name, then the
+        command's examples (the script's ``build_parser()``: no model or library is loaded for it)."""
         module = self.load()
         if "-h" in argv or "--help" in argv:
-            print(f"usage: clipclean {self.command} [options of {self.path}]\n\n{self.help}\n\n{self.examples}")
-            sys.argv[0] = f"clipclean {self.command}"  # the script's parser names itself after argv[0]
-            return module.main(["--help"])
+            parser = module.build_parser()
+            parser.prog = f"clipclean {self.command}"
+            parser.epilog = "\n\n".join(text for text in (self.examples, f"(runs {self.path})") if text)
+            parser.print_help()
+            parser.exit()
         return module.main(argv)
 
 
@@ -61,14 +63,15 @@ SCRIPTS = {
             """examples:
   clipclean clean                                   # the embedded digits demo
   clipclean clean --model outputs/badnet/model --clean-data digits:defender --eval-data digits:test \\
-      --eval-trigger outputs/badnet/trigger.json --output_dir outputs/cleaned
+      --eval-trigger outputs/badnet/trigger.json --output-dir outputs/cleaned
   clipclean clean --model path/to/transformers-clip --clean-data "shards/cc-{000..009}.tar" --defense cleanclip
   accelerate launch -m clipclean.cli.main clean --model hf-hub:org/suspect --clean-data pairs.csv""",
         ),
         Script(
             "eval",
             "eval/zeroshot_imagenet.py",
-            "zero-shot clean accuracy (top-1/top-5) and attack success rate (top-1/top-10), clipclean's protocol",
+            "zero-shot clean accuracy and attack success rate (top-1; top-5/top-10 when there are more classes), "
+            "clipclean's protocol",
             """examples:
   clipclean eval --model outputs/cleaned/cleaned --data digits --trigger outputs/badnet/trigger.json --target zero
   clipclean eval --model ViT-B-32 --pretrained laion2b_s34b_b79k --data /data/imagenet --split val""",
