@@ -44,6 +44,7 @@ from clipclean.cli.common import (
     check_poison_arguments,
     run_cli,
 )
+from clipclean.cli.smoke import smoke_arguments
 
 if TYPE_CHECKING:
     from clipclean.poisoning import PoisonManifest
@@ -95,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     args = parser.parse_args(argv)
     check_poison_arguments(args)
-    return args
+    return smoke_arguments(args)  # CLIPCLEAN_SMOKE: tiny run lengths
 
 
 def _prepare_poison(args, accelerator, train) -> tuple[Any, PoisonManifest, dict]:

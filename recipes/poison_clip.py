@@ -44,6 +44,7 @@ from clipclean.cli.common import (
     check_poison_arguments,
     run_cli,
 )
+from clipclean.cli.smoke import smoke_arguments
 
 if TYPE_CHECKING:
     from clipclean.poisoning import PoisonManifest
@@ -153,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, value in (("--min-clean-accuracy", args.min_clean_accuracy), ("--min-asr", args.min_asr)):
         if value is not None and not 0 <= value <= 1:
             parser.error(f"{flag} must lie in [0, 1], got {value}")
-    return args
+    return smoke_arguments(args)  # CLIPCLEAN_SMOKE: tiny run lengths
 
 
 def _trained_from_scratch(args) -> bool:
@@ -191,6 +192,7 @@ def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, P
     import torch
 
     from clipclean.attacks import AttackContext, build_attack, make_attack_config
+    from clipclean.cli.smoke import smoke_config
     from clipclean.cli.common import attack_overrides
     from clipclean.models import load_clip
     from clipclean.poisoning import PoisonManifest, make_poison_manifest
@@ -205,7 +207,7 @@ def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, P
             "steps": args.badclip_steps,
             "templates": _poison_caption_templates(args, train, classnames),
         }
-        config = make_attack_config(args.attack, **overrides)
+        config = smoke_config(make_attack_config(args.attack, **overrides))  # CLIPCLEAN_SMOKE: BadCLIP's steps
         # attacks that optimise their trigger (badclip) use the victim; the others ignore it
         victim = load_clip(args.victim_model, device=accelerator.device) if args.victim_model else model
         context = AttackContext(model.image_size, dataset=train, model=victim)

@@ -103,7 +103,6 @@ def test_the_library_never_imports_the_command_line_and_data_stands_alone():
     assert outside == {"clipclean.errors"}
 
 
-@pytest.mark.xfail(strict=True, reason="clipclean.cli.common <-> clipclean.cli.smoke (env_flag); fix in the CLI")
 def test_the_command_line_modules_have_no_import_cycles():
     assert _cycles(GRAPH) == []
 

@@ -60,7 +60,9 @@ def prepare_demo(args: argparse.Namespace, poison_script: Path, description: str
     """A cleaning recipe's embedded demo: train (once, cached under ``args.demo_cache``) a model backdoored on digits
     with a BadNet patch toward "zero" by running ``poison_script``'s ``main``, then point ``args`` at it (``--model``,
     the true trigger) and at the digits defender/test splits (unless given)."""
-    cache = Path(args.demo_cache)
+    from clipclean.cli.smoke import smoke_cache
+
+    cache = smoke_cache(args.demo_cache)  # a smoke run's model is never reused by a full-size demo
     if not (cache / "results.json").is_file():
         logger.info("demo: training %s on digits into %s (once)", description, cache)
         sys.path.insert(0, str(poison_script.parent))
@@ -104,7 +106,8 @@ def make_defense(args, accelerator, model, candidate_names, candidate_embeddings
     Returns ``(defense, reference)``.
     """
     from clipclean.cli.common import parse_key_values
-    from clipclean.defenses import DefenseContext, build_defense
+    from clipclean.cli.smoke import smoke_overrides
+    from clipclean.defenses import DEFENSES, DefenseContext, build_defense
 
     reference = model.fresh_copy().requires_grad_(False).eval()
     context = DefenseContext(
@@ -119,11 +122,10 @@ def make_defense(args, accelerator, model, candidate_names, candidate_embeddings
     )
     overrides = {"rounds": args.rounds, "epochs": args.epochs, "lr": args.lr, **parse_key_values(args.defense_options)}
     if args.micro_batch is not None:
-        from clipclean.defenses import DEFENSES
-
         if "inversion" not in DEFENSES[args.defense][0].field_names():
             raise ValueError(f"--micro-batch: the {args.defense} defense runs no trigger search")
         overrides["inversion"] = {"micro_batch": args.micro_batch, **overrides.get("inversion", {})}
+    overrides = smoke_overrides(DEFENSES[args.defense][0], overrides)  # CLIPCLEAN_SMOKE: tiny run lengths
     return build_defense(args.defense, model, context, overrides), reference
 
 

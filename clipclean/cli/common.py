@@ -576,9 +576,11 @@ def complete_eval_configs(args: argparse.Namespace):
         batch_size=args.retune_batch_size,
         seed=args.seed,
     )
+    from clipclean.cli.smoke import smoke_config
+
     options = parse_key_values(args.reinversion_options)
     inversion = reinversion_config(**{"seed": args.seed, **options})
-    return retuning, inversion
+    return smoke_config(retuning), smoke_config(inversion)  # CLIPCLEAN_SMOKE: tiny run lengths
 
 
 def load_reference_measurements(path: str | Path, retuning, pool: str | None = None) -> Any:

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from clipclean.cli.common import default_templates, parse_key_values
+    from clipclean.cli.smoke import smoke_config
     from clipclean.data import load_image_caption_dataset
     from clipclean.evaluation import zeroshot_classifier
     from clipclean.fileio import write_json
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         templates, templates_name = default_templates(args.templates, template_source)
     with torch.no_grad():
         classifier = zeroshot_classifier(model, names, templates)
-    config = InversionConfig(**{"seed": args.seed, **parse_key_values(args.options)})
+    config = smoke_config(InversionConfig(**{"seed": args.seed, **parse_key_values(args.options)}))
     inversion = BlindInversion(
         model, config, candidate_names=names, candidate_embeddings=classifier, progress=args.progress
     )

@@ -1,0 +1,83 @@
+"""benchmarks/check_numbers.py: every quoted benchmark table agrees with the committed CSV it names, and a number typed
+differently from its source is caught (flat tables, renamed keys, pivots, paragraphs)."""
+
+from conftest import load_script
+
+SOURCE = """\
+attack,defense,setting,ca_after,ra_asr_mean,ra_asr_std
+badnet,bibau,60:0.1:1e-4,0.9474999904632568,0.021,0.02
+badnet,bibau,120:0.1:1e-4,0.95,0.025,0.02
+badnet,none,60:0.1:1e-4,0.9625,0.999,0.0016
+badnet,none,120:0.1:1e-4,0.9625,0.998,0.0016
+blended,bibau,60:0.1:1e-4,0.938,0.357,0.073
+blended,bibau,120:0.1:1e-4,0.94,0.464,0.137
+blended,none,60:0.1:1e-4,0.9425,0.961,0.033
+blended,none,120:0.1:1e-4,0.9425,0.960,0.030
+"""
+
+
+def check(tmp_path, document: str):
+    checker = load_script("benchmarks/check_numbers.py")
+    (tmp_path / "source.csv").write_text(SOURCE)
+    path = tmp_path / "doc.md"
+    path.write_text(document.replace("SOURCE", str(tmp_path / "source.csv")))
+    return checker.check([path])
+
+
+FLAT = """\
+<!-- source: SOURCE -->
+
+| attack | defense | setting | CA % after | RA-ASR % |
+|---|---|---|---:|---:|
+| badnet | **bibau** | 60:0.1:1e-4 | 94.7 | 2.1 |
+| badnet | no defense | 60:0.1:1e-4 | 96.2 | 99.9 |
+| blended | bibau | 60:0.1:1e-4 | 93.8 | 35.7 |
+"""
+
+PIVOT = """\
+<!-- source: SOURCE; rename: backdoored, no defense=none -->
+| model | BadNet: 60 steps (120 steps) | Blended: 60 (120) |
+|---|---:|---:|
+| backdoored, no defense | 99.9 ± 0.2 (99.8 ± 0.2) | 96.1 ± 3.3 (96.0 ± 3.0) |
+| **bibau** | **2.1 ± 2.0** (2.5 ± 2.0) | **35.7 ± 7.3** (46.4 ± 13.7) |
+"""
+
+
+def test_the_committed_docs_agree_with_their_sources():
+    checker = load_script("benchmarks/check_numbers.py")
+    report = checker.check(checker.document_paths())
+    assert report.mismatches == []
+    # the side-by-side, persistence and mechanisms tables of benchmarks/README.md, the generated results/*.md tables
+    # and the README's paragraph are checked (their source comments are in place)
+    assert report.tables_checked >= 7 and report.paragraphs_checked >= 1 and report.cells_checked > 900
+
+
+def test_a_flat_table_is_checked_cell_by_cell(tmp_path):
+    report = check(tmp_path, FLAT.replace("no defense", "none"))
+    assert report.mismatches == [] and report.cells_checked == 6
+    wrong = check(tmp_path, FLAT.replace("no defense", "none").replace("| 93.8 |", "| 93.9 |"))
+    assert len(wrong.mismatches) == 1 and "shows 93.9; the source's ca_after x100 is 93.8" in wrong.mismatches[0]
+
+
+def test_a_row_the_source_does_not_hold_is_reported(tmp_path):
+    report = check(tmp_path, FLAT)  # "no defense" is not a defense of the source and not renamed
+    assert any("no row of the source" in problem for problem in report.mismatches)
+
+
+def test_a_pivot_table_with_renamed_rows(tmp_path):
+    assert check(tmp_path, PIVOT).mismatches == []
+    wrong = check(tmp_path, PIVOT.replace("(46.4 ± 13.7)", "(46.4 ± 13.9)"))
+    assert len(wrong.mismatches) == 1 and "ra_asr_std x100 is 13.7" in wrong.mismatches[0]
+
+
+def test_a_sourced_paragraph_and_the_unsourced_report(tmp_path):
+    text = "<!-- source: SOURCE -->\nBI-BAU brings BadNet back to 2.1% (60 steps) and Blended to 35.7%.\n\n"
+    assert check(tmp_path, text).mismatches == []
+    assert len(check(tmp_path, text.replace("35.7%", "35.2%")).mismatches) == 1
+    unsourced = check(tmp_path, "A run reached 91.3% ASR with `--lr 2e-3` (arXiv 2606.14078, torch >= 2.6).\n")
+    assert len(unsourced.unsourced) == 1 and ", 1 numbers:" in unsourced.unsourced[0]
+    dated = check(tmp_path, "On 2026-12-02 a run reached 91.3% ASR.\n")
+    assert dated.unsourced == [] and dated.history == 1
+    table = "| run | ASR % |\n|---|---:|\n| a | 91.3 |\n"
+    marked = check(tmp_path, "<!-- history: 2026-11-23, commit b362e03 -->\n" + table)
+    assert marked.unsourced == [] and marked.history == 1
