@@ -203,7 +203,7 @@ class Defense:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` (called before the first resumed round)."""
         self.round_reports = json.loads(state["round_reports"])
-        self.steps = int(state["steps"])
+        self.steps = int(state.get("steps", state.get("step", 0)))  # "step": checkpoints written before 2026-12-03
         self.load_method_state_dict(state)
 
 
