@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Only the command line is imported here, so that --help answers at once; torch and the library load in main().
-from clipclean.cli.catalogue import attack_names
+from clipclean.cli.catalogue import attack_defaults, attack_names, describe_defaults
 from clipclean.cli.common import (
     HelpFormatter,
     add_classnames_argument,
@@ -55,7 +55,6 @@ TRIGGER_NAME = "trigger"
 MANIFEST_FILENAME = "poison_manifest.json"
 RESULTS_FILENAME = "results.json"
 SAMPLE_KEYS_FILENAME = "sample_keys.jsonl"
-DEFAULT_POISON_RATE = 0.02
 OUTPUTS = {
     "model": "the backdoored model (open_clip Hub layout, model card)",
     f"{TRIGGER_NAME}.png": f"the true trigger, drawn ({TRIGGER_NAME}.json + .safetensors: the trigger itself)",
@@ -99,7 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     attack.add_argument("--attack", default="badnet", choices=attack_names(), help="the poisoning attack")
     attack.add_argument("--target", default="zero", help="target class name (must be a class of --eval-data)")
     amount = attack.add_mutually_exclusive_group()
-    amount.add_argument("--poison-rate", type=float, default=None, help=f"default {DEFAULT_POISON_RATE}")
+    amount.add_argument(
+        "--poison-rate",
+        type=float,
+        default=None,
+        help="fraction of pairs poisoned (default, per attack: "
+        f"{describe_defaults(attack_defaults('default_poison_rate'))})",
+    )
     amount.add_argument("--poison-count", type=int, default=None, help="number of poisoned pairs (0: clean run)")
     attack.add_argument("--trigger-size", type=int, default=None, help="patch side in pixels (badnet, badclip)")
     attack.add_argument("--trigger-location", default=None, help="top-left ... bottom-right, center, random")
@@ -192,8 +197,8 @@ def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, P
     import torch
 
     from clipclean.attacks import AttackContext, build_attack, make_attack_config
-    from clipclean.cli.smoke import smoke_config
     from clipclean.cli.common import attack_overrides
+    from clipclean.cli.smoke import smoke_config
     from clipclean.models import load_clip
     from clipclean.poisoning import PoisonManifest, make_poison_manifest
     from clipclean.triggers import draw_trigger, load_trigger, read_trigger_metadata, save_trigger
@@ -212,7 +217,8 @@ def _prepare_poison(args, accelerator, model, train, classnames) -> tuple[Any, P
         victim = load_clip(args.victim_model, device=accelerator.device) if args.victim_model else model
         context = AttackContext(model.image_size, dataset=train, model=victim)
         attack = build_attack(args.attack, config, context)
-        rate = DEFAULT_POISON_RATE if args.poison_rate is None and args.poison_count is None else args.poison_rate
+        default = args.poison_rate is None and args.poison_count is None
+        rate = config.default_poison_rate if default else args.poison_rate
         manifest = make_poison_manifest(
             train.captions,
             attack.caption_policy,

@@ -198,7 +198,8 @@ def test_from_scratch_the_poisoned_captions_follow_the_training_captions_style(r
         common = ["--batch-size", "64", "--no-progress", "--max-steps", "1", "--target", "three"]
         recipe.main([*common, "--train-data", str(data), "--attack", attack, "--output_dir", str(output)])
         captions = PoisonManifest.load(output / "poison_manifest.json").captions
-        assert len(captions) == 6 and set(captions) <= own, (attack, captions)
+        expected = {"badnet": 6, "blended": 15}[attack]  # 300 pairs at the attack's default rate, 2% / 5%
+        assert len(captions) == expected and set(captions) <= own, (attack, captions)
     # a pretrained model keeps the literature's default (the OpenAI templates) for the same data
     args = recipe.parse_args(["--train-data", str(data), "--pretrained", "some-tag"])
     assert not recipe._trained_from_scratch(args)
@@ -214,7 +215,7 @@ def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
     results = json.loads((output / "results.json").read_text())
     assert results["world_size"] == 2
     assert results["steps"] == 3 and results["eval"]["n_images"] == 400  # gather_for_metrics drops the padding
-    assert PoisonManifest.load(output / "poison_manifest.json").n_poison == 6
+    assert PoisonManifest.load(output / "poison_manifest.json").n_poison == 15  # blended's default 5% of 300
     assert (output / "model" / "open_clip_model.safetensors").is_file()
 
 

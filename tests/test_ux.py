@@ -251,3 +251,13 @@ def test_the_demo_trains_its_model_with_a_progress_bar(tmp_path, monkeypatch):
     argv = json.loads((tmp_path / "cache" / "results.json").read_text())
     assert "--no-progress" not in argv and "--keep-checkpoints" not in argv
     assert args.model == str(tmp_path / "cache" / "model")
+
+
+def test_the_poison_rate_help_gives_each_attack_s_own_default():
+    from clipclean.attacks import ATTACKS, list_attacks
+    from clipclean.cli.catalogue import attack_defaults
+
+    assert attack_defaults("default_poison_rate") == {
+        name: ATTACKS[name].config_class.default_poison_rate for name in list_attacks()
+    }
+    assert attack_defaults("default_poison_rate")["blended"] == 0.05

@@ -89,11 +89,12 @@ def defense_names() -> list[str]:
     return sorted(name for name, _ in _registrations(_package_modules("defenses"), "register_defense"))
 
 
-def defense_defaults(field_name: str) -> dict[str, Any]:
-    """``{defense: default of field_name}`` of every built-in defense's config (those with a literal default)."""
-    modules = _package_modules("defenses")
+def _registered_defaults(folder: str, function: str, field_name: str) -> dict[str, Any]:
+    """``{name: default of field_name}`` of the config of every ``function(name, Config, ...)`` registration in the
+    package folder ``folder`` (those with a literal default; a class attribute such as a ``ClassVar`` counts)."""
+    modules = _package_modules(folder)
     defaults = {}
-    for name, call in _registrations(modules, "register_defense"):
+    for name, call in _registrations(modules, function):
         config = call.args[1].id if len(call.args) > 1 and isinstance(call.args[1], ast.Name) else None
         values = _class_defaults(config, modules) if config else {}
         if field_name in values:
@@ -101,10 +102,25 @@ def defense_defaults(field_name: str) -> dict[str, Any]:
     return dict(sorted(defaults.items()))
 
 
+def defense_defaults(field_name: str) -> dict[str, Any]:
+    """``{defense: default of field_name}`` of every built-in defense's config (those with a literal default)."""
+    return _registered_defaults("defenses", "register_defense", field_name)
+
+
+def attack_defaults(field_name: str) -> dict[str, Any]:
+    """``{attack: default of field_name}`` of every built-in attack's config, e.g. ``"default_poison_rate"``."""
+    return _registered_defaults("attacks", "register_attack", field_name)
+
+
+def describe_defaults(defaults: dict[str, Any]) -> str:
+    """``"age 1, baerase 1, bibau 3, ..."``: the help text of a flag whose default is each method's own."""
+    return ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in defaults.items())  # fmt: skip
+
+
 def describe_defense_defaults(field_name: str) -> str:
     """``"age 1, baerase 1, bibau 3, ..."``: the help text of a flag whose default is each defense's own."""
-    return ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
-                     for name, value in defense_defaults(field_name).items())  # fmt: skip
+    return describe_defaults(defense_defaults(field_name))
 
 
 def attack_names() -> list[str]:
