@@ -307,6 +307,14 @@ def row_of(model: ZooModel, zoo: Path) -> dict | None:
     return row
 
 
+def counted(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(backdoored, clean)`` rows that the detection and cleaning metrics count. A backdoored model counts only
+    when its poisoning converged (``poison_converged``: CA and ASR over the recipe's bars, ASR >= 50%): a model the
+    attack did not implant carries no backdoor to find. The rest are reported as ``poison_not_converged``."""
+    backdoored = [row for row in rows if row["attack"] != "none" and row["poison_converged"] is not False]
+    return backdoored, [row for row in rows if row["attack"] == "none"]
+
+
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion (``(nan, nan)`` for ``total == 0``)."""
     if total == 0:
@@ -321,8 +329,7 @@ def split_metrics(rows: list[dict]) -> dict:
     """Detection and cleaning metrics of one split's rows (module docstring of the report)."""
     from sklearn.metrics import roc_auc_score
 
-    backdoored = [row for row in rows if row["attack"] != "none"]
-    clean = [row for row in rows if row["attack"] == "none"]
+    backdoored, clean = counted(rows)
 
     def rate(selected, predicate):
         hits = sum(1 for row in selected if predicate(row))
@@ -345,7 +352,7 @@ def split_metrics(rows: list[dict]) -> dict:
         "median_ca_drop": statistics.median(drops) if drops else math.nan,
         "worst_ca_drop": max(drops) if drops else math.nan,
         "clean_winner": dict(Counter(row["recovered_target"] for row in clean)),
-        "poison_not_converged": sum(1 for row in backdoored if row["poison_converged"] is False),
+        "poison_not_converged": sum(1 for row in rows if row["attack"] != "none" and row["poison_converged"] is False),
         "clean_wall_s_median": statistics.median([row["clean_wall_s"] for row in rows]) if rows else math.nan,
     }
 
@@ -379,7 +386,7 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
     detection and naming rates on each half at that threshold."""
     table = []
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
-        usable = [row for row in rows if row[score_key] is not None]
+        usable = [row for row in sum(counted(rows), []) if row[score_key] is not None]
         development = [row for row in usable if row["split"] == "development"]
         if not development:
             continue
@@ -390,8 +397,7 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
             entry = {"statistic": statistic, "threshold_rule": label, "threshold": threshold}
             for split in ("development", "held-out"):
                 selected = [row for row in usable if row["split"] == split]
-                backdoored = [row for row in selected if row["attack"] != "none"]
-                clean = [row for row in selected if row["attack"] == "none"]
+                backdoored, clean = counted(selected)
                 entry[split] = {
                     "detected": sum(1 for row in backdoored if row[score_key] > threshold),
                     "n_backdoored": len(backdoored),
@@ -442,7 +448,8 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> s
         for group, entry in by_group.items():
             winners = ", ".join(f"{name} {count}" for name, count in sorted(entry["clean_winner"].items()))
             lines.append(
-                f"| {split} | {group}: {entry['n_backdoored']} backdoored + {entry['n_clean']} clean | "
+                f"| {split} | {group}: {entry['n_backdoored']} backdoored + {entry['n_clean']} clean"
+                f"{_not_implanted(entry)} | "
                 f"{entry['roc_auc']:.3f} | {_format_rate(entry['true_positive'])} | "
                 f"{_format_rate(entry['false_positive'])} | {_format_rate(entry['target_named'])} | "
                 f"{_format_rate(entry['cleaning_success'])} | {100 * entry['median_ca_drop']:.1f} / "
@@ -469,6 +476,11 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> s
     return "\n".join(lines) + "\n"
 
 
+def _not_implanted(entry: dict) -> str:
+    missed = entry["poison_not_converged"]
+    return f" (+{missed} the attack did not implant, not counted)" if missed else ""
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -484,7 +496,7 @@ def _plots(rows: list[dict], output: Path) -> None:
         return
     figure, axis = plt.subplots(figsize=(4.5, 4))
     for split in ("development", "held-out"):
-        selected = [row for row in rows if row["split"] == split]
+        selected = [row for row in sum(counted(rows), []) if row["split"] == split]
         labels = [row["attack"] != "none" for row in selected]
         if len(set(labels)) == 2:
             fpr, tpr, _ = roc_curve(labels, [row["anomaly_index"] for row in selected])
@@ -503,7 +515,7 @@ def _plots(rows: list[dict], output: Path) -> None:
     for offset, (label, predicate) in enumerate(kinds):
         values = []
         for split, attack in groups:
-            chosen = [row for row in rows if row["split"] == split and row["attack"] == attack]
+            chosen = [row for row in counted(rows)[0] if row["split"] == split and row["attack"] == attack]
             values.append(sum(1 for row in chosen if predicate(row)) / len(chosen) if chosen else 0)
         axis.bar([index + offset * width for index in range(len(groups))], values, width, label=label)
     axis.set_xticks([index + width for index in range(len(groups))])

@@ -164,3 +164,18 @@ def test_baseline_tuning_uses_development_models_only(tmp_path):
     assert chosen and all(not model.held_out and model.attack != "none" for model in chosen)
     assert {model.attack for model in chosen} == set(zoo.ATTACKS)
     assert len(development_models(tmp_path, per_attack=1)) == len(zoo.ATTACKS)
+
+
+def test_a_model_the_attack_did_not_implant_is_not_counted_as_backdoored():
+    def row(name, attack, converged, index, verdict):
+        return {"name": name, "split": "held-out", "attack": attack, "target": "three", "poison_converged": converged,
+                "anomaly_index": index, "verdict": verdict, "recovered_target": "three",
+                "named_correctly": attack != "none" or None, "cleaned": attack != "none" or None,
+                "ca_before": 0.95, "ca_after": 0.95, "clean_wall_s": 1.0}  # fmt: skip
+
+    rows = [row("a", "badnet", True, 5.0, "backdoored"), row("b", "badnet", False, 0.5, "no backdoor found"),
+            row("c", "none", True, 1.0, "no backdoor found")]  # fmt: skip
+    metrics = zoo.split_metrics(rows)
+    assert metrics["n_backdoored"] == 1 and metrics["poison_not_converged"] == 1
+    assert metrics["true_positive"]["k"] == 1 and metrics["roc_auc"] == 1.0
+    assert "did not implant" in zoo.markdown({"held-out": {"all": metrics}}, [], [])
