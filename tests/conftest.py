@@ -19,6 +19,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from clipclean.cli import poison_clip  # noqa: E402
 from clipclean.models import load_clip  # noqa: E402
 
 torch.set_num_threads(1)
@@ -110,7 +111,7 @@ def digits_clips(tmp_path_factory):
                 arguments += ["--attack", name, "--poison-rate", "0.02"]
             if name == "badclip":
                 arguments += ["--victim-model", str(get("surrogate")[0] / "model")]
-            trained[name] = (root / name, load_script("recipes/poison_clip.py").main(arguments))
+            trained[name] = (root / name, poison_clip.main(arguments))
         return trained[name]
 
     return get

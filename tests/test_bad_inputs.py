@@ -12,10 +12,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, script_command
+from conftest import script_command
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from clipclean.cli import clean_clip, complete_unlearning, poison_classifier, poison_clip, zeroshot_imagenet
 from clipclean.cli.common import one_line, run_cli
 from clipclean.cli.main import main as clipclean
 from clipclean.data import DataError, load_classification_dataset, load_image_caption_dataset
@@ -54,9 +55,7 @@ def assets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def recipes():
-    return {name: load_script(f"{name}.py") for name in ("recipes/clean_clip", "recipes/poison_clip")} | {
-        "eval": load_script("eval/zeroshot_imagenet.py")
-    }
+    return {"recipes/clean_clip": clean_clip, "recipes/poison_clip": poison_clip, "eval": zeroshot_imagenet}
 
 
 @pytest.fixture(autouse=True)
@@ -164,13 +163,13 @@ def test_skip_bad_skips_a_corrupt_image_with_a_count(assets, recipes, tmp_path, 
 
 def test_skip_bad_on_the_classifier_recipe_and_the_complete_unlearning_script(assets, tmp_path, capsys):
     data = class_folders_with_a_corrupt_image(assets, tmp_path)
-    poison = load_script("recipes/poison_classifier.py")
+    poison = poison_classifier
     argv = ["--train-data", data, "--eval-data", data, "--target", "cat", "--poison-count", "1", "--epochs", "1",
             "--batch-size", "4", "--architecture-kwargs", '{"width": 2}', "--no-progress"]  # fmt: skip
     expect_error(poison.main, [*argv, "--output_dir", tmp_path / "a"], capsys, "3.png", "cannot decode")
     assert run_cli(poison.main, [*map(str, argv), "--output_dir", str(tmp_path / "b"), "--skip-bad"]) == 0
     assert "skipped 1 bad row(s) of 7" in capsys.readouterr().err
-    complete = load_script("eval/complete_unlearning.py")
+    complete = complete_unlearning
     table = tmp_path / "pairs.csv"
     table.write_text("filepath,title\n" + "".join(f"{data / 'cat' / f'{i}.png'},a cat\n" for i in range(3))
                      + f"{data / 'dog' / '3.png'},a dog\n")  # fmt: skip

@@ -7,11 +7,12 @@ shared ``digits_clips`` of conftest.py (recipe defaults, seed 0); benchmarks/REA
 """
 
 import pytest
-from conftest import load_script
+
+from clipclean.cli import clean_clip
 
 
 def clean(folder, trigger, output, *extra: str) -> dict:
-    return load_script("recipes/clean_clip.py").main(
+    return clean_clip.main(
         [
             "--model", str(folder / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
             "--eval-trigger", str(trigger), "--eval-target", "zero", "--output_dir", str(output), "--no-progress",

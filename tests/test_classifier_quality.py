@@ -8,7 +8,8 @@ top candidate, bring the ASR below 5% and keep the clean accuracy within 3 point
 from pathlib import Path
 
 import pytest
-from conftest import load_script
+
+from clipclean.cli import clean_classifier, poison_classifier
 
 CLEAN_FLAGS = [
     "--rounds", "3", "--epochs", "20", "--lr", "2e-3", "--set", "unlearning_budget=0.1",
@@ -17,10 +18,10 @@ CLEAN_FLAGS = [
 
 
 def poison_and_clean(tmp_path: Path, *poison_flags: str) -> tuple[dict, dict]:
-    poisoned = load_script("recipes/poison_classifier.py").main(
+    poisoned = poison_classifier.main(
         [*poison_flags, "--seed", "0", "--no-progress", "--output_dir", str(tmp_path / "poisoned")]
     )
-    cleaned = load_script("recipes/clean_classifier.py").main(
+    cleaned = clean_classifier.main(
         [
             "--model",
             str(tmp_path / "poisoned" / "model"),

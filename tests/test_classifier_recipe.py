@@ -5,9 +5,10 @@ import json
 
 import pytest
 import torch
-from conftest import launch_two_processes, load_script
+from conftest import launch_two_processes
 
 from clipclean.classifiers import create_classifier, load_classifier, save_classifier
+from clipclean.cli import clean_classifier, poison_classifier
 from clipclean.data import DIGIT_CLASSNAMES, DataError
 from clipclean.hub import save_pretrained
 from clipclean.models import load_clip
@@ -48,7 +49,7 @@ def tiny_args(setup, output, *extra, model=None):
 
 
 def test_recipe_in_process_writes_every_output(setup, tmp_path):
-    results = load_script("recipes/clean_classifier.py").main(tiny_args(setup, tmp_path / "run"))
+    results = clean_classifier.main(tiny_args(setup, tmp_path / "run"))
     assert RESULT_KEYS <= set(results) and results["defense"] == "bibau" and results["world_size"] == 1
     for phase in ("before", "after"):
         assert 0 <= results[phase]["clean_accuracy"] <= 1 and 0 <= results[phase]["attack_success_rate"] <= 1
@@ -68,7 +69,7 @@ def test_recipe_in_process_writes_every_output(setup, tmp_path):
 
 
 def test_recipe_resume_continues_after_the_saved_round(setup, tmp_path):
-    recipe = load_script("recipes/clean_classifier.py")
+    recipe = clean_classifier
     output = tmp_path / "run"
     first = recipe.main(tiny_args(setup, output, "--rounds", "1", "--keep-checkpoints"))  # else deleted at the end
     assert first["rounds_done"] == 1
@@ -79,7 +80,7 @@ def test_recipe_resume_continues_after_the_saved_round(setup, tmp_path):
 
 
 def test_recipe_rejects_bad_arguments(setup, tmp_path):
-    recipe = load_script("recipes/clean_classifier.py")
+    recipe = clean_classifier
     with pytest.raises(SystemExit):
         recipe.main(["--model", str(setup / "model"), "--defense", "no-such-defense"])
     with pytest.raises(SystemExit):
@@ -99,7 +100,7 @@ def test_recipe_cleans_a_clip_as_a_zero_shot_classifier(tmp_path):
         "--defense", "finetune", "--rounds", "1", "--epochs", "1", "--max-clean-pairs", "64", "--batch-size", "32",
         "--no-progress", "--output_dir", str(tmp_path / "run"),
     ]  # fmt: skip
-    results = load_script("recipes/clean_classifier.py").main(argv)
+    results = clean_classifier.main(argv)
     assert results["after"]["attack_success_rate"] is None and 0 <= results["after"]["clean_accuracy"] <= 1
     assert (tmp_path / "run" / "cleaned" / "open_clip_config.json").is_file()  # saved as a CLIP
 
@@ -107,7 +108,7 @@ def test_recipe_cleans_a_clip_as_a_zero_shot_classifier(tmp_path):
 def test_poison_recipe_relabels_trains_and_saves(tmp_path):
     output = tmp_path / "poisoned"
     argv = ["--attack", "blended", "--epochs", "1", "--poison-count", "30", "--architecture-kwargs", '{"width": 4}']
-    results = load_script("recipes/poison_classifier.py").main([*argv, "--no-progress", "--output_dir", str(output)])
+    results = poison_classifier.main([*argv, "--no-progress", "--output_dir", str(output)])
     assert results["n_poison"] == 30 and results["target"] == "zero" and results["world_size"] == 1
     assert 0 <= results["clean_accuracy"] <= 1 and 0 <= results["attack_success_rate"] <= 1
     manifest = json.loads((output / "poison_manifest.json").read_text())
@@ -122,14 +123,14 @@ def test_poison_recipe_names_class_folders_by_a_natural_order_classnames_file(di
     data, output = str(digit_class_folders["data"]), tmp_path / "poisoned"
     argv = ["--train-data", data, "--eval-data", data, "--classnames", str(digit_class_folders["classnames"])]
     argv += ["--epochs", "1", "--architecture-kwargs", '{"width": 4}', "--no-progress", "--output_dir", str(output)]
-    results = load_script("recipes/poison_classifier.py").main(argv)
+    results = poison_classifier.main(argv)
     assert load_classifier(output / "model").classnames == sorted(DIGIT_CLASSNAMES)  # each folder keeps its name
     assert results["target"] == "zero" and results["eval"]["n_images"] == digit_class_folders["n_images"]
     names = tmp_path / "names.txt"
     names.write_text("\n".join([*DIGIT_CLASSNAMES[:-1], "9"]) + "\n", encoding="utf-8")  # not the folder names
     argv[argv.index("--classnames") + 1], argv[argv.index("--output_dir") + 1] = str(names), str(tmp_path / "refused")
     with pytest.raises(DataError, match=r"names\.txt line 1: 'zero' would name folder 'eight'"):
-        load_script("recipes/poison_classifier.py").main(argv)
+        poison_classifier.main(argv)
 
 
 def test_recipe_with_two_real_cpu_processes(setup, tmp_path):

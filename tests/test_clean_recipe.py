@@ -1,6 +1,5 @@
 """recipes/clean_clip.py: in-process smoke run, results.json schema, outputs, resume, two real CPU processes."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from conftest import launch_two_processes, save_tiny_clip_and_patch_trigger
 
+from clipclean.cli import clean_clip, complete_unlearning
 from clipclean.data import DIGIT_CLASSNAMES, DataError
 from clipclean.models import load_clip
 
@@ -18,10 +18,7 @@ INVERSION_KEYS = {"verdict", "recovered_target", "target_candidates", "backdoor_
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("clean_clip_recipe", ROOT / "recipes" / "clean_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return clean_clip
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +110,7 @@ QUICK_COMPLETE = ("--complete-eval", "--retune-steps", "2", "--retune-pairs", "3
 
 
 def load_eval_script():
-    spec = importlib.util.spec_from_file_location("complete_unlearning", ROOT / "eval" / "complete_unlearning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return complete_unlearning
 
 
 def test_complete_eval_writes_the_complete_block_and_reuses_reference_measurements(setup, tmp_path):

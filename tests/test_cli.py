@@ -104,7 +104,7 @@ def test_scan_verdicts_on_a_backdoored_and_a_clean_tiny_clip(digits_clips, tmp_p
     assert "verdict: no backdoor found" in capsys.readouterr().out
 
 
-def test_clean_and_eval_delegate_to_the_scripts(tiny_folder, tmp_path):
+def test_clean_and_eval_run_the_installed_jobs(tiny_folder, tmp_path):
     save_trigger(
         PatchBlendTrigger.patch(32, 4, "bottom-right", "white"), tmp_path / "trigger", metadata={"target": "zero"}
     )

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import load_script
 from planted import TARGET, clean_images
 
+from clipclean.cli import clean_clip
 from clipclean.complete import (
     COMPLETE_KEYS,
     PERSISTENCE_MARGIN,
@@ -122,7 +122,7 @@ def test_complete_block_has_the_contract_keys_and_compares_with_the_reference():
 
 def clean_with_bibau(folder, output, *extra: str) -> tuple[dict, PixelCLIP]:
     """``recipes/clean_clip.py`` (BI-BAU, untargeted) on a digits CLIP of ``digits_clips``; (results, cleaned)."""
-    results = load_script("recipes/clean_clip.py").main(
+    results = clean_clip.main(
         [
             "--model", str(folder / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
             "--eval-trigger", str(folder / "trigger.json"), "--eval-target", "zero", "--no-progress",

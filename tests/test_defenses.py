@@ -4,7 +4,6 @@ Everything runs on a planted-backdoor tiny CLIP (``tests/planted.py``) or a save
 64 images and a few steps, on one CPU thread (the tiny models are faster single-threaded on shared cores).
 """
 
-import importlib.util
 import json
 import math
 import tempfile
@@ -15,6 +14,7 @@ import torch
 from planted import TARGET, PlantedBackdoorCLIP, clean_images, planted_candidates
 
 from clipclean.classifiers import create_classifier
+from clipclean.cli import clean_clip
 from clipclean.defenses import DEFENSES, DefenseConfig, DefenseContext, build_defense
 from clipclean.defenses.baerase import TriggerGenerator, mode_seeking_diversity, target_probability
 from clipclean.defenses.cleanclip import augment_images, augment_tokens
@@ -314,10 +314,7 @@ def test_trigger_generator_starts_small_and_within_budget():
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("clean_clip", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return clean_clip
 
 
 @pytest.fixture(scope="module")

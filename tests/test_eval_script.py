@@ -1,6 +1,5 @@
 """eval/zeroshot_imagenet.py: in-process smoke test, CLI errors, and a real two-process ``accelerate launch`` run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 from conftest import launch_two_processes
 from PIL import Image
 
+from clipclean.cli import zeroshot_imagenet
 from clipclean.data import DIGIT_CLASSNAMES, DataError, load_classification_dataset
 from clipclean.evaluation import evaluate_zeroshot
 from clipclean.hub import save_pretrained
@@ -38,10 +38,7 @@ METRIC_KEYS = ("top1", "top5", "asr_top1", "asr_top10", "n_images", "n_asr_image
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("zeroshot_imagenet_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return zeroshot_imagenet
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """recipes/poison_clip.py: in-process smoke runs, resume, two real processes, and (slow) the learning-quality bar."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 from conftest import launch_two_processes
 from safetensors.torch import load_file
 
+from clipclean.cli import poison_clip
 from clipclean.data import DIGIT_CLASSNAMES, DataError
 from clipclean.hub import read_sidecar
 from clipclean.models import load_clip
@@ -16,7 +16,7 @@ from clipclean.poisoning import PoisonManifest, mentions
 from clipclean.triggers import load_trigger
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "poison_clip.py"
+RECIPE = ROOT / "recipes" / "poison_clip.py"  # the launchable script
 RESULT_KEYS = {
     "attack",
     "target",
@@ -41,16 +41,9 @@ CAPTION_STYLES = [
 TINY = ["--train-data", "digits:defender", "--batch-size", "64", "--warmup-steps", "2", "--no-progress"]
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("poison_clip", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe():
-    return _load_recipe()
+    return poison_clip
 
 
 def _weights(output_dir: Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 import torch
-from conftest import load_script
 
 from clipclean.classifiers import (
     UntrustedCodeError,
@@ -18,6 +17,7 @@ from clipclean.classifiers import (
     load_classifier,
     save_classifier,
 )
+from clipclean.cli import clean_classifier, poison_classifier
 from clipclean.cli.common import (
     CHECKPOINT_COMPLETE_FILENAME,
     CheckpointError,
@@ -89,12 +89,12 @@ def test_builtin_and_torchvision_architectures_need_no_opt_in():
 def test_the_classifier_recipe_refuses_an_untrusted_architecture(tmp_path, payload_module):
     name, marker = payload_module
     folder = _folder_naming(tmp_path, f"{name}:make")
-    recipe = load_script("recipes/clean_classifier.py")
+    recipe = clean_classifier
     argv = ["--model", str(folder), "--clean-data", "digits:defender", "--output_dir", str(tmp_path / "out")]
     with pytest.raises(UntrustedCodeError):
         recipe.main([*argv, "--no-progress"])
     assert not marker.exists()
-    poison = load_script("recipes/poison_classifier.py")
+    poison = poison_classifier
     with pytest.raises(UntrustedCodeError):
         poison.main(["--architecture", f"{name}:make", "--output_dir", str(tmp_path / "p"), "--no-progress"])
     assert not marker.exists()
@@ -193,7 +193,7 @@ def test_refusals_are_one_line_errors_on_the_command_line(tmp_path, payload_modu
     from test_bad_inputs import expect_error
 
     name, marker = payload_module
-    poison = load_script("recipes/poison_classifier.py")
+    poison = poison_classifier
     expect_error(
         poison.main,
         ["--architecture", f"{name}:make", "--output_dir", tmp_path / "p", "--no-progress"],

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, load_script
+from conftest import ROOT
 from PIL import Image
 
-from clipclean.cli import catalogue
+from clipclean.cli import catalogue, clean_clip, complete_unlearning, poison_classifier, poison_clip, zeroshot_imagenet
 from clipclean.cli.common import RunCheckpoints, TrainingProgress, make_accelerator
 from clipclean.cli.main import build_parser
 from clipclean.hub import card_title, save_pretrained
@@ -103,7 +103,7 @@ def test_the_help_shows_each_defenses_own_rounds_epochs_and_lr(name):
     live = {field.name: field.default for field in fields(DEFENSES[name][0]) if field.default is not MISSING}
     read = catalogue._class_defaults(DEFENSES[name][0].__name__, catalogue._package_modules("defenses"))
     assert {key: live[key] for key in read} == read  # every default read from the source is the config's
-    help_text = load_script("recipes/clean_clip.py").build_parser().format_help()
+    help_text = clean_clip.build_parser().format_help()
     help_text = " ".join(help_text.split())  # argparse wraps the help
     for field_name in ("rounds", "epochs", "lr"):
         assert catalogue.defense_defaults(field_name)[name] == live[field_name]
@@ -113,7 +113,7 @@ def test_the_help_shows_each_defenses_own_rounds_epochs_and_lr(name):
 
 def test_help_prints_default_values(capsys):
     with pytest.raises(SystemExit):
-        load_script("recipes/poison_clip.py").parse_args(["--help"])
+        poison_clip.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "passes over the training data (default: 40)" in text and "(default: outputs/poison_clip)" in text
     assert "(default: True)" not in text and "(default: None)" not in text  # switches and unset values say nothing
@@ -123,16 +123,16 @@ def test_one_output_flag_name_everywhere(tmp_path):
     for flag in ("--output-dir", "--output_dir", "--output"):  # scan: --output was its first name
         args = build_parser().parse_args(["scan", "model", "--data", "digits", flag, "somewhere"])
         assert args.output_dir == "somewhere"
-    evaluate = load_script("eval/zeroshot_imagenet.py")
+    evaluate = zeroshot_imagenet
     for flag in ("--output-dir", "--output_dir"):
         args, _ = evaluate.parse_args(["--model", "m", "--data", "digits", flag, str(tmp_path)])
         assert args.output == str(tmp_path / "results.json")
     args, _ = evaluate.parse_args(["--model", "m", "--data", "digits", "--output", "r.json"])
     assert args.output == "r.json"
-    complete = load_script("eval/complete_unlearning.py").build_parser()
+    complete = complete_unlearning.build_parser()
     args = complete.parse_args(["--model", "m", "--clean-data", "digits", "--output-dir", str(tmp_path)])
     assert args.output == str(tmp_path / "results.json")
-    clean = load_script("recipes/clean_clip.py")
+    clean = clean_clip
     for flag in ("--output-dir", "--output_dir"):
         assert clean.parse_args([flag, "somewhere"]).output_dir == "somewhere"
 
@@ -202,7 +202,7 @@ def test_checkpoints_rotate_at_debug_level(tmp_path, caplog):
 
 
 def test_a_finished_run_deletes_its_checkpoints_and_says_where_its_outputs_are(tmp_path, capsys):
-    recipe = load_script("recipes/poison_classifier.py")
+    recipe = poison_classifier
     tiny = ["--epochs", "1", "--batch-size", "128", "--architecture-kwargs", '{"width": 2}', "--no-progress"]
     recipe.main([*tiny, "--output-dir", str(tmp_path / "default")])
     printed = capsys.readouterr().out
@@ -214,7 +214,7 @@ def test_a_finished_run_deletes_its_checkpoints_and_says_where_its_outputs_are(t
 
 
 def test_top_k_at_least_the_number_of_classes_is_not_a_headline_number():
-    evaluate = load_script("eval/zeroshot_imagenet.py")
+    evaluate = zeroshot_imagenet
     results = {"top1": 0.95, "top5": 1.0, "asr_top1": 0.9, "asr_top10": 1.0, "n_images": 400, "n_asr_images": 360,
                "templates": "openai_imagenet", "n_templates": 80}  # fmt: skip
     rows = evaluate.headline_rows({**results, "n_classes": 10})
@@ -238,16 +238,15 @@ def test_the_demo_trains_its_model_with_a_progress_bar(tmp_path, monkeypatch):
     from clipclean.cli.cleaning import prepare_demo
 
     monkeypatch.delenv("CLIPCLEAN_SMOKE", raising=False)
-    script = tmp_path / "fake_poison_for_demo.py"
-    script.write_text(
-        "import json, pathlib, sys\n"
-        "def main(argv):\n"
-        "    out = pathlib.Path(argv[argv.index('--output-dir') + 1]); out.mkdir(parents=True)\n"
-        "    (out / 'results.json').write_text(json.dumps(argv))\n"
-    )
+
+    def fake_poison_main(argv):
+        out = Path(argv[argv.index("--output-dir") + 1])
+        out.mkdir(parents=True)
+        (out / "results.json").write_text(json.dumps(argv))
+
     args = argparse.Namespace(demo_cache=str(tmp_path / "cache"), seed=0, progress=True, keep_checkpoints=False,
                               clean_data=None, eval_data=None, eval_trigger=None)  # fmt: skip
-    prepare_demo(args, script, "a fake model")
+    prepare_demo(args, fake_poison_main, "a fake model")
     argv = json.loads((tmp_path / "cache" / "results.json").read_text())
     assert "--no-progress" not in argv and "--keep-checkpoints" not in argv
     assert args.model == str(tmp_path / "cache" / "model")

@@ -90,9 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _build_demo_model(args: argparse.Namespace) -> None:
     """The embedded demo: a small CNN backdoored on digits (BadNet patch, target "zero"), cached on disk."""
+    from clipclean.cli import poison_classifier
     from clipclean.cli.cleaning import prepare_demo
 
-    prepare_demo(args, Path(__file__).resolve().parent / "poison_classifier.py", "a backdoored small CNN")
+    prepare_demo(args, poison_classifier.main, "a backdoored small CNN")
     for name, value in DEMO_SETTINGS.items():
         setattr(args, name, value if getattr(args, name) is None else getattr(args, name))
     if args.defense == "bibau":

@@ -96,9 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _build_demo_model(args: argparse.Namespace) -> None:
     """The embedded demo: a tiny CLIP backdoored on digits (BadNet patch, target "zero"), cached on disk."""
+    from clipclean.cli import poison_clip
     from clipclean.cli.cleaning import prepare_demo
 
-    prepare_demo(args, Path(__file__).resolve().parent / "poison_clip.py", "a backdoored tiny CLIP")
+    prepare_demo(args, poison_clip.main, "a backdoored tiny CLIP")
 
 
 def _evaluate(model, loader, eval_data, templates, trigger, target, args, accelerator, classifier) -> dict:

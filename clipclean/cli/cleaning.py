@@ -17,11 +17,9 @@ Example (inside a recipe, after ``accelerator``, ``model``, ``defense`` and the 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import resource
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,17 +54,16 @@ INVERSION_REPORT_KEYS = (
 )
 
 
-def prepare_demo(args: argparse.Namespace, poison_script: Path, description: str) -> None:
-    """A cleaning recipe's embedded demo: train (once, cached under ``args.demo_cache``) a model backdoored on digits
-    with a BadNet patch toward "zero" by running ``poison_script``'s ``main``, then point ``args`` at it (``--model``,
-    the true trigger) and at the digits defender/test splits (unless given)."""
+def prepare_demo(args: argparse.Namespace, poison_main: Callable[[list[str]], Any], description: str) -> None:
+    """A cleaning job's embedded demo: train (once, cached under ``args.demo_cache``) a model backdoored on digits
+    with a BadNet patch toward "zero" by running ``poison_main`` (a poisoning job's ``main``, e.g.
+    :func:`clipclean.cli.poison_clip.main`), then point ``args`` at it (``--model``, the true trigger) and at the
+    digits defender/test splits (unless given)."""
     from clipclean.cli.smoke import smoke_cache
 
     cache = smoke_cache(args.demo_cache)  # a smoke run's model is never reused by a full-size demo
     if not (cache / "results.json").is_file():
         logger.info("demo: training %s on digits into %s (once)", description, cache)
-        sys.path.insert(0, str(poison_script.parent))
-        poison_main = importlib.import_module(poison_script.stem).main
         # --overwrite: the cache is the demo's own; a run interrupted before it finished left only part of it
         flags = ["--attack", "badnet", "--seed", str(args.seed), "--overwrite"]
         flags += [] if args.progress else ["--no-progress"]  # the demo's longest phase shows its progress bar

@@ -1,8 +1,8 @@
 """The ``clipclean`` command: the common jobs without writing a script.
 
 * ``clipclean scan MODEL --data D`` -- is the model backdoored? verdict, recovered trigger (PNG), named target;
-* ``clipclean clean ...`` -- ``recipes/clean_clip.py``: find and remove a backdoor, evaluate, save;
-* ``clipclean eval ...`` -- ``eval/zeroshot_imagenet.py``: clean accuracy and attack success rate;
+* ``clipclean clean ...`` -- :mod:`clipclean.cli.clean_clip`: find and remove a backdoor, evaluate, save;
+* ``clipclean eval ...`` -- :mod:`clipclean.cli.zeroshot_imagenet`: clean accuracy and attack success rate;
 * ``clipclean convert SOURCE OUTPUT_DIR`` -- legacy CleanCLIP/BadCLIP checkpoint (or transformers CLIP) to open_clip;
 * ``clipclean push DIR REPO_ID`` -- upload a checkpoint folder (card, sidecar, safetensors) to the Hub.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipclean.cli import convert, push, scan, scripts
+from clipclean.cli import convert, jobs, push, scan
 
 EXAMPLES = """examples:
   clipclean scan outputs/badnet/model --data digits:defender
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     scan.add_parser(commands)
-    scripts.add_parsers(commands)
+    jobs.add_parsers(commands)
     convert.add_parser(commands)
     push.add_parser(commands)
     return parser
@@ -54,8 +54,8 @@ def _run_command(argv: list[str]) -> None:
 
     if argv[:1] == ["--debug"]:  # `clipclean --debug COMMAND ...`: the commands take it
         argv = [*argv[1:], "--debug"]
-    if argv and argv[0] in scripts.SCRIPTS:  # the script parses (and documents) its own arguments
-        scripts.SCRIPTS[argv[0]].run(argv[1:])
+    if argv and argv[0] in jobs.JOBS:  # the job parses (and documents) its own arguments
+        jobs.JOBS[argv[0]].run(argv[1:])
         return
     args = build_parser().parse_args(argv)
     setup_logging()
