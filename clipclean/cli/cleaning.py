@@ -1,4 +1,4 @@
-"""The cleaning loop shared by ``recipes/clean_clip.py`` and ``recipes/clean_classifier.py``.
+"""The cleaning loop shared by the jobs :mod:`clipclean.cli.clean_clip` and :mod:`clipclean.cli.clean_classifier`.
 
 A defense (:class:`~clipclean.defenses.base.Defense`) is step-level; the recipe owns the loop. Both recipes run
 the same one: for each round ``begin_round`` (inversion, editing...), ``epochs`` passes of ``forward`` /

@@ -1,6 +1,7 @@
-"""Shared plumbing of clipclean's thin scripts (``recipes/``, ``eval/``, the ``clipclean`` command).
+"""Shared plumbing of clipclean's jobs (the modules of ``clipclean.cli`` that ``recipes/``, ``eval/`` and the
+``clipclean`` command run).
 
-Scripts own the loop, the ``Accelerator``, the CLI and the output folder; this module keeps the parts they
+The jobs own the loop, the ``Accelerator``, the CLI and the output folder; this module keeps the parts they
 would otherwise repeat: argument groups with one set of defaults, accelerator construction, logging set-up
 and main-process-only atomic output writing.
 """
