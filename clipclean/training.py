@@ -9,6 +9,8 @@ The recipes own the loop and the ``Accelerator``; this module keeps the parts ev
 * :func:`make_optimizer` -- AdamW without weight decay on gains, biases, embeddings and the logit scale;
 * :func:`cosine_schedule_with_warmup` -- linear warmup then cosine decay (open_clip's ``cosine_lr``);
 * :func:`contrastive_step` -- forward pass and loss of one batch; :func:`clamp_logit_scale_` after the update;
+* :class:`GradientCache` -- exact gradient accumulation over micro-batches for a loss over the whole batch
+  (GradCache: a contrastive loss does not decompose over micro-batches; ``--micro-batch`` of the cleaning recipes);
 * :class:`TrainingMonitor` -- per-epoch loss, gradient norm and logit scale, and the steps spent on the collapsed
   loss ``ln(global batch)``; :class:`ConvergenceCriterion` -- whether a finished run learned its task (and backdoor).
 
@@ -30,8 +32,11 @@ Example (single process; under ``accelerate launch`` pass ``accelerator.process_
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -138,6 +143,126 @@ def contrastive_step(
 def clamp_logit_scale_(model: nn.Module) -> None:
     """Keep the learned temperature in ``[0, ln 100]`` after each update, as open_clip's training does."""
     unwrap(model).model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+class GradientCache:
+    """Exact gradient accumulation for a loss that does not decompose over the samples of a batch (GradCache: Gao et
+    al., "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup", arXiv 2101.06983).
+
+    A contrastive loss over a batch couples every sample with every other (each image's negatives are the other
+    captions), so back-propagating it micro-batch by micro-batch is not the same as back-propagating it once. The
+    cache splits the *model* instead: calling it runs ``model`` on micro-batches of at most ``micro_batch`` rows
+    **without** gradient and returns the concatenated outputs as leaf tensors, so the loss over the whole batch (and
+    the cross-process gather of :func:`make_clip_loss`) is computed on them as usual; ``loss.backward()`` then only
+    fills the gradients of those outputs, and :meth:`backward` re-runs the model micro-batch by micro-batch *with*
+    gradient and back-propagates each one's slice of them. The parameter gradients are the whole batch's (up to
+    float rounding) while the autograd graph holds one micro-batch at a time, at the price of a second forward pass.
+
+    Assumptions: every tensor input is split along dim 0 (all into the same number of micro-batches, so
+    ``model(images (2B, ...), tokens (B, L))`` passes ``2B/n`` images with ``B/n`` tokens); every output is either
+    per-sample rows (concatenated) or a scalar (e.g. the logit scale, taken from the last micro-batch, whose backward
+    carries its gradient); the forward is deterministic (no dropout: open_clip's default). BatchNorm in training mode
+    (a ResNet tower) normalises each micro-batch with its own statistics: for such a model the result is ordinary
+    gradient accumulation, not the whole batch's (the running statistics are updated once per micro-batch, by the
+    gradient pass only).
+
+    Args:
+        model: the module (possibly DDP-wrapped: :meth:`backward` synchronises gradients on the last micro-batch only).
+        micro_batch: at most this many rows of the largest input per forward pass.
+
+    Example::
+
+        >>> cache = GradientCache(model, micro_batch=8)
+        >>> image_features, text_features, scale = cache(images, tokens)        # no graph through the model
+        >>> loss = clip_loss(image_features, text_features, scale)
+        >>> accelerator.backward(loss)                                          # gradients of the features only
+        >>> cache.backward(no_sync=lambda: accelerator.no_sync(model))          # the model's, one micro-batch a pass
+    """
+
+    def __init__(self, model: nn.Module, micro_batch: int) -> None:
+        if micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+        self.model, self.micro_batch = model, micro_batch
+        self.calls: list[tuple[list[tuple], list[torch.Tensor | None], list[bool], list[list[int]]]] = []
+
+    @property
+    def module(self) -> nn.Module:
+        """The model (so that :func:`clipclean.models.unwrap` sees through the cache)."""
+        return self.model
+
+    def _split(self, inputs: tuple) -> list[tuple]:
+        rows = [len(value) for value in inputs if isinstance(value, torch.Tensor) and value.dim() > 0]
+        count = min(math.ceil(max(rows) / self.micro_batch), min(rows)) if rows else 1
+        pieces = [torch.tensor_split(v, count) if isinstance(v, torch.Tensor) and v.dim() else None for v in inputs]
+        return [
+            tuple(value if split is None else split[index] for value, split in zip(inputs, pieces))
+            for index in range(count)
+        ]
+
+    def __call__(self, *inputs):
+        """``model(*inputs)`` computed micro-batch by micro-batch without gradient; outputs are leaves that record
+        their gradient for :meth:`backward`."""
+        chunks = self._split(inputs)
+        states = _batch_norm_states(self.model)
+        with torch.no_grad():
+            results = [self.model(*chunk) for chunk in chunks]
+        for module, state in states:  # the gradient pass updates the running statistics, not this one
+            module.load_state_dict(state)
+        single = not isinstance(results[0], (tuple, list))
+        per_chunk = [[result] if single else list(result) for result in results]
+        outputs, batched, sizes = [], [], []
+        for position in range(len(per_chunk[0])):
+            values = [outputs_of_chunk[position] for outputs_of_chunk in per_chunk]
+            rows = all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in values)
+            value = torch.cat(values) if rows else values[-1]
+            if isinstance(value, torch.Tensor):
+                value = value.detach().requires_grad_(value.is_floating_point())
+            outputs.append(value)
+            batched.append(rows)
+            sizes.append([len(v) for v in values] if rows else [])
+        self.calls.append((chunks, outputs, batched, sizes))
+        return outputs[0] if single else type(results[0])(outputs)
+
+    def backward(
+        self,
+        no_sync: Callable[[], AbstractContextManager] | None = None,
+        autocast: Callable[[], AbstractContextManager] | None = None,
+    ) -> None:
+        """Back-propagate the outputs' gradients (filled by the loss's backward) through the model, one micro-batch
+        at a time; ``no_sync()`` (e.g. ``lambda: accelerator.no_sync(model)``) wraps every micro-batch but the last
+        so DDP all-reduces the accumulated gradients once; ``autocast()`` wraps the re-computed forward passes (use
+        the same as for the first pass)."""
+        calls, self.calls = self.calls, []
+        for chunks, outputs, batched, sizes in calls:
+            gradients = [value.grad if isinstance(value, torch.Tensor) else None for value in outputs]
+            offsets = [[0, *itertools.accumulate(size)] for size in sizes]
+            for index, chunk in enumerate(chunks):
+                last = index == len(chunks) - 1
+                with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                    with contextlib.nullcontext() if autocast is None else autocast():
+                        result = self.model(*chunk)
+                    result = list(result) if isinstance(result, (tuple, list)) else [result]
+                    pairs = []
+                    for position, value in enumerate(result):
+                        gradient = gradients[position]
+                        if gradient is None or not isinstance(value, torch.Tensor) or not value.requires_grad:
+                            continue
+                        if batched[position]:
+                            start, stop = offsets[position][index], offsets[position][index + 1]
+                            pairs.append((value, gradient[start:stop]))
+                        elif last:
+                            pairs.append((value, gradient))
+                    if pairs:
+                        torch.autograd.backward([v for v, _ in pairs], [g.to(v.dtype) for v, g in pairs])
+
+
+def _batch_norm_states(model: nn.Module) -> list[tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """Copies of the running statistics of the BatchNorm layers that would update them (training mode)."""
+    return [
+        (module, {name: value.clone() for name, value in module.state_dict().items()})
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and module.track_running_stats
+    ]
 
 
 class TrainingMonitor:

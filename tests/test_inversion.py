@@ -11,6 +11,7 @@ from clipclean.inversion import (
     InversionConfig,
     anomaly_index,
     cycle,
+    micro_batch_layout,
     total_variation,
 )
 from clipclean.triggers import PatchBlendTrigger, mask_iou
@@ -187,17 +188,19 @@ def _trigger_gradients(inverter, triggers, images, text, directions):
     return objective, [p.grad.clone() for trigger in triggers for p in trigger.parameters()]
 
 
+@pytest.mark.parametrize("micro_batch", [7, 2])
 @pytest.mark.parametrize("online", [False, True])
-def test_micro_batches_give_the_whole_batch_gradient(planted, online):
+def test_micro_batches_give_the_whole_batch_gradient(planted, online, micro_batch):
     """``micro_batch`` chunks the stacked triggered images (verdict: candidates x batch) without changing Q or its
-    gradient; the graph holds one chunk at a time."""
+    gradient; the graph holds one chunk at a time, also with fewer images per pass than triggers (2 < 3)."""
     images, captions = clean_images(24)
     whole = BlindInversion(planted, InversionConfig(patch_hypotheses=3, mask_budgets=(0.02,)))
     whole.e_step([(images, captions)])
     text = whole._text_features(captions)
     directions = None if online else whole.directions
     reference, expected = _trigger_gradients(whole, whole.population, images, text, directions)
-    chunked = BlindInversion(planted, InversionConfig(patch_hypotheses=3, mask_budgets=(0.02,), micro_batch=7))
+    config = InversionConfig(patch_hypotheses=3, mask_budgets=(0.02,), micro_batch=micro_batch)
+    chunked = BlindInversion(planted, config)
     chunked.population = whole.population
     objective, gradients = _trigger_gradients(chunked, whole.population, images, text, directions)
     torch.testing.assert_close(objective, reference, rtol=1e-5, atol=1e-6)
@@ -206,6 +209,15 @@ def test_micro_batches_give_the_whole_batch_gradient(planted, online):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="micro_batch"):
         InversionConfig(micro_batch=0)
+
+
+def test_micro_batch_layout_bounds_the_images_per_pass():
+    assert micro_batch_layout(3, 24, 7) == (3, 2)  # every trigger, 2 images: 12 passes of 6
+    assert micro_batch_layout(20, 32, 8) == (4, 2)  # the verdict: 4 candidates x 2 images, 80 passes (8 x 1: 96)
+    assert micro_batch_layout(3, 24, 2) == (1, 2)  # 36 passes (2 x 1: 48)
+    for triggers, images, micro_batch in [(20, 32, 8), (3, 5, 4), (1, 64, 8), (7, 3, 100)]:
+        group, chunk = micro_batch_layout(triggers, images, micro_batch)
+        assert group * chunk <= micro_batch and 1 <= group <= triggers and 1 <= chunk <= images
 
 
 def test_micro_batches_in_the_classifier_inversion():

@@ -17,6 +17,7 @@ Example (inside a recipe, after ``accelerator``, ``model``, ``defense`` and the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import resource
@@ -118,9 +119,8 @@ def make_defense(args, accelerator, model, candidate_names, candidate_embeddings
         progress=args.progress and accelerator.is_main_process,
     )
     overrides = {"rounds": args.rounds, "epochs": args.epochs, "lr": args.lr, **parse_key_values(args.defense_options)}
-    if args.micro_batch is not None:
-        if "inversion" not in DEFENSES[args.defense][0].field_names():
-            raise ValueError(f"--micro-batch: the {args.defense} defense runs no trigger search")
+    if args.micro_batch is not None and "inversion" in DEFENSES[args.defense][0].field_names():
+        # the trigger search's micro-batches; the unlearning steps' are the CleaningSession's (unlearning_step)
         overrides["inversion"] = {"micro_batch": args.micro_batch, **overrides.get("inversion", {})}
     overrides = smoke_overrides(DEFENSES[args.defense][0], overrides)  # CLIPCLEAN_SMOKE: tiny run lengths
     return build_defense(args.defense, model, context, overrides), reference
@@ -144,6 +144,7 @@ class CleaningSession:
     report_to: str | None = None
     stopped_early: bool = False
     timer: PhaseTimer = field(default_factory=PhaseTimer)  # begin_round / steps / end_round / checkpoint seconds
+    micro_batch: int | None = None  # --micro-batch: images per forward/backward pass of the unlearning steps
 
     @classmethod
     def prepare(cls, accelerator, model: torch.nn.Module, defense, train_loader, args, tracker: str = "clean"):
@@ -168,8 +169,9 @@ class CleaningSession:
         if args.report_to:
             accelerator.init_trackers(tracker, config={k: v for k, v in vars(args).items() if v is not None})
         return cls(
-            accelerator, defense, wrapped, optimizer, train_loader, state, checkpoints, args.progress, args.report_to
-        )
+            accelerator, defense, wrapped, optimizer, train_loader, state, checkpoints, args.progress, args.report_to,
+            micro_batch=getattr(args, "micro_batch", None),
+        )  # fmt: skip
 
     def _stop_if_diverged(self, loss: torch.Tensor, round_index: int, epoch: int) -> None:
         """Stop before a NaN or infinite loss (on any process) reaches the weights: the step is not taken and no
@@ -209,10 +211,8 @@ class CleaningSession:
                 loader.set_epoch(round_index * config.epochs + epoch)
                 for batch in loader:
                     with timer("unlearning_steps"):
-                        with accelerator.autocast():
-                            losses, _ = defense.forward(self.wrapped, batch)
-                        self._stop_if_diverged(losses["loss"], round_index, epoch)
-                        accelerator.backward(losses["loss"])
+                        check = functools.partial(self._stop_if_diverged, round_index=round_index, epoch=epoch)
+                        losses = unlearning_step(accelerator, self.wrapped, defense, batch, self.micro_batch, check)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                         if after_step is not None:
@@ -234,6 +234,36 @@ class CleaningSession:
             if stop:
                 self.stopped_early = round_index + 1 < config.rounds
                 break
+
+
+def unlearning_step(
+    accelerator,
+    wrapped: torch.nn.Module,
+    defense,
+    batch,
+    micro_batch: int | None = None,
+    before_backward: Callable[[torch.Tensor], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step's forward and backward of ``defense`` on ``batch`` (the optimiser step is the caller's);
+    returns the loss terms. ``before_backward(loss)`` runs between the two (e.g. stop on a NaN loss).
+
+    With ``micro_batch``, the model sees at most that many images per forward/backward pass
+    (:class:`~clipclean.training.GradientCache`: the loss over the whole batch, the contrastive terms included, is
+    computed on embeddings made without gradient, then the model is back-propagated micro-batch by micro-batch):
+    the same gradients as one pass for a ViT (ordinary gradient accumulation for BatchNorm towers), one graph of
+    ``micro_batch`` images in memory, one extra forward pass per step.
+    """
+    from clipclean.training import GradientCache
+
+    cache = GradientCache(wrapped, micro_batch) if micro_batch else None
+    with accelerator.autocast():
+        losses, _ = defense.forward(wrapped if cache is None else cache, batch)
+    if before_backward is not None:
+        before_backward(losses["loss"])
+    accelerator.backward(losses["loss"])
+    if cache is not None:
+        cache.backward(no_sync=lambda: accelerator.no_sync(wrapped), autocast=accelerator.autocast)
+    return losses
 
 
 def weights_unchanged(model: torch.nn.Module, reference: torch.nn.Module) -> bool:

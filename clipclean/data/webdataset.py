@@ -12,14 +12,14 @@ Two views of the same shards:
   decoded lazily from their offset in the tar file, captions are read once up front). Everything that takes an
   image-caption dataset takes it: ``load_image_caption_dataset("shards/cc3m-{0000..0099}.tar")`` returns one.
 * :class:`ShardStream`, an ``IterableDataset`` over a dataset with shard structure (the map-style one, or a
-  :class:`~clipclean.poisoning.PoisonedDataset` wrapping it) that reads shards sequentially and holds only a
-  shuffle buffer in memory. Per epoch, the shard order is shuffled with ``(seed, epoch)`` -- the same on every
-  process --, the samples in that order are cut into ``world_size`` contiguous equal slices (one per process;
-  each process reads only the shards its slice covers) and each slice into ``num_workers`` contiguous parts (one
-  per ``DataLoader`` worker). So every sample is read **exactly once per epoch** across all processes and workers,
-  and every process gets the same number of samples (DDP steps stay in lockstep). When the sample count is not a
-  multiple of ``world_size``, the remainder (fewer than ``world_size`` samples, different ones each epoch) is left
-  out, as ``DistributedSampler(drop_last=True)`` does.
+  :class:`~clipclean.poisoning.PoisonedDataset` wrapping it) that reads shards sequentially and holds only a shuffle
+  buffer of sample indices (not decoded images) in memory. Per epoch, the shard order is shuffled with ``(seed,
+  epoch)`` -- the same on every process --, the samples in that order are cut into ``world_size`` contiguous equal
+  slices (one per process; each process reads only the shards its slice covers) and each slice into ``num_workers``
+  contiguous parts (one per ``DataLoader`` worker). So every sample is read **exactly once per epoch** across all
+  processes and workers, and every process gets the same number of samples (DDP steps stay in lockstep). When the
+  sample count is not a multiple of ``world_size``, the remainder (fewer than ``world_size`` samples, different ones
+  each epoch) is left out, as ``DistributedSampler(drop_last=True)`` does.
 
 Shard specs: one ``.tar`` path, a brace range ``data/shard-{000..127}.tar`` (webdataset's syntax, zero padding
 kept), a glob ``data/*.tar``, or several of those joined with ``::``.
@@ -269,7 +269,7 @@ class ShardStream(IterableDataset):
         rank, world_size: this process and the number of processes (``accelerator.process_index`` /
             ``num_processes``).
         shuffle: shuffle the shard order per epoch and the samples in a buffer.
-        buffer_size: shuffle buffer (samples held in memory per worker).
+        buffer_size: shuffle buffer (sample indices per worker; each sample is decoded when it leaves the buffer).
         seed: the shuffling seed; the shard order depends on ``(seed, epoch)`` only, so all processes agree.
         with_index: yield ``(index, item)`` instead of ``item`` (to log which samples were seen).
 
@@ -341,13 +341,19 @@ class ShardStream(IterableDataset):
         generator = torch.Generator().manual_seed(
             ((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank) * 1009 + worker
         )
-        buffer: list = []
+        for index in self._buffered(indices, generator):
+            yield (index, self.dataset[index]) if self.with_index else self.dataset[index]
+
+    def _buffered(self, indices: list[int], generator: torch.Generator) -> Iterator[int]:
+        """``indices`` through the shuffle buffer. The buffer holds sample *indices*, not decoded images: a sample is
+        read when it leaves the buffer, so memory does not depend on ``buffer_size`` times the image size (1,000
+        decoded 224 px images would be 600 MB per worker)."""
+        if not self.shuffle:
+            yield from indices
+            return
+        buffer: list[int] = []
         for index in indices:
-            item = (index, self.dataset[index]) if self.with_index else self.dataset[index]
-            if not self.shuffle:
-                yield item
-                continue
-            buffer.append(item)
+            buffer.append(index)
             if len(buffer) >= self.buffer_size:
                 position = int(torch.randint(len(buffer), (1,), generator=generator))
                 buffer[position], buffer[-1] = buffer[-1], buffer[position]
