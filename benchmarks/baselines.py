@@ -65,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--zoo-dir", default=str(Path.home() / ".cache" / "clipclean" / "zoo"))
     parser.add_argument("--output", default="benchmarks/results")
-    parser.add_argument("--targets", nargs="+", default=list(zoo.DEFAULT_TARGETS), help="the zoo's (see zoo.py)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="the zoo's backdoored model seeds")
+    parser.add_argument("--targets", nargs="+", default=None, help="the zoo's (default: zoo.py's)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="the zoo's backdoored model seeds")
     parser.add_argument("--defenses", nargs="+", default=list(BASELINES), choices=BASELINES)
     parser.add_argument("--lrs", nargs="+", type=float, default=list(DEFAULT_LRS))
     parser.add_argument("--models", type=int, default=2, help="development backdoored models per attack")
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def development_models(zoo_dir: Path, per_attack: int, targets=zoo.DEFAULT_TARGETS, seeds=(0, 1, 2)):
+def development_models(zoo_dir: Path, per_attack: int, targets=None, seeds=None):
     """The first ``per_attack`` development backdoored models of each attack of the zoo of ``targets`` x
     ``seeds`` whose poisoning has finished."""
     chosen = []

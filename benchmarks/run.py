@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from baselines import CHOSEN_FILENAME, equal_budget, load_chosen
+from zoo import CNN_BIBAU_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnet", "blended", "badclip")
@@ -153,9 +154,6 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
-# BI-BAU on a CNN trained from scratch needs longer, faster unlearning than on a CLIP (benchmarks/classifier.md).
-CNN_BIBAU_FLAGS = ["--rounds", "3", "--epochs", "20", "--lr", "2e-3", "--set", "unlearning_budget=0.1",
-                   "--set", "reinversion_steps=100"]  # fmt: skip
 CNN_ATTACKS = ("badnet", "blended")
 
 

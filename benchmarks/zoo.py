@@ -53,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnet", "blended", "badclip")
 DEFAULT_TARGETS = ("one", "three", "five", "eight")
 NEVER_POISONED_ARGS = ("--attack", "badnet", "--poison-count", "0")
+# BI-BAU on a CNN trained from scratch needs longer, faster unlearning than on a CLIP (benchmarks/classifier.md).
+CNN_BIBAU_FLAGS = ["--rounds", "3", "--epochs", "20", "--lr", "2e-3", "--set", "unlearning_budget=0.1",
+                   "--set", "reinversion_steps=100"]  # fmt: skip
 PHOTO_PATTERN = "photo"  # replaced by scikit-image's astronaut picture, written once into the zoo folder
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "badnet": (
@@ -64,6 +67,17 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
         ["--trigger-size", "4", "--trigger-location", "bottom-right"],
         ["--trigger-size", "3", "--trigger-location", "center"],
     ),
+}
+# Each family's default zoo. CNNs: 2 attacks (the classifier recipes have no BadCLIP) x 2 targets x 2 seeds + 4
+# never-poisoned = 12 models, split by the same rule (held-out: target index + seed index odd; odd clean seed index).
+FAMILIES = {
+    "clip": {"targets": DEFAULT_TARGETS, "seeds": (0, 1, 2), "clean_seeds": tuple(range(12)), "attacks": ATTACKS},
+    "cnn": {
+        "targets": ("one", "three"),
+        "seeds": (0, 1),
+        "clean_seeds": (0, 1, 2, 3),
+        "attacks": ("badnet", "blended"),
+    },
 }
 COLUMNS = (
     "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",
@@ -85,20 +99,28 @@ class ZooModel:
     variant: int = 0
     held_out: bool = False
     poison_args: tuple[str, ...] = field(default=(), compare=False)
+    family: str = "clip"  # or "cnn": an image classifier (recipes/poison_classifier.py, clean_classifier.py)
 
     @property
     def name(self) -> str:
+        prefix = "" if self.family == "clip" else f"{self.family}_"
         if self.attack == "none":
-            return f"none_s{self.seed}"
-        return f"{self.attack}_{self.target}_s{self.seed}_v{self.variant}"
+            return f"{prefix}none_s{self.seed}"
+        return f"{prefix}{self.attack}_{self.target}_s{self.seed}_v{self.variant}"
 
     @property
     def split(self) -> str:
         return "held-out" if self.held_out else "development"
 
 
-def zoo_models(targets=DEFAULT_TARGETS, seeds=(0, 1, 2), clean_seeds=tuple(range(12)), attacks=ATTACKS):
-    """The zoo's models with their split (module docstring): backdoored ones first, then never-poisoned ones."""
+def zoo_models(targets=None, seeds=None, clean_seeds=None, attacks=None, family="clip"):
+    """The zoo's models with their split (module docstring): backdoored ones first, then never-poisoned ones.
+    ``None`` takes the family's default (``FAMILIES``)."""
+    defaults = FAMILIES[family]
+    targets = defaults["targets"] if targets is None else targets
+    seeds = defaults["seeds"] if seeds is None else seeds
+    clean_seeds = defaults["clean_seeds"] if clean_seeds is None else clean_seeds
+    attacks = defaults["attacks"] if attacks is None else attacks
     models = []
     for attack in attacks:
         for target_index, target in enumerate(targets):
@@ -106,9 +128,9 @@ def zoo_models(targets=DEFAULT_TARGETS, seeds=(0, 1, 2), clean_seeds=tuple(range
                 variant = (target_index // 2 + seed_index) % 2
                 held_out = (target_index + seed_index) % 2 == 1
                 arguments = ["--attack", attack, "--target", target, *VARIANTS[attack][variant]]
-                models.append(ZooModel(attack, seed, target, variant, held_out, tuple(arguments)))
+                models.append(ZooModel(attack, seed, target, variant, held_out, tuple(arguments), family))
     for seed_index, seed in enumerate(clean_seeds):
-        models.append(ZooModel("none", seed, None, 0, seed_index % 2 == 1, NEVER_POISONED_ARGS))
+        models.append(ZooModel("none", seed, None, 0, seed_index % 2 == 1, NEVER_POISONED_ARGS, family))
     return models
 
 
@@ -118,10 +140,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--zoo-dir", default=str(Path.home() / ".cache" / "clipclean" / "zoo"))
     parser.add_argument("--output", default="benchmarks/results")
-    parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="model seeds of backdoored models")
-    parser.add_argument("--clean-seeds", nargs="+", type=int, default=list(range(12)))
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument(
+        "--family", choices=sorted(FAMILIES), default="clip", help="CLIPs, or small CNN image classifiers"
+    )
+    parser.add_argument("--targets", nargs="+", default=None, help="default: the family's (FAMILIES)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="model seeds of backdoored models")
+    parser.add_argument("--clean-seeds", nargs="+", type=int, default=None, help="never-poisoned models' seeds")
+    parser.add_argument("--attacks", nargs="+", default=None, choices=ATTACKS)
     parser.add_argument("--jobs", type=int, default=1, help="jobs run at once (one CPU thread each)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N models of each attack and of clean")
     parser.add_argument("--split", choices=["development", "held-out", "both"], default="both", help="which to run")
@@ -134,7 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def selected_models(args: argparse.Namespace) -> list[ZooModel]:
-    models = zoo_models(args.targets, args.seeds, args.clean_seeds, args.attacks)
+    models = zoo_models(args.targets, args.seeds, args.clean_seeds, args.attacks, args.family)
     if args.split != "both":
         models = [model for model in models if model.split == args.split]
     if args.limit is not None:
@@ -189,6 +214,9 @@ def _photo_pattern(zoo: Path) -> str:
 
 def poison(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     arguments = [_photo_pattern(zoo) if a == PHOTO_PATTERN else a for a in model.poison_args]
+    if model.family == "cnn":
+        return run_script("recipes/poison_classifier.py", [*arguments, "--seed", str(model.seed),
+                          *args.poison_args.split()], zoo / model.name / "poison")  # fmt: skip
     if model.attack == "badclip":
         surrogate = ZooModel("none", model.seed + 3)
         run_script("recipes/poison_clip.py", [*NEVER_POISONED_ARGS, "--seed", str(surrogate.seed),
@@ -203,10 +231,13 @@ def poison(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
 def clean(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     poisoned = zoo / model.name / "poison"
     arguments = ["--model", str(poisoned / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test",
-                 "--seed", str(model.seed), *args.clean_args.split()]  # fmt: skip
+                 "--seed", str(model.seed)]  # fmt: skip
     if model.attack != "none":  # the true trigger measures ASR only; the cleaning itself is untargeted
         arguments += ["--eval-trigger", str(poisoned / "trigger.json")]
-    return run_script("recipes/clean_clip.py", arguments, zoo / model.name / "clean")
+    # a CNN: BI-BAU with the CNN settings of benchmarks/classifier.md (--clean-args come after, and win)
+    family_flags = CNN_BIBAU_FLAGS if model.family == "cnn" else []
+    recipe = "recipes/clean_classifier.py" if model.family == "cnn" else "recipes/clean_clip.py"
+    return run_script(recipe, [*arguments, *family_flags, *args.clean_args.split()], zoo / model.name / "clean")
 
 
 def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
@@ -408,12 +439,12 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
     return table
 
 
-def report(rows: list[dict], output: Path) -> dict:
-    """Write ``zoo.csv``, ``zoo.md`` and the plots; return the metrics per split."""
+def report(rows: list[dict], output: Path, prefix: str = "zoo") -> dict:
+    """Write ``PREFIX.csv``, ``PREFIX.md``, ``PREFIX.json`` and the plots; return the metrics per split."""
     from clipclean.fileio import write_csv, write_json
 
     output.mkdir(parents=True, exist_ok=True)
-    write_csv(output / "zoo.csv", rows, COLUMNS)
+    write_csv(output / f"{prefix}.csv", rows, COLUMNS)
     metrics = {}
     for split in ("development", "held-out"):
         selected = [row for row in rows if row["split"] == split]
@@ -425,9 +456,9 @@ def report(rows: list[dict], output: Path) -> dict:
             if any(row["attack"] == attack for row in chosen):
                 metrics[split][attack] = split_metrics(chosen)
     statistics_table = statistic_rows(rows)
-    write_json(output / "zoo.json", {"metrics": metrics, "verdict_statistics": statistics_table})
-    (output / "zoo.md").write_text(markdown(metrics, rows, statistics_table))
-    _plots(rows, output)
+    write_json(output / f"{prefix}.json", {"metrics": metrics, "verdict_statistics": statistics_table})
+    (output / f"{prefix}.md").write_text(markdown(metrics, rows, statistics_table))
+    _plots(rows, output, prefix)
     return metrics
 
 
@@ -485,7 +516,7 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _plots(rows: list[dict], output: Path) -> None:
+def _plots(rows: list[dict], output: Path, prefix: str) -> None:
     try:
         import matplotlib
 
@@ -505,7 +536,7 @@ def _plots(rows: list[dict], output: Path) -> None:
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict: anomaly index ROC")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(output / "zoo_roc.png", dpi=120)
+    figure.savefig(output / f"{prefix}_roc.png", dpi=120)
     plt.close(figure)
     figure, axis = plt.subplots(figsize=(6, 3.5))
     groups = [(split, attack) for split in ("development", "held-out") for attack in ATTACKS]
@@ -523,7 +554,7 @@ def _plots(rows: list[dict], output: Path) -> None:
     axis.set(ylabel="fraction of models", ylim=(0, 1.05))
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(output / "zoo_by_attack.png", dpi=120)
+    figure.savefig(output / f"{prefix}_by_attack.png", dpi=120)
     plt.close(figure)
 
 
@@ -535,8 +566,9 @@ def main(argv=None) -> dict:
         build(models, zoo, args)
     rows = [row for row in (row_of(model, zoo) for model in models) if row is not None]
     print(f"{len(rows)} of {len(models)} models finished")
-    metrics = report(rows, output) if rows else {}
-    print((output / "zoo.md").read_text() if rows else "nothing finished yet")
+    prefix = "zoo" if args.family == "clip" else f"zoo_{args.family}"
+    metrics = report(rows, output, prefix) if rows else {}
+    print((output / f"{prefix}.md").read_text() if rows else "nothing finished yet")
     return {"rows": rows, "metrics": metrics}
 
 

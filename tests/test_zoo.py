@@ -49,6 +49,18 @@ def test_the_build_order_interleaves_kinds_so_a_partial_zoo_covers_each():
         assert {model.split for model in first_half if model.attack == kind} == {"development", "held-out"}
 
 
+def test_the_cnn_zoo_has_12_models_4_never_poisoned_split_by_the_same_rule():
+    models = zoo.zoo_models(family="cnn")
+    assert len(models) == 12 and sum(model.attack == "none" for model in models) == 4
+    assert all(model.name.startswith("cnn_") and model.family == "cnn" for model in models)
+    assert Counter(model.split for model in models) == {"development": 6, "held-out": 6}
+    for attack in ("badnet", "blended"):
+        chosen = [model for model in models if model.attack == attack]
+        assert {model.split for model in chosen} == {"development", "held-out"}
+        assert {model.variant for model in chosen} == {0, 1}
+    assert not {model.name for model in models} & {model.name for model in zoo.zoo_models()}  # own folders
+
+
 def test_wilson_interval():
     low, high = zoo.wilson_interval(9, 10)
     assert 0.59 < low < 0.6 and 0.98 < high < 0.99
@@ -179,3 +191,18 @@ def test_a_model_the_attack_did_not_implant_is_not_counted_as_backdoored():
     assert metrics["n_backdoored"] == 1 and metrics["poison_not_converged"] == 1
     assert metrics["true_positive"]["k"] == 1 and metrics["roc_auc"] == 1.0
     assert "did not implant" in zoo.markdown({"held-out": {"all": metrics}}, [], [])
+
+
+def test_a_two_model_cnn_zoo_end_to_end(tmp_path):
+    """The degenerate case through the classifier recipes: one backdoored and one never-poisoned small CNN."""
+    result = zoo.main([
+        "--family", "cnn", "--zoo-dir", str(tmp_path / "zoo"), "--output", str(tmp_path / "report"),
+        "--attacks", "blended", "--targets", "three", "--seeds", "0", "--clean-seeds", "0", "--jobs", "2",
+        "--poison-args", "--epochs 1", "--clean-args", TINY_CLEAN.replace("--batch-size 32 ", ""),
+    ])  # fmt: skip
+    rows = {row["name"]: row for row in result["rows"]}
+    assert set(rows) == {"cnn_blended_three_s0_v0", "cnn_none_s0"}
+    cleaning = json.loads((tmp_path / "zoo" / "cnn_none_s0" / "clean" / "results.json").read_text())
+    assert cleaning["config"]["defense"]["rounds"] == 1  # --clean-args come after the CNN flags, and win
+    assert cleaning["config"]["defense"]["unlearning_budget"] == 0.1  # the CNN flags of classifier.md
+    assert (tmp_path / "report" / "zoo_cnn.csv").is_file() and not (tmp_path / "report" / "zoo.csv").exists()
