@@ -37,10 +37,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Only the command line is imported here, so that --help answers at once; torch and the library load in main().
 from clipclean.cli.common import (
@@ -50,6 +48,9 @@ from clipclean.cli.common import (
     make_cleaning_parser,
     run_cli,
 )
+
+if TYPE_CHECKING:
+    from clipclean.cli.cleaning import CleaningInputs
 
 logger = logging.getLogger("clean_classifier")
 
@@ -100,10 +101,10 @@ def _build_demo_model(args: argparse.Namespace) -> None:
         args.defense_options = [*DEMO_BIBAU_OPTIONS, *args.defense_options]
 
 
-def _load_model_and_data(args, device) -> tuple[Any, Any, Any, Any, list[str] | None]:
-    """``(classifier, clip or None, clean data, eval data or None, templates)``: a saved classifier, or a CLIP with
-    a zero-shot head over the data's classes."""
+def _load(args, device) -> CleaningInputs:
+    """A saved classifier, or a CLIP with a zero-shot head over the data's classes, and the data."""
     from clipclean.classifiers import ImageClassifier, is_classifier_directory, load_classifier
+    from clipclean.cli.cleaning import CleaningInputs, load_eval_data
     from clipclean.cli.common import default_templates
     from clipclean.data import load_classification_dataset
     from clipclean.models import load_clip
@@ -118,13 +119,7 @@ def _load_model_and_data(args, device) -> tuple[Any, Any, Any, Any, list[str] | 
     clean = load_classification_dataset(
         args.clean_data, image_size=image_size, classnames=args.classnames, skip_bad=args.skip_bad
     )
-    eval_data = (
-        load_classification_dataset(
-            args.eval_data, image_size=image_size, classnames=args.classnames, skip_bad=args.skip_bad
-        )
-        if args.eval_data
-        else None
-    )
+    eval_data = load_eval_data(args, image_size)
     templates = None
     if clip is not None:
         templates = default_templates(args.templates, args.eval_data or args.clean_data)[0]
@@ -134,7 +129,8 @@ def _load_model_and_data(args, device) -> tuple[Any, Any, Any, Any, list[str] | 
             raise SystemExit(
                 f"{data.source} has classes {data.classnames[:5]}... but the model {model.classnames[:5]}..."
             )
-    return model, clip, clean, eval_data, templates
+    # the classifier's own class embeddings score the evaluation: no templates there
+    return CleaningInputs(model, clean, eval_data, config_templates=templates, clip=clip)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -147,123 +143,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ('backdoored', 'zero')
     """
     args = parse_args(argv)
-    import torch
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-
-    from clipclean.cli.cleaning import (
-        CleaningSession,
-        check_model_changed,
-        evaluate_phase,
-        inversion_report,
-        inverted_trigger_asr,
-        load_eval_trigger,
-        make_defense,
-        peak_memory_mb,
-        phase_wall_times,
-        prepare_cleaning_output,
-        print_summary,
-        trigger_identical_across_ranks,
-    )
-    from clipclean.cli.common import configure_cpu_threads, finish_run, make_accelerator, setup_logging
+    from clipclean.cli.cleaning import CleaningJob, run_cleaning
     from clipclean.data import collate_pairs
-    from clipclean.timing import PhaseTimer
 
-    prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
-    start_time = time.time()
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator, "clean_classifier")
-    configure_cpu_threads(accelerator)
-    set_seed(args.seed)
-    demo_run = args.model is None
-    if demo_run:
-        _build_demo_model(args)  # every process: the poison recipe trains with all of them
-    if args.clean_data is None:
-        raise SystemExit("--clean-data is required when --model is given (the defender's clean labelled images)")
-
-    timer = PhaseTimer()
-    with timer("load"), accelerator.main_process_first():
-        model, clip, clean, eval_data, templates = _load_model_and_data(args, accelerator.device)
-    if args.max_clean_pairs is not None:
-        clean = torch.utils.data.Subset(clean, range(min(args.max_clean_pairs, len(clean))))
-    true_trigger, true_target = load_eval_trigger(
-        args.eval_trigger, args.eval_target, eval_data, accelerator.device, image_size=model.image_size
+    job = CleaningJob(
+        name="clean_classifier",
+        clean_data_description="the defender's clean labelled images",
+        outputs=OUTPUTS,
+        build_demo=_build_demo_model,
+        load=_load,
+        candidates=lambda inputs: (inputs.model.classnames, inputs.model.class_embeddings),
+        collate_fn=lambda inputs: collate_pairs,
+        write_outputs=_write_outputs,
     )
-    model.eval()
-    classnames, classifier = model.classnames, model.class_embeddings
-
-    eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False) if eval_data is not None else None
-    train_loader = DataLoader(
-        clean,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(clean) >= 2 * args.batch_size,
-        num_workers=args.workers,
-        collate_fn=collate_pairs,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    evaluate = None
-    before = None
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
-        evaluate = partial(
-            evaluate_phase,
-            loader=eval_loader,
-            classnames=classnames,
-            classifier=classifier,
-            accelerator=accelerator,
-            seed=args.seed,
-            progress=args.progress,
-        )
-        with timer("evaluate_before"):
-            before = evaluate(model, trigger=true_trigger, target=true_target)
-
-    defense, reference = make_defense(args, accelerator, model, classnames, classifier)
-    session = CleaningSession.prepare(accelerator, model, defense, train_loader, args, tracker="clean_classifier")
-    with timer("cleaning"):
-        session.run()
-    unchanged = check_model_changed(session, reference)
-
-    model.eval()
-    summary = defense.summary()
-    after = inverted_asr = None
-    if evaluate is not None:
-        with timer("evaluate_after"):
-            after = evaluate(model, trigger=true_trigger, target=true_target)
-            inverted_asr = inverted_trigger_asr(
-                defense,
-                summary,
-                lambda evaluated, trigger, target: evaluate(evaluated, trigger=trigger, target=target),
-                {"before": reference, "after": model},
-                classnames,
-            )
-    results = {
-        "defense": args.defense,
-        "before": before,
-        "after": after,
-        "inversion": inversion_report(summary),
-        "inverted_trigger_asr": inverted_asr,
-        "true_target": true_target,
-        "rounds": session.state.reports,
-        "rounds_done": session.state.rounds_done,
-        "stopped_early": session.stopped_early,
-        "wall_time_s": time.time() - start_time,
-        "phase_wall_time_s": phase_wall_times(timer, session),
-        "peak_memory_mb": peak_memory_mb(accelerator),
-        "world_size": accelerator.num_processes,
-        "trigger_identical_across_ranks": trigger_identical_across_ranks(accelerator, defense.trigger_for_report()),
-        "weights_unchanged": unchanged,
-        "config": {"defense": defense.config, "recipe": vars(args), "templates": templates},
-    }
-    _write_outputs(args, accelerator, model, clip, defense, results, clean)
-    print_summary(accelerator, results)
-    demo = (f"the backdoored demo model (reused by the next demo run): {Path(args.model).parent}",)
-    finish_run(accelerator, args, OUTPUTS, notes=demo if demo_run else ())
-    accelerator.end_training()
-    return results
+    return run_cleaning(args, job)
 
 
-def _write_outputs(args, accelerator, model, clip, defense, results, clean) -> None:
+def _write_outputs(args, accelerator, inputs: CleaningInputs, defense, results) -> None:
     from clipclean.classifiers import save_classifier
     from clipclean.cli.cleaning import card_metrics, write_inversion_folder
     from clipclean.cli.common import write_main_process_json
@@ -272,7 +168,7 @@ def _write_outputs(args, accelerator, model, clip, defense, results, clean) -> N
     output = Path(args.output_dir)
     if accelerator.is_main_process:
         recovered = (results["inversion"] or {}).get("recovered_target")
-        write_inversion_folder(output, defense, args.defense, recovered, clean, accelerator.device)
+        write_inversion_folder(output, defense, args.defense, recovered, inputs.clean, accelerator.device)
         provenance = {
             "method": args.defense,
             "source_model": args.model,
@@ -281,11 +177,11 @@ def _write_outputs(args, accelerator, model, clip, defense, results, clean) -> N
             "metrics": card_metrics(results),
             "config": results["config"],
         }
-        if clip is None:
-            save_classifier(model, output / "cleaned", metadata=provenance)
+        if inputs.clip is None:
+            save_classifier(inputs.model, output / "cleaned", metadata=provenance)
         else:
             save_pretrained(
-                clip,
+                inputs.clip,
                 output / "cleaned",
                 metrics=provenance.pop("metrics"),
                 provenance=provenance,

@@ -28,9 +28,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Only the command line is imported here, so that --help answers at once; torch and the library load in main().
 from clipclean.cli.common import (
@@ -41,6 +40,9 @@ from clipclean.cli.common import (
     make_cleaning_parser,
     run_cli,
 )
+
+if TYPE_CHECKING:
+    from clipclean.cli.cleaning import CleaningInputs
 
 logger = logging.getLogger("clean_clip")
 
@@ -102,163 +104,62 @@ def _build_demo_model(args: argparse.Namespace) -> None:
     prepare_demo(args, poison_clip.main, "a backdoored tiny CLIP")
 
 
-def _evaluate(model, loader, eval_data, templates, trigger, target, args, accelerator, classifier) -> dict:
-    from clipclean.cli.cleaning import evaluate_phase
+def _load(args: argparse.Namespace, device) -> CleaningInputs:
+    """The CLIP, the defender's image-caption pairs, the evaluation classes and the zero-shot templates."""
+    from clipclean.cli.cleaning import CleaningInputs, load_eval_data
+    from clipclean.cli.common import default_templates
+    from clipclean.data import load_image_caption_dataset
+    from clipclean.models import load_clip
 
-    return evaluate_phase(
-        model, loader, eval_data.classnames, classifier, trigger, target, accelerator, templates, args.seed,
-        progress=args.progress,
-    )  # fmt: skip
+    model = load_clip(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
+    clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size, skip_bad=args.skip_bad)
+    eval_data = load_eval_data(args, model.image_size)
+    templates, templates_name = default_templates(args.templates, args.eval_data or args.clean_data)
+    return CleaningInputs(model, clean, eval_data, templates, templates_name, f"{templates_name} ({len(templates)})")
+
+
+def _candidates(inputs: CleaningInputs) -> tuple[list[str], Any]:
+    """The names that may be the recovered target and their zero-shot embeddings: the evaluation classes, else
+    (no --eval-data) the first 1000 distinct captions of the clean data."""
+    from clipclean.evaluation import zeroshot_classifier
+
+    if inputs.eval_data is not None:
+        candidate_names = list(inputs.eval_data.classnames)
+    else:
+        clean = inputs.clean
+        captions = getattr(clean, "captions", None) or [clean[i][1] for i in range(len(clean))]
+        candidate_names = sorted(set(captions))[:1000]
+    templates = inputs.eval_templates if inputs.eval_data is not None else ["{c}"]
+    return candidate_names, zeroshot_classifier(inputs.model, candidate_names, templates)
+
+
+def _collate_fn(inputs: CleaningInputs):
+    from clipclean.training import CaptionTokenizer
+
+    return CaptionTokenizer(inputs.model.tokenizer)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    import torch
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
+    from clipclean.cli.cleaning import CleaningJob, run_cleaning
+    from clipclean.training import clamp_logit_scale_
 
-    from clipclean.cli.cleaning import (
-        CleaningSession,
-        check_model_changed,
-        inversion_report,
-        load_eval_trigger,
-        make_defense,
-        peak_memory_mb,
-        phase_wall_times,
-        prepare_cleaning_output,
-        trigger_identical_across_ranks,
+    job = CleaningJob(
+        name="clean_clip",
+        clean_data_description="the defender's clean image-caption set",
+        outputs=OUTPUTS,
+        build_demo=_build_demo_model,
+        load=_load,
+        candidates=_candidates,
+        collate_fn=_collate_fn,
+        write_outputs=_write_outputs,
+        after_step=clamp_logit_scale_,
+        complete_eval=_complete_eval,
     )
-    from clipclean.cli.cleaning import inverted_trigger_asr as inverted_trigger_asr_of
-    from clipclean.cli.common import (
-        configure_cpu_threads,
-        default_templates,
-        finish_run,
-        make_accelerator,
-        setup_logging,
-    )
-    from clipclean.data import load_classification_dataset, load_image_caption_dataset
-    from clipclean.evaluation import zeroshot_classifier
-    from clipclean.models import load_clip
-    from clipclean.timing import PhaseTimer
-    from clipclean.training import CaptionTokenizer, clamp_logit_scale_
-
-    prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
-    start_time = time.time()
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    configure_cpu_threads(accelerator)
-    set_seed(args.seed)
-    demo_run = args.model is None
-    if demo_run:
-        _build_demo_model(args)
-    if args.clean_data is None:
-        raise SystemExit("--clean-data is required when --model is given (the defender's clean image-caption set)")
-
-    timer = PhaseTimer()
-    with timer("load"), accelerator.main_process_first():
-        model = load_clip(args.model, pretrained=args.pretrained, device=accelerator.device, cache_dir=args.cache_dir)
-        clean = load_image_caption_dataset(args.clean_data, image_size=model.image_size, skip_bad=args.skip_bad)
-        eval_data = (
-            load_classification_dataset(
-                args.eval_data, image_size=model.image_size, classnames=args.classnames, skip_bad=args.skip_bad
-            )
-            if args.eval_data
-            else None
-        )
-    if args.max_clean_pairs is not None:
-        clean = torch.utils.data.Subset(clean, range(min(args.max_clean_pairs, len(clean))))
-    templates, templates_name = default_templates(args.templates, args.eval_data or args.clean_data)
-
-    true_trigger, true_target = load_eval_trigger(
-        args.eval_trigger, args.eval_target, eval_data, accelerator.device, image_size=model.image_size
-    )
-
-    # Candidates that name the recovered target: the evaluation classes (zero-shot embeddings).
-    if eval_data is not None:
-        candidate_names = list(eval_data.classnames)
-    else:
-        captions = getattr(clean, "captions", None) or [clean[i][1] for i in range(len(clean))]
-        candidate_names = sorted(set(captions))[:1000]
-    model.eval()
-    classifier = zeroshot_classifier(model, candidate_names, templates if eval_data is not None else ["{c}"])
-
-    eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False) if eval_data is not None else None
-    train_loader = DataLoader(
-        clean,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=len(clean) >= 2 * args.batch_size,
-        num_workers=args.workers,
-        collate_fn=CaptionTokenizer(model.tokenizer),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    before = None
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
-        with timer("evaluate_before"):
-            before = _evaluate(
-                model, eval_loader, eval_data, templates, true_trigger, true_target, args, accelerator, classifier
-            )
-
-    defense, reference = make_defense(args, accelerator, model, candidate_names, classifier)
-    session = CleaningSession.prepare(accelerator, model, defense, train_loader, args, tracker="clean_clip")
-    state, config = session.state, defense.config
-    with timer("cleaning"):
-        session.run(after_step=clamp_logit_scale_)
-    unchanged = check_model_changed(session, reference)
-
-    model.eval()
-    trigger_equal = trigger_identical_across_ranks(accelerator, defense.trigger_for_report())
-    summary = defense.summary()
-    after = None
-    inverted_trigger_asr = None
-    if eval_loader is not None:
-        with timer("evaluate_after"):
-            after = _evaluate(
-                model, eval_loader, eval_data, templates, true_trigger, true_target, args, accelerator, classifier
-            )
-            inverted_trigger_asr = inverted_trigger_asr_of(
-                defense,
-                summary,
-                lambda evaluated, trigger, target: _evaluate(
-                    evaluated, eval_loader, eval_data, templates, trigger, target, args, accelerator, classifier
-                ),
-                {"before": reference, "after": model},
-                eval_data.classnames,
-            )
-    complete = None
-    if args.complete_eval:
-        with timer("complete_eval"):
-            complete = _complete_eval(args, accelerator, model, clean, true_trigger, true_target, eval_data, templates)
-    wall_time = time.time() - start_time
-    results = {
-        "defense": args.defense,
-        "before": before,
-        "after": after,
-        "inversion": inversion_report(summary),
-        "inverted_trigger_asr": inverted_trigger_asr,
-        "complete": complete,
-        "true_target": true_target,
-        "rounds": state.reports,
-        "rounds_done": state.rounds_done,
-        "stopped_early": session.stopped_early,
-        "wall_time_s": wall_time,
-        "phase_wall_time_s": phase_wall_times(timer, session),
-        "peak_memory_mb": peak_memory_mb(accelerator),
-        "world_size": accelerator.num_processes,
-        "trigger_identical_across_ranks": trigger_equal,
-        "weights_unchanged": unchanged,
-        "config": {"defense": config, "recipe": vars(args), "templates": templates_name},
-    }
-    _write_outputs(args, accelerator, model, defense, results, clean)
-    _print_summary(accelerator, results, f"{templates_name} ({len(templates)})")
-    demo = (f"the backdoored demo model (reused by the next demo run): {Path(args.model).parent}",)
-    finish_run(accelerator, args, OUTPUTS, notes=demo if demo_run else ())
-    accelerator.end_training()
-    return results
+    return run_cleaning(args, job)
 
 
-def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, templates) -> dict:
+def _complete_eval(args, accelerator, inputs: CleaningInputs, trigger, target) -> dict:
     """The tests of complete unlearning (retuning attack, re-inversion) on the cleaned model and the never-poisoned
     reference. They are small and single-process: the main process runs them, the others wait for the result."""
     from accelerate.utils import broadcast_object_list
@@ -267,6 +168,7 @@ def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, 
     from clipclean.complete import complete_block
     from clipclean.evaluation import resolve_target
 
+    model, clean, eval_data, templates = inputs.model, inputs.clean, inputs.eval_data, inputs.eval_templates
     if trigger is None:
         logger.warning("--complete-eval without --eval-trigger: re-inversion only, no retuning attack (RA-ASR)")
     if args.reference_model is None and args.reference_measurements is None:
@@ -285,7 +187,7 @@ def _complete_eval(args, accelerator, model, clean, trigger, target, eval_data, 
     return block[0]
 
 
-def _write_outputs(args, accelerator, model, defense, results, clean) -> None:
+def _write_outputs(args, accelerator, inputs: CleaningInputs, defense, results) -> None:
     from clipclean.cli.cleaning import card_metrics, write_inversion_folder
     from clipclean.cli.common import write_main_process_json
     from clipclean.hub import push_to_hub, save_pretrained
@@ -293,10 +195,10 @@ def _write_outputs(args, accelerator, model, defense, results, clean) -> None:
     output = Path(args.output_dir)
     if accelerator.is_main_process:
         recovered = (results["inversion"] or {}).get("recovered_target")
-        write_inversion_folder(output, defense, args.defense, recovered, clean, accelerator.device)
+        write_inversion_folder(output, defense, args.defense, recovered, inputs.clean, accelerator.device)
         verdict = (results["inversion"] or {}).get("verdict")
         save_pretrained(
-            model,
+            inputs.model,
             output / "cleaned",
             metrics=card_metrics(results),
             provenance={
@@ -337,16 +239,6 @@ def _persistence_note(complete: dict | None) -> str:
     rows = "; ".join(f"{name}: {value} (never-poisoned reference: {reference})" for name, value, reference in
                      complete_table_rows(complete))  # fmt: skip
     return f" Complete-unlearning tests (method.md section 3) -- {rows}."
-
-
-def _print_summary(accelerator, results, templates: str) -> None:
-    from clipclean.cli.cleaning import print_summary
-    from clipclean.cli.common import print_table
-    from clipclean.complete import complete_table_rows
-
-    print_summary(accelerator, results, templates)
-    if accelerator.is_main_process and results["complete"]:
-        print_table(complete_table_rows(results["complete"]), ("complete unlearning", "cleaned", "reference"))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A defense (:class:`~clipclean.defenses.base.Defense`) is step-level; the recipe 
 the same one: for each round ``begin_round`` (inversion, editing...), ``epochs`` passes of ``forward`` /
 ``accelerator.backward`` / optimiser step, ``end_round``, ``accelerator.save_state``; resumable with
 ``--resume_from_checkpoint``. This module keeps that loop, its checkpointed state and the output pieces the
-two recipes share (evaluation before/after, the inverted-trigger folder, the results summary).
+two recipes share (evaluation before/after, the inverted-trigger folder, the results summary), and the whole job
+around them: :func:`run_cleaning` takes a :class:`CleaningJob` that holds only what differs between the two
+(model and data loading, the collate function, the step hook, the outputs writer, the complete-unlearning tests).
 
 Example (inside a recipe, after ``accelerator``, ``model``, ``defense`` and the loader exist)::
 
@@ -459,3 +461,189 @@ def templates_note(templates: str) -> str:
             "accuracy for the same model can differ slightly; docs/evaluation.md)"
         )
     return note
+
+
+@dataclass
+class CleaningInputs:
+    """What a cleaning job's :attr:`CleaningJob.load` returns: the model to clean, the data and the zero-shot
+    templates, in the forms :func:`run_cleaning` needs.
+
+    ``eval_templates`` go to :func:`evaluate_phase` (``None``: the model's own class embeddings);
+    ``config_templates`` is ``results.json``'s ``config["templates"]``; ``summary_templates`` the template-set line
+    under the summary table (``None``: no line); ``clip`` the CLIP behind a zero-shot classifier head, if any.
+    """
+
+    model: torch.nn.Module
+    clean: Any
+    eval_data: Any = None
+    eval_templates: list[str] | None = None
+    config_templates: Any = None
+    summary_templates: str | None = None
+    clip: Any = None
+
+
+@dataclass
+class CleaningJob:
+    """What differs between the cleaning jobs (:mod:`~clipclean.cli.clean_clip` and
+    :mod:`~clipclean.cli.clean_classifier`); :func:`run_cleaning` runs the rest.
+
+    ``name``: the job's logger and tracker name; ``clean_data_description``: what ``--clean-data`` holds, for the
+    error without it; ``outputs``: the output folder's entries, printed at the end; ``build_demo(args)``: the
+    embedded demo (every process); ``load(args, device)``: the model and data (:class:`CleaningInputs`, inside the
+    ``load`` phase under ``main_process_first``); ``candidates(inputs)``: ``(candidate names, their embeddings)``
+    after ``--max-clean-pairs``; ``collate_fn(inputs)``: the training loader's collate function; ``after_step``:
+    runs after every optimiser step (:meth:`CleaningSession.run`); ``complete_eval(args, accelerator, inputs,
+    trigger, target)``: the ``complete`` block of ``results.json`` (``None``: the job has no such key);
+    ``write_outputs(args, accelerator, inputs, defense, results)``: ``cleaned/``, ``inversion/``, ``results.json``.
+    """
+
+    name: str
+    clean_data_description: str
+    outputs: dict[str, str]
+    build_demo: Callable[[argparse.Namespace], None]
+    load: Callable[[argparse.Namespace, Any], CleaningInputs]
+    candidates: Callable[[CleaningInputs], tuple[list[str], torch.Tensor]]
+    collate_fn: Callable[[CleaningInputs], Callable]
+    write_outputs: Callable[..., None]
+    after_step: Callable[[torch.nn.Module], None] | None = None
+    complete_eval: Callable[..., dict | None] | None = None
+
+
+def load_eval_data(args: argparse.Namespace, image_size: tuple[int, int]):
+    """The ``--eval-data`` classification set (``--classnames``, ``--skip-bad``) at ``image_size``; ``None``
+    without ``--eval-data``."""
+    from clipclean.data import load_classification_dataset
+
+    if not args.eval_data:
+        return None
+    return load_classification_dataset(
+        args.eval_data, image_size=image_size, classnames=args.classnames, skip_bad=args.skip_bad
+    )
+
+
+def run_cleaning(args: argparse.Namespace, job: CleaningJob) -> dict[str, Any]:
+    """A cleaning job from parsed ``args`` to its output folder; returns the ``results.json`` dict.
+
+    Load the model and data, evaluate before, run the defense's rounds (:class:`CleaningSession`), evaluate after
+    (with the true and the inverted trigger), optionally the complete-unlearning tests, then write and summarise.
+    """
+    import time
+
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from clipclean.cli.common import configure_cpu_threads, finish_run, make_accelerator, setup_logging
+
+    prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
+    start_time = time.time()
+    accelerator = make_accelerator(args)
+    setup_logging(accelerator, job.name)
+    configure_cpu_threads(accelerator)
+    set_seed(args.seed)
+    demo_run = args.model is None
+    if demo_run:
+        job.build_demo(args)  # every process: the poison recipes train with all of them
+    if args.clean_data is None:
+        raise SystemExit(f"--clean-data is required when --model is given ({job.clean_data_description})")
+
+    # 1. the model, the defender's clean data, the evaluation data and the true trigger (when known)
+    timer = PhaseTimer()
+    with timer("load"), accelerator.main_process_first():
+        inputs = job.load(args, accelerator.device)
+    model, eval_data = inputs.model, inputs.eval_data
+    if args.max_clean_pairs is not None:
+        inputs.clean = torch.utils.data.Subset(inputs.clean, range(min(args.max_clean_pairs, len(inputs.clean))))
+    clean = inputs.clean
+    true_trigger, true_target = load_eval_trigger(
+        args.eval_trigger, args.eval_target, eval_data, accelerator.device, image_size=model.image_size
+    )
+    # candidates that name the recovered target (the evaluation classes' embeddings)
+    model.eval()
+    candidate_names, classifier = job.candidates(inputs)
+
+    eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False) if eval_data is not None else None
+    train_loader = DataLoader(
+        clean,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=len(clean) >= 2 * args.batch_size,
+        num_workers=args.workers,
+        collate_fn=job.collate_fn(inputs),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    # 2. evaluate before
+    evaluate = before = None
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+        evaluate = functools.partial(
+            evaluate_phase,
+            loader=eval_loader,
+            classnames=candidate_names,
+            classifier=classifier,
+            accelerator=accelerator,
+            templates=inputs.eval_templates,
+            seed=args.seed,
+            progress=args.progress,
+        )
+        with timer("evaluate_before"):
+            before = evaluate(model, trigger=true_trigger, target=true_target)
+
+    # 3. the defense's rounds
+    defense, reference = make_defense(args, accelerator, model, candidate_names, classifier)
+    session = CleaningSession.prepare(accelerator, model, defense, train_loader, args, tracker=job.name)
+    with timer("cleaning"):
+        session.run(after_step=job.after_step)
+    unchanged = check_model_changed(session, reference)
+
+    # 4. evaluate after, with the true trigger and the inverted one
+    model.eval()
+    trigger_equal = trigger_identical_across_ranks(accelerator, defense.trigger_for_report())
+    summary = defense.summary()
+    after = inverted_asr = None
+    if evaluate is not None:
+        with timer("evaluate_after"):
+            after = evaluate(model, trigger=true_trigger, target=true_target)
+            inverted_asr = inverted_trigger_asr(
+                defense,
+                summary,
+                lambda evaluated, trigger, target: evaluate(evaluated, trigger=trigger, target=target),
+                {"before": reference, "after": model},
+                candidate_names,
+            )
+    complete = None
+    if getattr(args, "complete_eval", False) and job.complete_eval is not None:
+        with timer("complete_eval"):
+            complete = job.complete_eval(args, accelerator, inputs, true_trigger, true_target)
+    wall_time = time.time() - start_time
+
+    # 5. results.json, cleaned/, inversion/ and the summary
+    results = {
+        "defense": args.defense,
+        "before": before,
+        "after": after,
+        "inversion": inversion_report(summary),
+        "inverted_trigger_asr": inverted_asr,
+        **({"complete": complete} if job.complete_eval is not None else {}),
+        "true_target": true_target,
+        "rounds": session.state.reports,
+        "rounds_done": session.state.rounds_done,
+        "stopped_early": session.stopped_early,
+        "wall_time_s": wall_time,
+        "phase_wall_time_s": phase_wall_times(timer, session),
+        "peak_memory_mb": peak_memory_mb(accelerator),
+        "world_size": accelerator.num_processes,
+        "trigger_identical_across_ranks": trigger_equal,
+        "weights_unchanged": unchanged,
+        "config": {"defense": defense.config, "recipe": vars(args), "templates": inputs.config_templates},
+    }
+    job.write_outputs(args, accelerator, inputs, defense, results)
+    print_summary(accelerator, results, inputs.summary_templates)
+    if accelerator.is_main_process and results.get("complete"):
+        from clipclean.complete import complete_table_rows
+
+        print_table(complete_table_rows(results["complete"]), ("complete unlearning", "cleaned", "reference"))
+    demo = (f"the backdoored demo model (reused by the next demo run): {Path(args.model).parent}",)
+    finish_run(accelerator, args, job.outputs, notes=demo if demo_run else ())
+    accelerator.end_training()
+    return results
