@@ -72,6 +72,8 @@ LAYOUTS = ("open_clip", "transformers")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 REPO_PLACEHOLDER = "<org>/<repo>"
 CARD_TAGS = ("clip", "clipclean", "backdoor-defense")
+CARD_LICENSE = "apache-2.0"
+PIPELINE_TAG = "zero-shot-image-classification"
 _MAX_INLINE_CHARS = 200  # longer provenance values (e.g. a trigger mask) stay in the sidecar only
 
 _PERCENT_KEY = re.compile(r"accuracy|(?<!learning_)rate|(^|[^a-z])(acc|asr)([^a-z]|$)")
@@ -241,8 +243,13 @@ def model_card(
     repo_id: str | None = None,
     layout: str = "open_clip",
     summary: str | None = None,
+    eval_dataset: str | None = None,
 ) -> str:
     """The ``README.md`` model card of a cleaned checkpoint, with Hub YAML front matter.
+
+    Built with huggingface_hub's :class:`~huggingface_hub.ModelCard`: the front matter is a
+    :class:`~huggingface_hub.ModelCardData` (library, pipeline tag, license, tags and, given ``eval_dataset``, the
+    model's clean accuracy and ASR as ``model-index`` :class:`~huggingface_hub.EvalResult` entries).
 
     Args:
         model_name: what the checkpoint was loaded from (e.g. ``"ViT-B-32"`` or ``"hf-hub:org/poisoned"``); the
@@ -257,6 +264,9 @@ def model_card(
             :func:`push_to_hub` fills in.
         layout: ``"open_clip"`` or ``"transformers"``: the checkpoint's format (library tag and usage snippets).
         summary: what happened to the model, after its name in the title (default: "cleaned with clipclean").
+        eval_dataset: the evaluation set the metrics were measured on (e.g. ``"digits:test"``); given, the
+            model's own clean accuracy and ASR (the ``after`` column of grouped metrics, else the flat ones) go into
+            the card's ``model-index``. ``None``: no ``model-index``.
 
     Returns:
         The card as markdown text.
@@ -272,15 +282,6 @@ def model_card(
     repo = repo_id or REPO_PLACEHOLDER
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    front_matter = [
-        "---",
-        f"library_name: {layout}",
-        "pipeline_tag: zero-shot-image-classification",
-        "license: apache-2.0",
-        "tags:",
-        *(f"- {tag}" for tag in CARD_TAGS),
-        "---",
-    ]
     sections = [
         f"# {card_title(model_name)} — {summary or 'cleaned with clipclean'}",
         *(_transformers_usage(model_name, repo) if layout == "transformers" else _open_clip_usage(model_name, repo)),
@@ -316,7 +317,54 @@ def model_card(
             "model carries no other backdoor; evaluate it on your own data before relying on it."
         ),
     ]
-    return "\n".join(front_matter) + "\n\n" + "\n\n".join(sections) + "\n"
+    from huggingface_hub import ModelCard, ModelCardData
+
+    eval_results = _eval_results(metrics, eval_dataset)
+    card_data = ModelCardData(
+        library_name=layout,
+        pipeline_tag=PIPELINE_TAG,
+        license=CARD_LICENSE,
+        tags=list(CARD_TAGS),
+        model_name=card_title(model_name) if eval_results else None,
+        eval_results=eval_results,
+    )
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
+    return str(card)
+
+
+# Where a metric of :func:`model_card` goes in the Hub's model-index: key -> (metric type, display name).
+EVAL_RESULT_METRICS = {
+    "clean_accuracy": ("accuracy", "clean accuracy"),
+    "attack_success_rate": ("attack_success_rate", "attack success rate (ASR)"),
+}
+
+
+def _eval_results(metrics: Mapping[str, Any] | None, eval_dataset: str | None) -> list | None:
+    """The model's own clean accuracy and ASR on ``eval_dataset`` as :class:`~huggingface_hub.EvalResult` entries
+    (the ``after`` column of grouped metrics, else the flat ones); ``None`` without a dataset or those metrics."""
+    from huggingface_hub import EvalResult
+
+    if not metrics or not eval_dataset:
+        return None
+    own = metrics.get("after") if isinstance(metrics.get("after"), Mapping) else metrics
+    source = str(eval_dataset)
+    kind, _, split = source.partition(":")
+    if not split or "/" in kind or os.sep in kind:  # a local path means nothing on the Hub: its folder's name
+        kind, split = Path(source).name or source, None
+    results = [
+        EvalResult(
+            task_type=PIPELINE_TAG,
+            dataset_type=kind,
+            dataset_name=source if split else kind,
+            dataset_split=split,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=float(own[key]),
+        )
+        for key, (metric_type, metric_name) in EVAL_RESULT_METRICS.items()
+        if isinstance(own.get(key), (int, float)) and not isinstance(own.get(key), bool)
+    ]
+    return results or None
 
 
 # -------------------------------------------------------------------------------------------------------- writers
@@ -453,6 +501,7 @@ def save_pretrained(
     card_notes: str | None = None,
     layout: str | None = None,
     card_summary: str | None = None,
+    eval_dataset: str | None = None,
 ) -> Path:
     """Save ``model`` as an open_clip Hub-layout folder with a model card and a clipclean sidecar, atomically.
 
@@ -471,6 +520,7 @@ def save_pretrained(
         card_summary: what happened to the model, in the card's title after its name (default: "cleaned with
             clipclean").
         layout: ``"open_clip"`` or ``"transformers"`` (transformers models only); default: the model's own.
+        eval_dataset: what the metrics were measured on, for the card's ``model-index`` (:func:`model_card`).
 
     Returns:
         The absolute path of the saved folder.
@@ -507,7 +557,13 @@ def save_pretrained(
     }
     json.dumps(sidecar)  # fail on non-serialisable values before touching the file system
     card = model_card(
-        model.name or "CLIP", metrics_json, provenance_json, card_notes, layout=layout, summary=card_summary
+        model.name or "CLIP",
+        metrics_json,
+        provenance_json,
+        card_notes,
+        layout=layout,
+        summary=card_summary,
+        eval_dataset=eval_dataset,
     )
     with _atomic_directory(target) as staging:
         if layout == "transformers":

@@ -174,6 +174,106 @@ def test_model_card_keeps_long_provenance_in_the_sidecar():
     assert "- **lr**: 0.5" in card  # provenance values are never turned into percentages
 
 
+OLD_CARD = (  # the card as the hand-written front matter wrote it (clipclean before ModelCardData)
+    "---\n"
+    "library_name: open_clip\n"
+    "pipeline_tag: zero-shot-image-classification\n"
+    "license: apache-2.0\n"
+    "tags:\n"
+    "- clip\n"
+    "- clipclean\n"
+    "- backdoor-defense\n"
+    "---\n"
+    "\n"
+    "# org/poisoned — cleaned with clipclean\n"
+    "\n"
+    "An [OpenCLIP](https://github.com/mlfoundations/open_clip) model (`hf-hub:org/poisoned`) whose w"
+    "eights were processed with clipclean, a toolkit for finding and removing backdoors from CLIP mo"
+    "dels. The checkpoint uses open_clip's Hub layout (`open_clip_config.json` + `open_clip_model.sa"
+    "fetensors`, no pickle), so plain open_clip loads it; clipclean's own metadata (metrics, provena"
+    "nce) is in `clipclean.json`.\n"
+    "\n"
+    "## Usage\n"
+    "\n"
+    "With open_clip:\n"
+    "\n"
+    "```python\n"
+    "import open_clip\n"
+    "\n"
+    'model, _, preprocess = open_clip.create_model_and_transforms("hf-hub:<org>/<repo>")\n'
+    'tokenizer = open_clip.get_tokenizer("hf-hub:<org>/<repo>")\n'
+    "```\n"
+    "\n"
+    "With clipclean (`encode_image` takes un-normalised images in [0, 1] and normalises them itself)"
+    ":\n"
+    "\n"
+    "```python\n"
+    "import torch\n"
+    "from clipclean.models import load_clip\n"
+    "\n"
+    'model = load_clip("hf-hub:<org>/<repo>")  # or load_clip("local-dir:/path/to/this/folder")\n'
+    "image_features = model.encode_image(torch.rand(1, 3, *model.image_size))\n"
+    'text_features = model.encode_text(["a photo of a dog"])\n'
+    "```\n"
+    "\n"
+    "## Evaluation\n"
+    "\n"
+    "| Metric | before | after |\n"
+    "|---|---:|---:|\n"
+    "| clean_accuracy | 90.00% | 88.00% |\n"
+    "| attack_success_rate | 99.00% | 1.50% |\n"
+    "| loss | — | 0.1235 |\n"
+    "\n"
+    "## Provenance\n"
+    "\n"
+    "- **method**: bibau\n"
+    "- **verdict**: backdoored\n"
+    "- **seed**: 0\n"
+    "\n"
+    "## Notes\n"
+    "\n"
+    "Cleaned blindly.\n"
+    "\n"
+    "## Limitations\n"
+    "\n"
+    "Backdoor removal is measured against the triggers and data reported above. It does not prove th"
+    "at the model carries no other backdoor; evaluate it on your own data before relying on it.\n"
+)
+
+
+def test_model_card_built_with_model_card_data_matches_the_hand_written_card(tmp_path):
+    """The card made with huggingface_hub's ModelCard/ModelCardData carries the same metadata and the same body
+    (title, usage, metrics table, provenance, notes) as the hand-written one it replaced."""
+    provenance = {"method": "bibau", "verdict": "backdoored", "seed": 0}
+    card = model_card("hf-hub:org/poisoned", GROUPED_METRICS, provenance, "Cleaned blindly.")
+    old, new = ModelCard(OLD_CARD), ModelCard(card)
+    assert new.data.to_dict() == old.data.to_dict()  # without eval_dataset: no model-index, same fields
+    assert new.text == old.text
+    lines = new.text.splitlines()
+    assert "# org/poisoned — cleaned with clipclean" in lines
+    assert "| clean_accuracy | 90.00% | 88.00% |" in lines and "| attack_success_rate | 99.00% | 1.50% |" in lines
+
+    # with the evaluation set, the model's own (after) CA and ASR go into the model-index as EvalResults
+    card = model_card("hf-hub:org/poisoned", GROUPED_METRICS, provenance, None, eval_dataset="digits:test")
+    data = ModelCard(card).data
+    assert {key: value for key, value in data.to_dict().items() if key != "model-index"} == old.data.to_dict()
+    assert data.model_name == "org/poisoned"
+    results = {result.metric_type: result for result in data.eval_results}
+    assert results["accuracy"].metric_value == 0.88 and results["attack_success_rate"].metric_value == 0.015
+    assert {(r.dataset_type, r.dataset_name, r.dataset_split, r.task_type) for r in results.values()} == {
+        ("digits", "digits:test", "test", "zero-shot-image-classification")
+    }
+    assert model_card("RN50", GROUPED_METRICS, None, None, eval_dataset="/data/imagenet/val").count("name: val") == 1
+
+
+def test_written_card_loads_with_model_card_load(tiny_clip, tmp_path):
+    folder = save_pretrained(tiny_clip, tmp_path / "cleaned", metrics=GROUPED_METRICS, eval_dataset="digits:test")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "open_clip" and card.data.tags == ["clip", "clipclean", "backdoor-defense"]
+    assert [result.metric_value for result in card.data.eval_results] == [0.88, 0.015]
+    assert "| attack_success_rate | 99.00% | 1.50% |" in card.text
+
+
 def test_model_card_fills_repo_id():
     card = model_card("RN50", None, None, None, repo_id="org/name")
     assert "hf-hub:org/name" in card and "<org>/<repo>" not in card

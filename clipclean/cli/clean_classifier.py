@@ -192,6 +192,7 @@ def _write_outputs(args, accelerator, inputs: CleaningInputs, defense, results) 
                     else f"Image tower cleaned as a zero-shot classifier with clipclean's `{args.defense}` defense."
                 ),
                 card_summary="checked with clipclean (nothing removed)" if results["weights_unchanged"] else None,
+                eval_dataset=args.eval_data,
             )
     write_main_process_json(accelerator, output / "results.json", results)
 

@@ -213,6 +213,7 @@ def _write_outputs(args, accelerator, inputs: CleaningInputs, defense, results) 
             + _persistence_note(results["complete"]),
             layout=args.save_layout,
             card_summary="checked with clipclean (nothing removed)" if results["weights_unchanged"] else None,
+            eval_dataset=args.eval_data,
         )
     write_main_process_json(accelerator, output / "results.json", results)
     if args.push_to_hub and accelerator.is_main_process:
