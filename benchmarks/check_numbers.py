@@ -17,7 +17,9 @@ the same name (``table.md`` from ``results.csv``) and checked without a comment.
 A paragraph can name sources too (``<!-- source: A.csv, B.csv -->`` above it): each of its percentages and decimal
 numbers must be a value of one of them at the precision shown (a weaker check: any column). A table or paragraph whose
 numbers no committed file holds is history: mark it ``<!-- history: DATE, commit, command -->`` above it, or date it
-in its text. Everything else with measured-looking numbers (a decimal point or a percent sign) is listed as unsourced.
+in its text. A table of aggregates that a script computed from a committed file (counts, rates, intervals, ROC-AUC)
+is marked ``<!-- derived: FILE, by SCRIPT -->``: not checked cell by cell (the script is tested), not unsourced.
+Everything else with measured-looking numbers (a decimal point or a percent sign) is listed as unsourced.
 
     python benchmarks/check_numbers.py              # exit 1 on a number that disagrees with its source
     python benchmarks/check_numbers.py --unsourced  # also list the unsourced tables and paragraphs
@@ -39,6 +41,7 @@ DOCUMENTS = ("README.md", "docs/*.md", "benchmarks/*.md", "benchmarks/results/*.
 GENERATED_FROM = {"table": "results"}  # benchmarks/results/<md stem> -> <csv stem> when they differ
 SOURCE = re.compile(r"<!--\s*source:\s*(?P<body>.*?)\s*-->")
 HISTORY = re.compile(r"<!--\s*history:.*?-->")
+DERIVED = re.compile(r"<!--\s*derived:.*?-->")
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
 NUMBER = re.compile(r"(?<![\w.])(?:[-−](?=\d))?\d[\d,]*(?:\.\d+)?(?P<percent>\s?%)?")
 SCALES = (1, 100)
@@ -160,7 +163,9 @@ def _sources(block: Block) -> tuple[list[Path], dict[str, str]]:
                 rename[shown.strip().lower()] = value.strip().lower()
             return [ROOT / name.strip() for name in files.split(",")], rename
     results = ROOT / "benchmarks" / "results"
-    if block.is_table and block.path.parent == results:  # a generated table: the CSV it was written from
+    # a generated table: the CSV it was written from (a derived one holds aggregates of it)
+    derived = any(DERIVED.search(comment) for comment in block.comments)
+    if block.is_table and block.path.parent == results and not derived:
         generated = results / f"{GENERATED_FROM.get(block.path.stem, block.path.stem)}.csv"
         if generated.is_file():
             return [generated], {}
@@ -277,7 +282,8 @@ def check(paths: list[Path]) -> Report:
             count = len(measured_numbers(text))
             if not count:
                 continue
-            if any(HISTORY.search(comment) for comment in block.comments) or DATE.search(" ".join(block.lines)):
+            marked = any(HISTORY.search(comment) or DERIVED.search(comment) for comment in block.comments)
+            if marked or DATE.search(" ".join(block.lines)):
                 report.history += count
             else:
                 kind = "table" if block.is_table else "paragraph"

@@ -470,7 +470,9 @@ def _format_rate(entry: dict) -> str:
 
 
 def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> str:
+    derived = "<!-- derived: benchmarks/results/zoo.csv, by benchmarks/zoo.py -->"
     lines = [
+        derived,
         "| split | models | ROC-AUC | backdoored called backdoored | clean called backdoored | target named top-1 | "
         "cleaning success | CA drop median / worst (points) | untargeted winner on clean models |",
         "|---|---|---:|---|---|---|---|---|---|",
@@ -486,7 +488,7 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> s
                 f"{_format_rate(entry['cleaning_success'])} | {100 * entry['median_ca_drop']:.1f} / "
                 f"{100 * entry['worst_ca_drop']:.1f} | {winners or '-'} |"
             )
-    lines += ["", "| verdict statistic | threshold | development: detected / named / false alarms | "
+    lines += ["", derived, "| verdict statistic | threshold | development: detected / named / false alarms | "
               "held-out: detected / named / false alarms |", "|---|---|---|---|"]  # fmt: skip
     for entry in statistics_table:
         cells = [

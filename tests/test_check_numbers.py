@@ -81,3 +81,10 @@ def test_a_sourced_paragraph_and_the_unsourced_report(tmp_path):
     table = "| run | ASR % |\n|---|---:|\n| a | 91.3 |\n"
     marked = check(tmp_path, "<!-- history: 2026-11-23, commit b362e03 -->\n" + table)
     assert marked.unsourced == [] and marked.history == 1
+
+
+def test_a_derived_table_of_aggregates_is_neither_checked_nor_unsourced(tmp_path):
+    table = "| split | ROC-AUC | detected |\n|---|---:|---|\n| held-out | 0.600 | 40.0% |\n"
+    derived = check(tmp_path, f"<!-- derived: SOURCE, by a script -->\n{table}")
+    assert derived.mismatches == [] and derived.unsourced == [] and derived.history == 2
+    assert check(tmp_path, table).unsourced  # the same table without the mark is listed
