@@ -6,8 +6,8 @@ The job is :mod:`clipclean.cli.clean_classifier`, installed with clipclean; this
 
 import sys
 
-from clipclean.cli.common import run_cli
 from clipclean.cli.clean_classifier import main
+from clipclean.cli.common import run_cli
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

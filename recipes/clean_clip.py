@@ -6,8 +6,8 @@ The job is :mod:`clipclean.cli.clean_clip`, installed with clipclean; this file 
 
 import sys
 
-from clipclean.cli.common import run_cli
 from clipclean.cli.clean_clip import main
+from clipclean.cli.common import run_cli
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

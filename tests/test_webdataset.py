@@ -16,9 +16,9 @@ from test_clean_recipe import load_recipe, tiny_args
 from torch.utils.data import DataLoader
 
 from clipclean.data import DataError, load_image_caption_dataset
+from clipclean.data.webdataset import ShardedImageCaptionDataset, ShardStream, expand_shard_spec, shard_ranges_of
 from clipclean.poisoning import PoisonedDataset, TemplateCaptions, make_poison_manifest
 from clipclean.triggers import PatchBlendTrigger, save_trigger
-from clipclean.data.webdataset import ShardedImageCaptionDataset, ShardStream, expand_shard_spec, shard_ranges_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
