@@ -30,8 +30,9 @@ The images are **synthetic** (smooth random colour fields stored as JPEG, captio
 1,000 ImageNet class names), written to a temporary folder: ``--shard-pairs`` sets of pairs in shards of
 ``--pairs-per-shard`` (the smaller sets are the first shards of the largest) and a synset tree of
 ``--zeroshot-classes`` folders named like ImageNet's (``n01440764``...), ``--zeroshot-images-per-class`` images each.
-All phases run on the first shard size; ``--memory-phases`` run again on the others, to show that peak memory does not
-grow with the size of the defender set. Writes ``OUTPUT/NAME.csv`` and ``OUTPUT/NAME.md`` and prints the table.
+All phases run on the first shard size (``OUTPUT/NAME.csv`` and ``.md``); then ``--memory-phases`` run alone on every
+shard size, in launches with the same history so that their peaks compare, to show that peak memory does not grow with
+the size of the defender set (``OUTPUT/NAME_memory.csv`` and ``.md``). The tables are printed at the end.
 
     python benchmarks/scale.py                                   # ViT-B-32 and RN50, 1 and 2 processes, 2K/20K pairs
     python benchmarks/scale.py --tiny --output /tmp/scale        # clipclean-tiny at 32 px: the tests' run (a minute)
@@ -514,8 +515,11 @@ class Run:
         self.measure("stream", epoch, 1, len(self.dataset) // self.world * self.world)
         row = self.rows[-1]
         row["s_per_step"] /= batches  # per batch of the pass
-        row["images_per_step"] = self.spec["batch_size"]
-        row["notes"] = f"one pass over {count[0] * self.world} pairs, {batches} batches per process"
+        row["images_per_step"], row["images_per_s"] = (
+            self.spec["batch_size"],
+            count[0] * self.world / row["s_per_step"] / batches,
+        )
+        row["notes"] = "one pass over the shard set, decoding and batching only; s/step per batch"
 
     def phase_e_step(self) -> None:
         inverter = self._estimated_inverter()
@@ -768,7 +772,7 @@ def _number(value, digits: int = 1) -> str:
 
 
 def markdown(rows: list[dict], header: list[str]) -> str:
-    """The table of every row, then peak memory per shard size for the phases measured on more than one."""
+    """The table of the runs of every phase."""
     lines = [
         *header,
         "",
@@ -776,7 +780,7 @@ def markdown(rows: list[dict], header: list[str]) -> str:
         "workers' USS MiB | peak GPU MiB | efficiency | notes |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in (row for row in rows if row["run"] == "phases"):
+    for r in rows:
         cells = [
             r["model"], r["phase"], r["processes"], r["shard_pairs"], _number(r.get("s_per_step"), 3),
             _number(r.get("images_per_step")), _number(r.get("images_per_s"), 2), _number(r.get("peak_rss_mib"), 0),
@@ -784,19 +788,24 @@ def markdown(rows: list[dict], header: list[str]) -> str:
             r.get("notes", ""),
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def memory_markdown(rows: list[dict], header: list[str]) -> str:
+    """Peak memory per shard size of the memory runs: peak RSS (max over the processes) + the workers' USS."""
     memory = memory_by_shard_size(rows)
-    if memory:
-        sizes = sorted({size for entry in memory.values() for size in entry})
-        lines += [
-            "",
-            "Peak memory per defender-set size (peak RSS MiB, max over processes, + the DataLoader workers' USS):",
-            "",
-            "| model | phase | processes | " + " | ".join(f"{s} pairs" for s in sizes) + " |",
-            "|---|---|---:|" + "---:|" * len(sizes),
-        ]
-        for (model, phase, processes), entry in memory.items():
-            cells = [f"{entry[s][0]:.0f} + {entry[s][1]:.0f}" if s in entry else "-" for s in sizes]
-            lines.append(f"| {model} | {phase} | {processes} | " + " | ".join(cells) + " |")
+    sizes = sorted({size for entry in memory.values() for size in entry})
+    lines = [
+        *header,
+        "",
+        "Peak memory per defender-set size: peak RSS MiB (max over the processes) + the DataLoader workers' USS MiB.",
+        "",
+        "| model | phase | processes | " + " | ".join(f"{s} pairs" for s in sizes) + " |",
+        "|---|---|---:|" + "---:|" * len(sizes),
+    ]
+    for (model, phase, processes), entry in memory.items():
+        cells = [f"{entry[s][0]:.0f} + {entry[s][1]:.0f}" if s in entry else "-" for s in sizes]
+        lines.append(f"| {model} | {phase} | {processes} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -833,6 +842,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    command = "python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows: list[dict] = []
     try:
         for model in args.model:
@@ -855,11 +865,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     spec["image_px"] = size
                     rows += [{**row, "run": kind} for row in _launch(spec, work, processes, pairs, kind, args)]
                     add_efficiency(rows)
-                    _write(rows, output, args, started, device)
+                    write_results(rows, output, args.name, header_lines(args, device, time.time() - started, command))
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print((output / f"{args.name}.md").read_text())
+    for suffix in ("", "_memory"):
+        if (output / f"{args.name}{suffix}.md").is_file():
+            print((output / f"{args.name}{suffix}.md").read_text())
     return rows
 
 
@@ -920,23 +932,32 @@ def _launch(spec: dict, work: Path, processes: int, pairs: int, kind: str, args:
     return [{**common, **row} for row in result["rows"]]
 
 
-def _write(rows: list[dict], output: Path, args: argparse.Namespace, started: float, device: str) -> None:
+def header_lines(args: argparse.Namespace, device: str, seconds: float, command: str) -> list[str]:
+    """Date, commit, command and machine: the lines above the tables."""
     import torch
 
-    with (output / f"{args.name}.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: row.get(key) for key in COLUMNS})
-    command = "python benchmarks/scale.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("scale.py") else "-"
-    header = [
+    return [
         f"<!-- {datetime.date.today().isoformat()}, commit {_commit()}, `{command}` -->",
         f"Device {device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), {args.threads} "
         f"thread(s) per process, torch {torch.__version__}, precision {args.precision}; "
         f"{'pretrained ' + args.pretrained if args.pretrained else 'random initialisation'}; synthetic images; "
-        f"{time.time() - started:.0f} s so far.",
+        f"{seconds:.0f} s in all.",
     ]
-    (output / f"{args.name}.md").write_text(markdown(rows, header))
+
+
+def write_results(rows: list[dict], output: Path, name: str, header: list[str]) -> None:
+    """``NAME.csv`` and ``NAME.md`` (the runs of every phase); ``NAME_memory.csv`` and ``NAME_memory.md`` (the memory
+    runs) when there are any."""
+    for suffix, run, render in (("", "phases", markdown), ("_memory", "memory", memory_markdown)):
+        selected = [row for row in rows if row["run"] == run]
+        if not selected:
+            continue
+        with (output / f"{name}{suffix}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in selected:
+                writer.writerow({key: row.get(key) for key in COLUMNS})
+        (output / f"{name}{suffix}.md").write_text(render(selected, header))
 
 
 if __name__ == "__main__":

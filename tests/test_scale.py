@@ -124,9 +124,8 @@ def test_memory_table_compares_the_memory_runs_across_shard_sizes(scale):
         {**base, "phase": "unlearning", "shard_pairs": 2000, "peak_rss_mib": 900.0, "run": "phases"},
     ]
     assert scale.memory_by_shard_size(rows) == {("m", "stream", 1): {2000: (500.0, 10.0), 20000: (530.0, 10.0)}}
-    table = scale.markdown(rows, ["header"])
-    assert "| m | stream | 1 | 500 + 10 | 530 + 10 |" in table
-    assert "| m | unlearning | 1 | 2000 |" in table  # the phase rows go to the main table
+    assert "| m | stream | 1 | 500 + 10 | 530 + 10 |" in scale.memory_markdown(rows[:2], ["header"])
+    assert "| m | unlearning | 1 | 2000 |" in scale.markdown(rows[2:], ["header"])  # the runs of every phase
     timing = [
         {"model": "m", "phase": "m_step", "run": "phases", "shard_pairs": 64, "processes": n, "s_per_step": s}
         for n, s in ((1, 8.0), (2, 5.0))
@@ -157,11 +156,12 @@ def test_scale_tiny_runs_every_phase_with_one_and_two_processes(scale, tmp_path)
     for entry in memory.values():
         assert set(entry) == {64, 256}
         assert abs(entry[256][0] - entry[64][0]) < 50  # the main process's peak does not follow the set's size
-    with (tmp_path / "out" / "scale.csv").open() as handle:
-        table = list(csv.DictReader(handle))
-    assert len(table) == len(rows) and set(table[0]) == set(scale.COLUMNS)
-    text = (tmp_path / "out" / "scale.md").read_text()
-    assert "synthetic images" in text and "Peak memory per defender-set size" in text
+    for name, kind in (("scale", "phases"), ("scale_memory", "memory")):
+        with (tmp_path / "out" / f"{name}.csv").open() as handle:
+            table = list(csv.DictReader(handle))
+        assert len(table) == sum(row["run"] == kind for row in rows) and set(table[0]) == set(scale.COLUMNS)
+        assert "synthetic images" in (tmp_path / "out" / f"{name}.md").read_text()
+    assert "Peak memory per defender-set size" in (tmp_path / "out" / "scale_memory.md").read_text()
 
 
 def test_gpu_scale_script_runs_on_the_cpu_in_tiny_mode(tmp_path):
