@@ -82,7 +82,7 @@ FAMILIES = {
 COLUMNS = (
     "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",
     "verdict", "anomaly_index", "recovered_target", "named_correctly", "max_anomaly_index", "max_candidate",
-    "ca_before", "ca_after", "asr_before",
+    "winner_logit_index", "max_logit_index", "max_logit_candidate", "ca_before", "ca_after", "asr_before",
     "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
 SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
@@ -317,16 +317,13 @@ def row_of(model: ZooModel, zoo: Path) -> dict | None:
         "named_correctly": None if model.attack == "none" else inversion.get("recovered_target") == model.target,
         "ca_before": before["clean_accuracy"], "ca_after": after["clean_accuracy"],
         "asr_before": before["attack_success_rate"], "asr_after": after["attack_success_rate"],
-        "max_anomaly_index": None, "max_candidate": None, "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
+        "max_anomaly_index": None, "max_candidate": None, "winner_logit_index": None, "max_logit_index": None,
+        "max_logit_candidate": None, "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
         "poison_wall_s": poisoned.get("wall_time_s"), "clean_wall_s": cleaned.get("wall_time_s"),
     }  # fmt: skip
     candidate_asr = inversion.get("candidate_asr") or {}
-    if candidate_asr:  # the per-candidate statistic: the largest targeted ASR's anomaly index, and its candidate
-        from clipclean.inversion import anomaly_index
-
-        names = list(candidate_asr)
-        index, position = anomaly_index([candidate_asr[name] for name in names])
-        row["max_anomaly_index"], row["max_candidate"] = index, names[position]
+    if candidate_asr:  # every verdict statistic from the recorded per-candidate ASRs (no rerun)
+        row.update(verdict_statistic_columns(candidate_asr, inversion))
     if model.attack != "none":
         drop = row["ca_before"] - row["ca_after"]
         row["cleaned"] = row["asr_after"] < SUCCESS_ASR and drop <= SUCCESS_CA_DROP
@@ -336,6 +333,27 @@ def row_of(model: ZooModel, zoo: Path) -> dict | None:
             rates = [json.loads(path.read_text())["complete"]["ra_asr"] for path in retuned]
             row["ra_asr"], row["reference_ra_asr"] = statistics.mean(rates[:3]), statistics.mean(rates[3:])
     return row
+
+
+def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) -> dict:
+    """The score and named candidate of every statistic of ``VERDICT_STATISTICS`` but the recorded one, computed
+    from a cleaning's per-candidate targeted ASRs by :func:`clipclean.inversion.verdict_score` (the function the
+    verdict itself uses). The untargeted winner is the recorded target unless the verdict named another class."""
+    from clipclean.inversion import verdict_score
+
+    names = list(candidate_asr)
+    rates = [candidate_asr[name] for name in names]
+    named = inversion.get("recovered_target")
+    winner = names.index(named) if inversion.get("named_by") != "verdict" and named in names else None
+    columns = {}
+    for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
+        if score_key == "anomaly_index":
+            continue  # the recipe's own verdict, as recorded
+        score, position = verdict_score(rates, statistic, winner)
+        columns[score_key] = score
+        if name_key not in COLUMNS_NAMED_BY_WINNER:
+            columns[name_key] = names[position]
+    return columns
 
 
 def counted(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -388,11 +406,16 @@ def split_metrics(rows: list[dict]) -> dict:
     }
 
 
-# Verdict statistics compared on the zoo: (column of the score, column of the named target). "winner" is the recipe's
-# (the anomaly index of the untargeted winner's targeted ASR); "max-candidate" takes the largest targeted ASR of
-# any candidate and names that candidate (computed from the recorded per-candidate ASRs, no rerun).
+# Verdict statistics compared on the zoo (clipclean.inversion.VERDICT_STATISTICS): (column of the score, column of
+# the named target). "winner" is the recipe's default (the anomaly index of the untargeted winner's targeted ASR);
+# "max-candidate" takes the largest targeted ASR of any candidate and names that candidate; the "-logit" variants do
+# the same on the ASRs' log-odds. All but the recorded one are computed from the recorded per-candidate ASRs. This
+# list was fixed before the development models were built (README "What the held-out models say").
 VERDICT_STATISTICS = {"winner": ("anomaly_index", "recovered_target"),
-                      "max-candidate": ("max_anomaly_index", "max_candidate")}  # fmt: skip
+                      "max-candidate": ("max_anomaly_index", "max_candidate"),
+                      "winner-logit": ("winner_logit_index", "recovered_target"),
+                      "max-candidate-logit": ("max_logit_index", "max_logit_candidate")}  # fmt: skip
+COLUMNS_NAMED_BY_WINNER = ("recovered_target",)
 DEFAULT_THRESHOLD = 2.5  # clipclean.inversion.InversionConfig.anomaly_threshold
 
 
@@ -436,7 +459,30 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
                     "false_alarms": sum(1 for row in clean if row[score_key] > threshold), "n_clean": len(clean),
                 }  # fmt: skip
             table.append(entry)
+    selected = select_statistic(table)
+    for entry in table:
+        entry["selected"] = entry is selected
     return table
+
+
+def select_statistic(table: list[dict]) -> dict | None:
+    """The rule, fixed before the development models were built, that picks the verdict from ``statistic_rows``'
+    entries using development numbers only: the largest true-positive minus false-positive rate; ties to the most
+    targets named, then to the recipe's default statistic and threshold (``winner``, 2.5), then to the order of
+    ``VERDICT_STATISTICS``."""
+
+    def key(entry: dict) -> tuple:
+        development = entry["development"]
+        tpr = development["detected"] / max(development["n_backdoored"], 1)
+        fpr = development["false_alarms"] / max(development["n_clean"], 1)
+        default = entry["statistic"] == "winner" and entry["threshold"] == DEFAULT_THRESHOLD
+        return (tpr - fpr, development["named"], default)
+
+    best = None
+    for entry in table:  # the first of equals wins
+        if best is None or key(entry) > key(best):
+            best = entry
+    return best
 
 
 def report(rows: list[dict], output: Path, prefix: str = "zoo") -> dict:
@@ -496,8 +542,9 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> s
             f"{e['false_alarms']}/{e['n_clean']}"
             for e in (entry["development"], entry["held-out"])
         ]
-        lines.append(f"| {entry['statistic']} | {entry['threshold']:.2f} ({entry['threshold_rule']}) | {cells[0]} | "
-                     f"{cells[1]} |")  # fmt: skip
+        chosen = " **selected**" if entry.get("selected") else ""
+        lines.append(f"| {entry['statistic']}{chosen} | {entry['threshold']:.2f} ({entry['threshold_rule']}) | "
+                     f"{cells[0]} | {cells[1]} |")  # fmt: skip
     lines += ["", "| model | split | CA/ASR poisoned | verdict (index) | named | ASR after | CA before -> after |",
               "|---|---|---|---|---|---:|---|"]  # fmt: skip
     for row in rows:

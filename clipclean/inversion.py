@@ -67,7 +67,8 @@ def no_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
-VERDICT_STATISTICS = ("winner", "max-candidate")
+VERDICT_STATISTICS = ("winner", "max-candidate", "winner-logit", "max-candidate-logit")
+LOGIT_EPSILON = 0.005  # the "-logit" statistics clip an ASR to [eps, 1 - eps] (about one image in 200) before log-odds
 
 
 @dataclass
@@ -103,7 +104,9 @@ class InversionConfig:
         verdict_statistic: what the verdict scores. ``"winner"`` (default): the anomaly index of the untargeted
             winner's targeted ASR among all candidates'; ``"max-candidate"``: the anomaly index of the largest
             targeted ASR, and when it declares a backdoor the target is that candidate (with its targeted trigger),
-            even if the untargeted search named another class (the per-candidate test).
+            even if the untargeted search named another class (the per-candidate test). ``"winner-logit"`` and
+            ``"max-candidate-logit"``: the same on the log-odds of the ASRs (:func:`verdict_score`), which spreads
+            rates near 100% apart (a target at 99.6% among natural classes at 60-70%).
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
@@ -259,6 +262,22 @@ def anomaly_index(values: Sequence[float], position: int | None = None) -> tuple
     if spread < 1e-6:  # most candidates identical: fall back to a small floor so the index stays finite
         spread = torch.tensor(max(float(spread), 0.01))
     return float((tensor[best] - median) / spread), best
+
+
+def verdict_score(rates: Sequence[float], statistic: str, winner: int | None) -> tuple[float, int]:
+    """``(score, position)`` of the verdict ``statistic`` (one of :data:`VERDICT_STATISTICS`) over the candidates'
+    targeted ASRs ``rates``: the anomaly index of the untargeted ``winner``'s rate (``"winner"``) or of the largest
+    (``"max-candidate"``), on the rates themselves or, for the ``"-logit"`` statistics, on their log-odds
+    ``log(p / (1 - p))`` with ``p`` clipped to ``[LOGIT_EPSILON, 1 - LOGIT_EPSILON]``. ``position`` is the scored
+    candidate's. Without a winner every statistic scores the largest rate."""
+    if statistic not in VERDICT_STATISTICS:
+        raise ValueError(f"verdict statistic must be one of {VERDICT_STATISTICS}, got {statistic!r}")
+    values = [float(rate) for rate in rates]
+    if statistic.endswith("-logit"):
+        clipped = [min(max(rate, LOGIT_EPSILON), 1 - LOGIT_EPSILON) for rate in values]
+        values = [math.log(rate / (1 - rate)) for rate in clipped]
+    scored = winner if statistic.startswith("winner") else None
+    return anomaly_index(values, scored)
 
 
 def micro_batch_layout(triggers: int, images: int, micro_batch: int) -> tuple[int, int]:
@@ -629,8 +648,9 @@ class BlindInversion:
     ) -> tuple[float, dict[str, float], int]:
         """Targeted inversions toward the candidates at a small budget.
 
-        Returns ``(anomaly index of the untargeted winner's ASR among all candidates' ASRs, ASR per candidate,
-        the winner)``; without a winner, the index of the best candidate and that candidate.
+        Returns ``(score, ASR per candidate, scored candidate)``: the configured :func:`verdict_score` of the
+        candidates' ASRs, with the untargeted winner as the scored candidate for the ``"winner"`` statistics (it is
+        always among the tested candidates); without a winner, the score of the best candidate and that candidate.
         """
         if self.candidate_embeddings is None:
             raise ValueError("the verdict needs candidate names and embeddings")
@@ -660,7 +680,7 @@ class BlindInversion:
                     totals[position] += keep.float().sum()
         rates = self.reduce_fn(hits, "sum") / self.reduce_fn(totals, "sum").clamp_min(1)
         position = indices.index(untargeted_winner) if untargeted_winner in indices else None
-        index, position = anomaly_index(rates.tolist(), position)
+        index, position = verdict_score(rates.tolist(), self.config.verdict_statistic, position)
         asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
         return index, asr, indices[position]
 
@@ -697,8 +717,7 @@ class BlindInversion:
         )
         if verdict_batches is not None and self.candidate_names is not None:
             winner = self.candidate_names.index(result.recovered_target)
-            scored = winner if self.config.verdict_statistic == "winner" else None
-            index, asr, named = self.verdict(verdict_batches, scored)
+            index, asr, named = self.verdict(verdict_batches, winner)
             result.anomaly_index = index
             result.candidate_asr = asr
             backdoored = index > self.config.anomaly_threshold

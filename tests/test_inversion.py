@@ -1,5 +1,7 @@
 """Blind inversion (EM) on a CLIP with a planted backdoor: E-step, M-step, recovery, verdict pieces."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from clipclean.inversion import (
     cycle,
     micro_batch_layout,
     total_variation,
+    verdict_score,
 )
 from clipclean.triggers import PatchBlendTrigger, mask_iou
 
@@ -159,6 +162,22 @@ def test_anomaly_index():
     assert index < 2
 
 
+def test_verdict_scores_spread_rates_near_one_on_the_log_odds_scale():
+    # a target at 99.6% among natural classes at 8-72%: under 2.5 on the rates, far over it on their log-odds
+    rates = [0.56, 0.08, 0.41, 0.996, 0.72, 0.21, 0.54, 0.61, 0.17, 0.63]
+    plain, position = verdict_score(rates, "winner", 3)
+    logit, _ = verdict_score(rates, "winner-logit", 3)
+    assert position == 3 and plain == pytest.approx(anomaly_index(rates, 3)[0]) and plain < 2.5 < logit
+    # the max-candidate statistics score the largest rate whatever the winner; without a winner so do all
+    assert verdict_score(rates, "max-candidate", 0)[1] == verdict_score(rates, "max-candidate-logit", 0)[1] == 3
+    assert verdict_score(rates, "winner", None) == verdict_score(rates, "max-candidate", None)
+    # rates of 0 and 1 stay finite (clipped), and the order of the candidates is kept
+    score, position = verdict_score([1.0, 0.0, 0.1, 0.2, 0.1], "max-candidate-logit", None)
+    assert position == 0 and math.isfinite(score)
+    with pytest.raises(ValueError, match="winner-logit"):
+        verdict_score(rates, "largest", None)
+
+
 @pytest.mark.parametrize("values", [[0.1, 0.3, 0.2, 0.25, 0.15], [0.0, 0.01, 0.9, 0.02, 0.0, 0.03, 0.05]])
 def test_anomaly_index_is_scipys_robust_z_score_for_an_odd_count(values):
     from scipy.stats import median_abs_deviation
@@ -257,12 +276,13 @@ def test_max_candidate_verdict_adopts_the_candidate_the_untargeted_search_missed
     def fake_verdict(batches, untargeted_winner):  # the targeted ASR of ``other`` stands out
         seen["scored"] = untargeted_winner
         inverter.verdict_triggers = {other: true_trigger()}
-        named = other if untargeted_winner is None else untargeted_winner  # as the real verdict returns
+        # as the real verdict returns (verdict_score): the largest ASR's candidate for the max-candidate statistics
+        named = other if inverter.config.verdict_statistic.startswith("max-candidate") else untargeted_winner
         return 9.0, {name: (0.9 if index == other else 0.1) for index, name in enumerate(names)}, named
 
     monkeypatch.setattr(inverter, "verdict", fake_verdict)
     result = inverter.result([(images, captions)])
-    assert seen["scored"] is None  # the statistic is the largest ASR, not the winner's
+    assert seen["scored"] == names.index(winner)  # the winner is always among the tested candidates
     assert result.verdict == "backdoored" and result.recovered_target == names[other]
     assert result.named_by == "verdict" and result.report()["named_by"] == "verdict"
     assert result.target_candidates[0][0] == names[other]

@@ -138,6 +138,36 @@ def test_the_threshold_is_chosen_on_the_scores_given():
     assert zoo.choose_threshold([1.0, 3.3, 2.9, 4.0], [False, False, True, True]) == pytest.approx(1.95)
 
 
+def _statistic_entry(statistic, threshold, detected, named, false_alarms, n_backdoored=6, n_clean=3):
+    development = {"detected": detected, "n_backdoored": n_backdoored, "named": named,
+                   "false_alarms": false_alarms, "n_clean": n_clean}  # fmt: skip
+    return {"statistic": statistic, "threshold": threshold, "development": development, "held-out": None}
+
+
+def test_the_verdict_is_selected_on_development_numbers_by_the_fixed_rule():
+    default = _statistic_entry("winner", zoo.DEFAULT_THRESHOLD, 3, 4, 0)
+    better = _statistic_entry("max-candidate-logit", 2.5, 5, 3, 0)
+    assert zoo.select_statistic([default, better]) is better  # TPR - FPR first
+    noisier = _statistic_entry("max-candidate", 2.5, 6, 3, 1)  # 1 - 1/3 < 5/6
+    assert zoo.select_statistic([default, noisier, better]) is better
+    named = _statistic_entry("winner-logit", 3.1, 5, 5, 0)
+    assert zoo.select_statistic([default, better, named]) is named  # then naming
+    tie = _statistic_entry("winner-logit", 3.1, 3, 4, 0)
+    assert zoo.select_statistic([tie, default]) is default  # then the recipe's default
+
+
+def test_every_verdict_statistic_is_computed_from_the_recorded_candidate_asrs():
+    from clipclean.inversion import VERDICT_STATISTICS, verdict_score
+
+    assert set(zoo.VERDICT_STATISTICS) == set(VERDICT_STATISTICS)
+    asr = {"zero": 0.56, "one": 0.08, "two": 0.41, "three": 0.996, "four": 0.72, "five": 0.21}
+    columns = zoo.verdict_statistic_columns(asr, {"recovered_target": "four", "named_by": "untargeted search"})
+    assert columns["max_candidate"] == columns["max_logit_candidate"] == "three"
+    assert columns["winner_logit_index"] == verdict_score(list(asr.values()), "winner-logit", 4)[0]
+    assert columns["max_logit_index"] > columns["max_anomaly_index"]
+    assert set(columns) <= set(zoo.COLUMNS)
+
+
 def test_equal_budget_gives_every_baseline_bibau_passes_over_the_defender_data():
     from baselines import bibau_epochs, equal_budget
 
