@@ -20,8 +20,9 @@ The zoo (``ZooSpec``; default 36 backdoored + 12 never-poisoned models):
 results. The rule puts every attack, target, seed and trigger variant in both halves (6 + 6 models per attack).
 
 Every model lives in its own folder under ``--zoo-dir`` (outside the repository; default ``~/.cache/clipclean/zoo``):
-``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning). Finished jobs are reused, an interrupted
-one is resumed from its last checkpoint, and ``--jobs N`` runs N jobs at once (one CPU thread each).
+``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning; ``--clean-name NAME`` keeps a cleaning
+with other ``--clean-args`` apart in ``MODEL/NAME`` and reports it as ``zoo_NAME.*``). Finished jobs are reused, an
+interrupted one is resumed from its last checkpoint, and ``--jobs N`` runs N jobs at once (one CPU thread each).
 ``--persistence`` adds the retuning attack (``eval/complete_unlearning.py``, three retuning seeds) on the first
 ``--persistence`` held-out models of each attack, next to the never-poisoned model of the same seed.
 
@@ -152,6 +153,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", choices=["development", "held-out", "both"], default="both", help="which to run")
     parser.add_argument("--poison-args", default="", help="extra poison_clip.py flags (smoke: --epochs 2)")
     parser.add_argument("--clean-args", default="", help="extra clean_clip.py flags for every cleaning")
+    parser.add_argument(
+        "--clean-name",
+        default="clean",
+        help="folder of the cleaning under each model (another name keeps a cleaning with other --clean-args apart)",
+    )
     parser.add_argument("--persistence", type=int, default=0, help="retuning attack on N held-out models per attack")
     parser.add_argument("--persistence-args", default="", help="extra eval/complete_unlearning.py flags")
     parser.add_argument("--report-only", action="store_true", help="no training: tables from finished jobs")
@@ -237,7 +243,15 @@ def clean(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     # a CNN: BI-BAU with the CNN settings of benchmarks/classifier.md (--clean-args come after, and win)
     family_flags = CNN_BIBAU_FLAGS if model.family == "cnn" else []
     recipe = "recipes/clean_classifier.py" if model.family == "cnn" else "recipes/clean_clip.py"
-    return run_script(recipe, [*arguments, *family_flags, *args.clean_args.split()], zoo / model.name / "clean")
+    output = zoo / model.name / args.clean_name
+    return run_script(recipe, [*arguments, *family_flags, *args.clean_args.split()], output)
+
+
+def retune_file(zoo: Path, model: ZooModel, role: str, seed: int, clean_name: str = "clean") -> Path:
+    """Where a retuning attack's results go: ``MODEL/retune_{cleaned,reference}_sSEED.json`` for the default cleaning
+    folder, ``MODEL/retune_CLEAN-NAME_sSEED.json`` for the cleaned model of another one."""
+    label = clean_name if role == "cleaned" and clean_name != "clean" else role
+    return zoo / model.name / f"retune_{label}_s{seed}.json"
 
 
 def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
@@ -245,7 +259,7 @@ def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     trigger = zoo / model.name / "poison" / "trigger.json"
     reference = zoo / ZooModel("none", model.seed).name / "poison" / "model"
     measured = {}
-    for role, checkpoint in (("cleaned", zoo / model.name / "clean" / "cleaned"), ("reference", reference)):
+    for role, checkpoint in (("cleaned", zoo / model.name / args.clean_name / "cleaned"), ("reference", reference)):
         rates = []
         for seed in (0, 1, 2):
             results = run_script(
@@ -253,7 +267,7 @@ def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
                 ["--model", str(checkpoint), "--trigger", str(trigger), "--target", model.target, "--clean-data",
                  "digits:defender", "--eval-data", "digits:test", "--seed", str(seed),
                  *args.persistence_args.split()],
-                zoo / model.name / f"retune_{role}_s{seed}.json", output_flag="--output",
+                retune_file(zoo, model, role, seed, args.clean_name), output_flag="--output",
             )  # fmt: skip
             rates.append(results["complete"]["ra_asr"])
         measured[role] = statistics.mean(rates)
@@ -299,10 +313,10 @@ def build(models: list[ZooModel], zoo: Path, args: argparse.Namespace) -> None:
             list(pool.map(lambda model: persistence(model, zoo, args), chosen))
 
 
-def row_of(model: ZooModel, zoo: Path) -> dict | None:
-    """The model's CSV row, or ``None`` while its cleaning has not finished."""
+def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None:
+    """The model's CSV row (its cleaning in ``MODEL/clean_name``), or ``None`` while that has not finished."""
     poisoned_path = zoo / model.name / "poison" / "results.json"
-    cleaned_path = zoo / model.name / "clean" / "results.json"
+    cleaned_path = zoo / model.name / clean_name / "results.json"
     if not (poisoned_path.is_file() and cleaned_path.is_file()):
         return None
     poisoned, cleaned = json.loads(poisoned_path.read_text()), json.loads(cleaned_path.read_text())
@@ -327,7 +341,7 @@ def row_of(model: ZooModel, zoo: Path) -> dict | None:
     if model.attack != "none":
         drop = row["ca_before"] - row["ca_after"]
         row["cleaned"] = row["asr_after"] < SUCCESS_ASR and drop <= SUCCESS_CA_DROP
-        retuned = [zoo / model.name / f"retune_{role}_s{seed}.json" for role in ("cleaned", "reference")
+        retuned = [retune_file(zoo, model, role, seed, clean_name) for role in ("cleaned", "reference")
                    for seed in (0, 1, 2)]  # fmt: skip
         if all(path.is_file() for path in retuned):
             rates = [json.loads(path.read_text())["complete"]["ra_asr"] for path in retuned]
@@ -613,9 +627,10 @@ def main(argv=None) -> dict:
     models = selected_models(args)
     if not args.report_only:
         build(models, zoo, args)
-    rows = [row for row in (row_of(model, zoo) for model in models) if row is not None]
+    rows = [row for row in (row_of(model, zoo, args.clean_name) for model in models) if row is not None]
     print(f"{len(rows)} of {len(models)} models finished")
     prefix = "zoo" if args.family == "clip" else f"zoo_{args.family}"
+    prefix += "" if args.clean_name == "clean" else f"_{args.clean_name}"
     metrics = report(rows, output, prefix) if rows else {}
     print((output / f"{prefix}.md").read_text() if rows else "nothing finished yet")
     return {"rows": rows, "metrics": metrics}

@@ -99,6 +99,13 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
     assert (tmp_path / "report" / "zoo_roc.png").stat().st_size > 1000
     # finished jobs are reused: a report-only call gives the same rows
     assert zoo.main([*arguments, "--report-only"])["rows"] == result["rows"]
+    # a cleaning with another verdict lives next to the default one and is reported on its own
+    statistic = "--set inversion.verdict_statistic=max-candidate-logit"
+    other = zoo.main([*arguments[:-1], f"{TINY_CLEAN} {statistic}", "--clean-name", "clean_mcl"])
+    recorded = json.loads((tmp_path / "zoo" / "none_s0" / "clean_mcl" / "results.json").read_text())
+    assert recorded["config"]["defense"]["inversion"]["verdict_statistic"] == "max-candidate-logit"
+    assert (tmp_path / "report" / "zoo_clean_mcl.csv").is_file() and len(other["rows"]) == 2
+    assert zoo.main([*arguments, "--report-only"])["rows"] == result["rows"]  # the default cleaning is untouched
     # the baselines' learning rate is tuned on this zoo's development model at an equal (here tiny) budget
     from baselines import parse_args, tune
 
