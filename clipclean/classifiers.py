@@ -66,6 +66,7 @@ from clipclean.inversion import (
     InversionConfig,
     InversionResult,
     free_trigger,
+    process_share,
     register_inverter,
 )
 from clipclean.models import PixelCLIP, PixelModel, unwrap
@@ -435,7 +436,7 @@ class ClassifierInversion(BlindInversion):
             then ``softmax(kappa * backdoor score)`` over the hypotheses and the verdict reuses them. ``False``: a
             free population whose posteriors follow the E-step formula above.
         target_caption: targeted mode: the known target class name.
-        reduce_fn, progress: as for :class:`~clipclean.inversion.BlindInversion`.
+        reduce_fn, progress, world_size: as for :class:`~clipclean.inversion.BlindInversion`.
 
     Example::
 
@@ -470,9 +471,9 @@ class ClassifierInversion(BlindInversion):
             ]
             parameters = [p for trigger in self.population for p in trigger.parameters()]
             self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
-            # the free population's image budget per M-step, shared among the class hypotheses
+            # the free population's image budget per M-step, shared among the class hypotheses (over all processes)
             budget = self.config.batch_size * self.config.patch_hypotheses
-            self.images_per_step = max(8, budget // classes)
+            self.images_per_step = process_share(max(8, budget // classes), self.world_size)
 
     @torch.no_grad()
     def e_step(self, batches) -> EStepStats:

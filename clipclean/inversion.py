@@ -31,7 +31,9 @@ the E-step's evidence, directions and likelihood replaced (a posterior over the 
 
 Distributed use: every statistic the E-step sums and every trigger gradient goes through ``reduce_fn``
 (set it to ``lambda t, op: accelerator.reduce(t, reduction=op)``), so all ranks hold the same ``u`` and the
-same trigger parameters.
+same trigger parameters. Give ``world_size`` too: the image counts of the config (``verdict_batch_size``) are totals
+over all processes, each process taking its share (:func:`process_share`), so that N processes fed the per-process
+batches of a global batch ``B`` search as one process fed batches of ``B`` does.
 
 Example::
 
@@ -67,6 +69,21 @@ def no_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+def process_share(total: int, world_size: int = 1) -> int:
+    """One process's share of ``total`` samples counted over all ``world_size`` processes: ``ceil(total /
+    world_size)``, at least 1. The processes together take ``total`` (rounded up to a multiple of ``world_size``),
+    and the statistics they reduce with ``reduce_fn`` are then those of one process taking ``total``.
+
+    Example::
+
+        >>> process_share(32, 2), process_share(32, 3), process_share(32)
+        (16, 11, 32)
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    return max(1, math.ceil(total / world_size))
+
+
 VERDICT_STATISTICS = ("winner", "max-candidate", "winner-logit", "max-candidate-logit")
 LOGIT_EPSILON = 0.005  # the "-logit" statistics clip an ASR to [eps, 1 - eps] (about one image in 200) before log-odds
 
@@ -94,7 +111,8 @@ class InversionConfig:
             8/255 additive hypothesis is a universal adversarial perturbation that names a wrong target).
         verdict_budget, verdict_steps: budget and steps of the per-candidate targeted inversions; the budget
             defaults to the one the untargeted search ended at (the smallest that collapsed the embeddings).
-        verdict_batch_size: images per step and per candidate in the verdict's targeted inversions.
+        verdict_batch_size: images per step and per candidate in the verdict's targeted inversions, over all
+            processes (each takes its :func:`process_share`; at most the batch it is fed).
         anomaly_threshold: anomaly index (of the untargeted winner's targeted ASR) above which a backdoor is
             declared. Default 2.5 (Neural Cleanse uses 2). Measured with the current search on the digits CLIPs
             (seed-0 models): never-poisoned 0.78-1.45 over three cleaning seeds (1.34-1.76 from ``clipclean
@@ -114,7 +132,10 @@ class InversionConfig:
             verdict stacks ``candidates x verdict_batch_size`` images, 640 on ImageNet-sized candidate sets, about
             20 GB of autograd graph on a ViT-B/32). The E-step and the verdict's ASR passes run without gradient.
             ``None`` (default): the whole batch in one pass.
-        batch_size: images per M-step gradient step (per process).
+        batch_size: images per batch of :meth:`BlindInversion.fit` (single process, in-memory data). A recipe's
+            inversion takes the cleaning loader's batches instead: its M-steps use the whole per-process batch, so
+            a step of N processes sees the recipe's global batch. (An image classifier's class hypotheses share
+            ``batch_size x patch_hypotheses`` images per M-step, over all processes.)
         seed: seeds trigger initialisations and the verdict's candidate sample.
     """
 
@@ -303,6 +324,8 @@ class BlindInversion:
         candidate_embeddings: ``(C, d)`` unit embeddings of the candidates (e.g. zero-shot class embeddings).
         target_caption: targeted mode: ``u = h(target_caption)`` is fixed instead of estimated.
         reduce_fn: ``reduce_fn(tensor, op)`` with ``op`` in ``{"sum", "mean"}``: the cross-process reduction.
+        world_size: the number of processes ``reduce_fn`` reduces over (1: one process). The config's image
+            counts are totals over them (:func:`process_share`).
         progress: show progress bars.
     """
 
@@ -315,9 +338,13 @@ class BlindInversion:
         target_caption: str | None = None,
         reduce_fn: ReduceFn = no_reduce,
         progress: bool = False,
+        world_size: int = 1,
     ) -> None:
         self.model = unwrap(model, PixelModel)
         self.config = config or InversionConfig()
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        self.world_size = world_size
         if (candidate_names is None) != (candidate_embeddings is None):
             raise ValueError("give candidate_names and candidate_embeddings together")
         if candidate_embeddings is not None and len(candidate_names) != candidate_embeddings.shape[0]:
@@ -348,7 +375,7 @@ class BlindInversion:
             with torch.no_grad():
                 self.target_direction = self.model.encode_text([target_caption]).float()[0]
         self.directions: torch.Tensor | None = None
-        self.images_per_step: int | None = None  # M-step images per hypothesis (None: the whole batch)
+        self.images_per_step: int | None = None  # M-step images per hypothesis and process (None: the whole batch)
         self.verdict_triggers: dict[int, Trigger] = {}  # candidate index -> its targeted trigger (last verdict)
         self.last_stats: EStepStats | None = None
         self.history: list[dict] = []
@@ -693,7 +720,7 @@ class BlindInversion:
         ]
         optimizer = torch.optim.Adam([p for trigger in triggers for p in trigger.parameters()], lr=self.config.lr)
         directions = self.candidate_embeddings.to(self.device).float()[list(indices)]
-        steps, batch = self.config.verdict_steps, self.config.verdict_batch_size
+        steps, batch = self.config.verdict_steps, process_share(self.config.verdict_batch_size, self.world_size)
         self._ascend(triggers, optimizer, directions, stream, steps, "verdict", max_images=batch)
         return triggers
 

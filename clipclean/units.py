@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from clipclean.classifiers import ImageClassifier
-from clipclean.inversion import ReduceFn, no_reduce
+from clipclean.inversion import ReduceFn, no_reduce, process_share
 from clipclean.models import PixelModel, unwrap
 
 
@@ -143,12 +143,16 @@ def editable_unit_layers(model: nn.Module) -> list[UnitLayer]:
     return [ConvUnits(conv) for conv in convs]
 
 
-def collect_images(batches: Iterable[tuple[torch.Tensor, ...]], count: int) -> torch.Tensor:
-    """The first ``count`` images (fewer if the batches run out) of ``(images, ...)`` batches, concatenated.
+def collect_images(batches: Iterable[tuple[torch.Tensor, ...]], count: int, world_size: int = 1) -> torch.Tensor:
+    """This process's first images (fewer if the batches run out) of ``(images, ...)`` batches, concatenated:
+    ``count`` images over all ``world_size`` processes, each taking its share (at least 2;
+    :func:`~clipclean.inversion.process_share`). Fed the per-process batches of the recipe's loader, N processes
+    together take the images one process would.
 
     Raises:
         ValueError: fewer than 2 images (no spread to score units against).
     """
+    count = max(2, process_share(count, world_size))
     chunks, total = [], 0
     for images, *_rest in batches:
         chunks.append(images[: count - total])

@@ -532,13 +532,21 @@ def run_cleaning(args: argparse.Namespace, job: CleaningJob) -> dict[str, Any]:
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
-    from clipclean.cli.common import configure_cpu_threads, finish_run, make_accelerator, setup_logging
+    from clipclean.cli.common import (
+        configure_cpu_threads,
+        finish_run,
+        log_batch_sizes,
+        make_accelerator,
+        resolve_batch_sizes,
+        setup_logging,
+    )
 
     prepare_cleaning_output(args)  # before any work: a used or unwritable folder fails now, not after the cleaning
     start_time = time.time()
     accelerator = make_accelerator(args)
     setup_logging(accelerator, job.name)
     configure_cpu_threads(accelerator)
+    batch = resolve_batch_sizes(args, accelerator.num_processes)  # --global-batch-size: args.batch_size per process
     set_seed(args.seed)
     demo_run = args.model is None
     if demo_run:
@@ -562,11 +570,14 @@ def run_cleaning(args: argparse.Namespace, job: CleaningJob) -> dict[str, Any]:
     candidate_names, classifier = job.candidates(inputs)
 
     eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False) if eval_data is not None else None
+    # Per-process batches; accelerator.prepare deals them to the processes in turn, so one optimisation step takes
+    # batch.global_batch_size pairs. The last partial batch is dropped when the set holds two global batches or more
+    # (judged on the global batch, so 1 and N processes at equal global batch take the same steps).
     train_loader = DataLoader(
         clean,
-        batch_size=args.batch_size,
+        batch_size=batch.per_process,
         shuffle=True,
-        drop_last=len(clean) >= 2 * args.batch_size,
+        drop_last=len(clean) >= 2 * batch.global_batch_size,
         num_workers=args.workers,
         collate_fn=job.collate_fn(inputs),
         generator=torch.Generator().manual_seed(args.seed),
@@ -592,6 +603,8 @@ def run_cleaning(args: argparse.Namespace, job: CleaningJob) -> dict[str, Any]:
     # 3. the defense's rounds
     defense, reference = make_defense(args, accelerator, model, candidate_names, classifier)
     session = CleaningSession.prepare(accelerator, model, defense, train_loader, args, tracker=job.name)
+    steps_per_epoch = len(session.train_loader)  # per process, after sharding: the optimiser steps of one epoch
+    log_batch_sizes(batch, steps_per_epoch)
     with timer("cleaning"):
         session.run(after_step=job.after_step)
     unchanged = check_model_changed(session, reference)
@@ -633,6 +646,8 @@ def run_cleaning(args: argparse.Namespace, job: CleaningJob) -> dict[str, Any]:
         "phase_wall_time_s": phase_wall_times(timer, session),
         "peak_memory_mb": peak_memory_mb(accelerator),
         "world_size": accelerator.num_processes,
+        "global_batch_size": batch.global_batch_size,
+        "steps_per_epoch": steps_per_epoch,
         "trigger_identical_across_ranks": trigger_equal,
         "weights_unchanged": unchanged,
         "config": {"defense": defense.config, "recipe": vars(args), "templates": inputs.config_templates},

@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,107 @@ def add_results_file_arguments(group) -> None:
     flags.add_argument("--output", dest="output", default=None, metavar="FILE", help="write the results to FILE")
 
 
+CLEANING_BATCH_SIZE = 64  # the cleaning recipes' --batch-size default (per process)
+
+
+def add_batch_size_arguments(group, default: int, what: str) -> None:
+    """``--batch-size`` (per process, the documented contract) and ``--global-batch-size`` (over all processes), one
+    or the other: the batch of one optimisation step for every recipe that trains (``what``: what a batch holds).
+
+    ``--batch-size`` has no argparse default (``None``): :func:`check_batch_size_arguments` fills in ``default``
+    when neither flag is given, because argparse's mutual exclusion does not see a value equal to the default
+    (``--batch-size 64 --global-batch-size 128`` would pass). :func:`resolve_batch_sizes` turns the two into the
+    per-process batch once the number of processes is known.
+    """
+    sizes = group.add_mutually_exclusive_group()
+    sizes.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"{what} per optimisation step on EACH process (default: {default}); the global batch is this times "
+        "the number of processes",
+    )
+    sizes.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=None,
+        help=f"{what} per optimisation step over ALL processes, instead of --batch-size: each process takes "
+        "GLOBAL_BATCH_SIZE / the number of processes (it must divide). Compare runs on 1 and N processes at equal "
+        "global batch",
+    )
+
+
+def check_batch_size_arguments(args: argparse.Namespace, default: int) -> None:
+    """Refuse a ``--batch-size``/``--global-batch-size`` < 1 (:class:`~clipclean.errors.UsageError`) and fill in
+    ``--batch-size``'s ``default`` when neither was given (:func:`add_batch_size_arguments`)."""
+    for flag, value in (("--batch-size", args.batch_size), ("--global-batch-size", args.global_batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.batch_size is None and args.global_batch_size is None:
+        args.batch_size = default
+
+
+@dataclass(frozen=True)
+class BatchSizes:
+    """The batch of one optimisation step: ``per_process`` samples on each of ``num_processes`` processes.
+
+    Two runs take the same optimisation steps when their ``global_batch_size`` is equal, whatever their number of
+    processes: the seedable sampler shuffles the same way on every process, the loader deals its consecutive
+    per-process batches to the processes in turn, the contrastive loss gathers the features with gradient and the
+    gradients are averaged, so one step of N processes sees the samples of one step of one process.
+    """
+
+    per_process: int
+    num_processes: int
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.per_process * self.num_processes
+
+    def describe(self) -> str:
+        """``global batch 64 = 32 per process x 2 processes``."""
+        plural = "es" if self.num_processes > 1 else ""
+        return (
+            f"global batch {self.global_batch_size} = {self.per_process} per process x {self.num_processes} "
+            f"process{plural}"
+        )
+
+
+def resolve_batch_sizes(args: argparse.Namespace, num_processes: int) -> BatchSizes:
+    """The per-process batch of a run with ``num_processes`` processes: ``--batch-size`` as given, or
+    ``--global-batch-size N`` / ``num_processes``; ``args.batch_size`` is set to it (so the saved flags record the
+    per-process batch the run used, next to ``global_batch_size``). Raises :class:`~clipclean.errors.UsageError`
+    naming both numbers when ``N`` is not a multiple of the number of processes.
+
+    Example::
+
+        >>> args = argparse.Namespace(batch_size=None, global_batch_size=64)
+        >>> resolve_batch_sizes(args, 2).describe(), args.batch_size
+        ('global batch 64 = 32 per process x 2 processes', 32)
+    """
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    global_batch_size = getattr(args, "global_batch_size", None)
+    if global_batch_size is None:
+        if args.batch_size is None:
+            raise ValueError("no --batch-size: call check_batch_size_arguments after parsing")
+        return BatchSizes(args.batch_size, num_processes)
+    if global_batch_size % num_processes:
+        lower = max(num_processes, global_batch_size // num_processes * num_processes)
+        raise UsageError(
+            f"--global-batch-size {global_batch_size} is not divisible by the {num_processes} processes: give a "
+            f"multiple of {num_processes} (e.g. {lower} or {lower + num_processes}), or --batch-size per process"
+        )
+    args.batch_size = global_batch_size // num_processes
+    return BatchSizes(args.batch_size, num_processes)
+
+
+def log_batch_sizes(batch: BatchSizes, steps_per_epoch: int) -> None:
+    """Say (INFO; :func:`setup_logging` shows it on the main process only) the global and per-process batch, the
+    number of processes and the optimiser steps per epoch: what to compare between two runs."""
+    logger.info("%s; %d optimiser steps per epoch", batch.describe(), steps_per_epoch)
+
+
 def make_cleaning_parser(doc: str, default_output_dir: str, clean_data_help: str) -> argparse.ArgumentParser:
     """A cleaning recipe's parser with the model, run and data argument groups (``doc``: the recipe's docstring,
     whose first paragraph is the description); add :func:`add_defense_arguments` and the recipe's own."""
@@ -212,14 +314,14 @@ def add_defense_arguments(parser: argparse.ArgumentParser, target_flags: Sequenc
         field_name = flag.lstrip("-")
         defaults = describe_defense_defaults(field_name)
         defense.add_argument(flag, type=kind, default=None, help=f"{what} (default, per defense: {defaults})")
-    defense.add_argument("--batch-size", type=int, default=64, help="per process")
+    add_batch_size_arguments(defense, CLEANING_BATCH_SIZE, "defender pairs")
     defense.add_argument(
         "--micro-batch",
         type=int,
         default=None,
-        help="at most N images per forward/backward pass: the trigger search (inversion, verdict, re-inversion) "
-        "and the unlearning steps (the contrastive loss through a gradient cache); the same gradients with less "
-        "memory (a ResNet's BatchNorm sees micro-batches). Default: whole batches",
+        help="at most N images per forward/backward pass on each process: the trigger search (inversion, verdict, "
+        "re-inversion) and the unlearning steps (the contrastive loss through a gradient cache); the same "
+        "gradients with less memory (a ResNet's BatchNorm sees micro-batches). Default: whole batches",
     )
     defense.add_argument(
         "--defense-option",
@@ -244,8 +346,7 @@ def check_cleaning_arguments(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"{flag} must be >= 1, got {value} (0 would leave the model unchanged and call it cleaned)"
             )
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_batch_size_arguments(args, CLEANING_BATCH_SIZE)
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a positive number, got {args.lr}")
     if args.max_clean_pairs is not None and args.max_clean_pairs < 1:
@@ -547,7 +648,12 @@ def add_complete_eval_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--retune-poison-fraction", type=float, default=defaults.poison_fraction, help="poisoned share of the set"
     )
-    group.add_argument("--retune-batch-size", type=int, default=defaults.batch_size, help="retuning batch size")
+    group.add_argument(
+        "--retune-batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="retuning batch size (the tests run on the main process alone: the same for any number of processes)",
+    )
     group.add_argument(
         "--retune-data",
         default=None,
@@ -903,10 +1009,11 @@ def run_cli(main, argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) and not isinstance(result, bool) else 0  # a command's own status
 
 
-def check_poison_arguments(args: argparse.Namespace) -> None:
+def check_poison_arguments(args: argparse.Namespace, default_batch_size: int) -> None:
     """The numbers of a poisoning recipe that no run can use, refused before any work (``UsageError``): a poison
     rate outside (0, 1] (``--poison-count 0`` is the clean run), a blend ``--alpha`` outside (0, 1], zero epochs or
-    steps (they would leave a trigger and a manifest but no model), and non-positive sizes or learning rates."""
+    steps (they would leave a trigger and a manifest but no model), and non-positive sizes or learning rates.
+    ``default_batch_size``: the recipe's ``--batch-size`` default (:func:`check_batch_size_arguments`)."""
     import math
 
     if args.poison_rate is not None and not 0 < args.poison_rate <= 1:
@@ -923,8 +1030,7 @@ def check_poison_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
     if getattr(args, "max_steps", None) is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps must be >= 1, got {args.max_steps}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_batch_size_arguments(args, default_batch_size)
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a positive number, got {args.lr}")
 
@@ -948,6 +1054,12 @@ def check_poison_inputs(
         raise ValueError(f"--trigger-size {args.trigger_size} is larger than the {height}x{width} images")
     per_process = n_train // num_processes
     if full_batches and per_process < args.batch_size:
+        if getattr(args, "global_batch_size", None) is not None:
+            raise ValueError(
+                f"--global-batch-size {args.global_batch_size} ({args.batch_size} per process) is larger than the "
+                f"training pairs: each of the {num_processes} process(es) gets {per_process} ({n_train} in all); "
+                "lower --global-batch-size"
+            )
         raise ValueError(
             f"--batch-size {args.batch_size} is larger than the {per_process} training pairs each of the "
             f"{num_processes} process(es) gets ({n_train} in all): lower --batch-size"

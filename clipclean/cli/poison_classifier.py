@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from clipclean.cli.catalogue import classifier_architecture_names
 from clipclean.cli.common import (
     HelpFormatter,
+    add_batch_size_arguments,
     add_classnames_argument,
     add_run_arguments,
     add_trust_code_argument,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("poison_classifier")
 
 CLASSIFIER_ATTACKS = ("badnet", "blended")  # badclip optimises its patch against a CLIP's text side
+BATCH_SIZE = 64  # --batch-size default (per process)
 OUTPUTS = {
     "model": "the backdoored classifier (clipclean_classifier.json + model.safetensors)",
     "trigger.png": "the true trigger, drawn (trigger.json + .safetensors: the trigger itself)",
@@ -91,11 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     attack.add_argument("--pattern", default=None, help="noise, white, black, checkerboard or an image file")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=60, help="passes over the training data")
-    train.add_argument("--batch-size", type=int, default=64, help="per process")
+    add_batch_size_arguments(train, BATCH_SIZE, "training images")
     train.add_argument("--lr", type=float, default=2e-3, help="learning rate (AdamW)")
     train.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     args = parser.parse_args(argv)
-    check_poison_arguments(args)
+    check_poison_arguments(args, BATCH_SIZE)
     return smoke_arguments(args)  # CLIPCLEAN_SMOKE: tiny run lengths
 
 
@@ -162,8 +164,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_poison_inputs,
         configure_cpu_threads,
         finish_run,
+        log_batch_sizes,
         make_accelerator,
         prepare_output_dir,
+        resolve_batch_sizes,
         setup_logging,
         stop_if_diverged,
         write_main_process_json,
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     accelerator = make_accelerator(args)
     setup_logging(accelerator, "poison_classifier")
     configure_cpu_threads(accelerator)
+    batch = resolve_batch_sizes(args, accelerator.num_processes)  # --global-batch-size: args.batch_size per process
     set_seed(args.seed)
     output = Path(args.output_dir)
 
@@ -215,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_loader = DataLoader(poisoned, batch_size=args.batch_size, shuffle=True, collate_fn=collate_pairs)
     eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False)
     wrapped, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    log_batch_sizes(batch, len(train_loader))
     progress = TrainingProgress()
     checkpoints = RunCheckpoints(accelerator, output, progress=progress)
     resume_path = checkpoints.resume(args.resume_from_checkpoint)
@@ -259,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "final_loss": float(loss.detach()),
         "wall_time_s": time.time() - start_time,
         "world_size": accelerator.num_processes,
+        "global_batch_size": batch.global_batch_size,
+        "steps_per_epoch": len(train_loader),
     }
     if accelerator.is_main_process:
         save_classifier(

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from clipclean.cli.catalogue import attack_defaults, attack_names, describe_defaults
 from clipclean.cli.common import (
     HelpFormatter,
+    add_batch_size_arguments,
     add_classnames_argument,
     add_model_arguments,
     add_run_arguments,
@@ -55,6 +56,7 @@ TRIGGER_NAME = "trigger"
 MANIFEST_FILENAME = "poison_manifest.json"
 RESULTS_FILENAME = "results.json"
 SAMPLE_KEYS_FILENAME = "sample_keys.jsonl"
+BATCH_SIZE = 128  # --batch-size default (per process)
 OUTPUTS = {
     "model": "the backdoored model (open_clip Hub layout, model card)",
     f"{TRIGGER_NAME}.png": f"the true trigger, drawn ({TRIGGER_NAME}.json + .safetensors: the trigger itself)",
@@ -127,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=40, help="passes over the training data")
     train.add_argument("--max-steps", type=int, default=None, help="total optimisation steps (overrides --epochs)")
-    train.add_argument("--batch-size", type=int, default=128, help="per process")
+    add_batch_size_arguments(train, BATCH_SIZE, "training pairs")
     train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine schedule)")
     train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     train.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps")
@@ -153,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
     args = parser.parse_args(argv)
-    check_poison_arguments(args)
+    check_poison_arguments(args, BATCH_SIZE)
     if not args.grad_clip >= 0:
         parser.error(f"--grad-clip must be >= 0 (0: no clipping), got {args.grad_clip}")
     for flag, value in (("--min-clean-accuracy", args.min_clean_accuracy), ("--min-asr", args.min_asr)):
@@ -272,8 +274,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         configure_cpu_threads,
         default_templates,
         finish_run,
+        log_batch_sizes,
         make_accelerator,
         prepare_output_dir,
+        resolve_batch_sizes,
         setup_logging,
         stop_if_diverged,
         write_main_process_json,
@@ -309,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     set_seed(args.seed)
     output = Path(args.output_dir)
     logger.info("%d process(es) on %s, %d thread(s) each", accelerator.num_processes, accelerator.device, threads)
+    batch = resolve_batch_sizes(args, accelerator.num_processes)  # --global-batch-size: args.batch_size per process
 
     with accelerator.main_process_first():  # downloads and dataset preparation happen once
         model = load_clip(args.model, pretrained=args.pretrained, device=accelerator.device, cache_dir=args.cache_dir)
@@ -359,13 +364,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     steps_per_epoch = len(train_loader)
+    log_batch_sizes(batch, steps_per_epoch)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     # Not prepared: an AcceleratedScheduler would step num_processes times per optimisation step.
     scheduler = cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
     progress = TrainingProgress()
     # loss, gradient norm and logit scale per epoch, and the steps spent on the collapsed loss ln(global batch)
-    monitor = TrainingMonitor(args.batch_size * accelerator.num_processes)
+    monitor = TrainingMonitor(batch.global_batch_size)
     checkpoints = RunCheckpoints(accelerator, output, scheduler=scheduler, progress=progress, monitor=monitor)
     loss_fn = make_clip_loss(accelerator.process_index, accelerator.num_processes)
     if args.report_to:
@@ -469,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "final_loss": float(loss.detach()),
         "wall_time_s": wall_time,
         "world_size": accelerator.num_processes,
+        "global_batch_size": batch.global_batch_size,
+        "steps_per_epoch": steps_per_epoch,
         "streaming": streaming,
         "converged": convergence["converged"],
         "convergence": convergence,

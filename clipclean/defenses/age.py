@@ -10,8 +10,8 @@ unseen clean samples, then runs a short *repair* step so the target class is not
    ``T(x)``, forward hooks record the MLP hidden activations (GELU output, the input of ``c_proj``) of the last
    ``edit_blocks`` residual blocks of the ViT image tower, averaged over tokens. Each
    hidden unit is scored by ``|mean_i (a(T x_i) - a(x_i))| / (std_i a(x_i) + 1e-6)`` and the top
-   ``edit_fraction`` of units of every block are selected (``n_samples`` per process; the statistics are
-   summed over processes with ``context.reduce_fn``, so every process edits the same units).
+   ``edit_fraction`` of units of every block are selected (``n_samples`` over all processes, each taking its
+   share; the statistics are summed over processes with ``context.reduce_fn``, so every process edits the same units).
 3. **Edit.** Each selected unit is removed: its row of the MLP's first linear layer (weight and bias) and its column of
    the second's weight are zeroed. With ``freeze_edited`` the gradients of those entries are masked, so the
    repair cannot revive them (AdamW leaves a zero entry with zero gradient at zero).
@@ -77,7 +77,8 @@ class AGEConfig(DefenseConfig):
         lr: repair learning rate (AdamW, set by the recipe). Default 1e-4.
         edit_blocks: how many of the last image-encoder residual blocks are edited. Default 2.
         edit_fraction: fraction of each block's MLP hidden units that are zeroed (at least one). Default 0.02.
-        n_samples: clean images used for the activation statistics. Default 64.
+        n_samples: clean images used for the activation statistics, over all processes (each takes its share).
+            Default 64.
         anchor_weight: weight of the repair's clean feature anchor to the starting encoder. Default 1.
         freeze_edited: mask the gradients of the edited weights so the repair keeps them at zero. Default True.
         inversion: the :class:`InversionConfig` of the trigger inversion.
@@ -140,7 +141,7 @@ class AGE(Defense):
         return unit_scores(clean, triggered, self.context.reduce_fn)
 
     def _collect(self, batches: Iterable[Batch]) -> torch.Tensor:
-        return collect_images(batches, self.config.n_samples).to(self.model.device)
+        return collect_images(batches, self.config.n_samples, self.context.world_size).to(self.model.device)
 
     @torch.no_grad()
     def _target_similarity(self, images: torch.Tensor, direction: torch.Tensor) -> float:

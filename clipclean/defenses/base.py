@@ -82,7 +82,8 @@ class DefenseContext:
         target_caption: the known target caption (targeted mode) or ``None`` (untargeted).
         reference: a frozen copy of the starting model (anchoring/distillation).
         reduce_fn: cross-process reduction ``reduce_fn(tensor, op)`` (identity on one process).
-        rank, world_size: for open_clip's ``ClipLoss(gather_with_grad=True)``.
+        rank, world_size: for open_clip's ``ClipLoss(gather_with_grad=True)``, and to share the image counts of a
+            config (``reset_samples``, ``n_samples``, ``verdict_batch_size``: totals over all processes) among them.
         progress: show progress bars.
     """
 
@@ -262,6 +263,7 @@ def invert_trigger(
         target_caption=context.target_caption,
         reduce_fn=context.reduce_fn,
         progress=context.progress,
+        world_size=context.world_size,
     )
     inverter.run_em(batches)
     result = inverter.result(batches if verdict and context.candidate_names is not None else None)

@@ -91,7 +91,8 @@ class BIBAUConfig(DefenseConfig):
             starting model then rebuild the clean function without the detector. ``None`` (default): the objective's
             own (``default_reset_fraction``: 0.25 for a CLIP; 0 for an image classifier, where it was not measured);
             0 turns it off (the ablation). Measured on the digits CLIPs: benchmarks/README.md.
-        reset_samples: defender images (per process) used to score the units for the reset.
+        reset_samples: defender images used to score the units for the reset, over all processes (each takes
+            its share, so N processes score on the images one process would).
         stop_early: end the EM loop after a round whose warm-started re-inversion no longer hijacks (fewer than
             ``inversion.collapse_fraction`` of the triggered images closer to ``u`` than to their own captions): a
             *functional* criterion. ``None`` (default): the objective's own (``default_stop_early``: off for a CLIP,
@@ -159,6 +160,7 @@ class BIBAU(Defense):
             target_caption=context.target_caption,
             reduce_fn=context.reduce_fn,
             progress=context.progress,
+            world_size=context.world_size,
         )
         self.first_result: InversionResult | None = None
         self.first_trigger_index: int | None = None
@@ -205,7 +207,7 @@ class BIBAU(Defense):
         over the active hypotheses); returns ``{layer: {"units", "n_units", "mean_score_reset", "mean_score_all"}}``.
         Every process scores on all processes' images (``reduce_fn``) and draws the same fresh weights."""
         model, layers = self.model, self.unit_layers
-        images = collect_images(batches, self.config.reset_samples).to(model.device)
+        images = collect_images(batches, self.config.reset_samples, self.context.world_size).to(model.device)
         clean = record_unit_activations(model, layers, range(len(layers)), images)
         scores: dict[int, torch.Tensor] = {}
         triggers = self._active_triggers()
