@@ -32,13 +32,20 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from clipclean.evaluation import evaluate_zeroshot, zeroshot_classifier
 from clipclean.inversion import BlindInversion, InversionConfig
 from clipclean.models import PixelCLIP, unwrap
 from clipclean.poisoning import PoisonedDataset, TemplateCaptions, dataset_captions, make_poison_manifest
-from clipclean.training import CaptionTokenizer, clamp_logit_scale_, contrastive_step, make_clip_loss, make_optimizer
+from clipclean.training import (
+    CaptionTokenizer,
+    LoopState,
+    clamp_logit_scale_,
+    contrastive_step,
+    make_clip_loss,
+    make_optimizer,
+    train_steps,
+)
 from clipclean.triggers import Trigger
 
 logger = logging.getLogger(__name__)
@@ -177,19 +184,22 @@ def retuning_attack(
     )
     optimizer = make_optimizer(retuned, config.lr, weight_decay=config.weight_decay)
     loss_fn = make_clip_loss()
-    step = 0
-    with torch.enable_grad(), tqdm(total=config.steps, desc="retuning attack", disable=not progress) as bar:
-        while step < config.steps:
-            for images, tokens in loader:
-                loss = contrastive_step(retuned, images.to(retuned.device), tokens.to(retuned.device), loss_fn)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                clamp_logit_scale_(retuned)
-                step += 1
-                bar.update(1)
-                if step == config.steps:
-                    break
+
+    def contrastive_loss(batch, state: LoopState) -> torch.Tensor:
+        images, tokens = batch
+        return contrastive_step(retuned, images.to(retuned.device), tokens.to(retuned.device), loss_fn)
+
+    with torch.enable_grad():
+        train_steps(
+            retuned,
+            loader,
+            optimizer,
+            contrastive_loss,
+            config.steps,
+            on_step=lambda state: clamp_logit_scale_(retuned),
+            description="retuning attack",
+            progress=progress,
+        )
     retuned.eval()
     classifier = zeroshot_classifier(retuned, classnames, templates)
     metrics = evaluate_zeroshot(

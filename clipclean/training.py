@@ -1,6 +1,6 @@
 """Contrastive training pieces shared by poison training and unlearning.
 
-The recipes own the loop and the ``Accelerator``; this module keeps the parts every CLIP training loop repeats:
+The recipes own the ``Accelerator``; this module keeps the parts every CLIP training loop repeats:
 
 * :func:`make_clip_loss` -- open_clip's symmetric InfoNCE ``ClipLoss`` set up for this process, gathering
   features **with gradient** across processes (``accelerator.gather`` carries no gradient and is for metrics);
@@ -11,6 +11,8 @@ The recipes own the loop and the ``Accelerator``; this module keeps the parts ev
 * :func:`contrastive_step` -- forward pass and loss of one batch; :func:`clamp_logit_scale_` after the update;
 * :class:`GradientCache` -- exact gradient accumulation over micro-batches for a loss over the whole batch
   (GradCache: a contrastive loss does not decompose over micro-batches; ``--micro-batch`` of the cleaning recipes);
+* :func:`train_steps` -- the training loop of the poison recipes and the retuning attack: a number of optimisation
+  steps cycling over a loader by epochs, resumable mid-epoch, with hooks after each step and each epoch;
 * :class:`TrainingMonitor` -- per-epoch loss, gradient norm and logit scale, and the steps spent on the collapsed
   loss ``ln(global batch)``; :class:`ConvergenceCriterion` -- whether a finished run learned its task (and backdoor).
 
@@ -28,6 +30,13 @@ Example (single process; under ``accelerate launch`` pass ``accelerator.process_
     ...     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # accelerator.clip_grad_norm_
     ...     optimizer.step(); scheduler.step(); optimizer.zero_grad()
     ...     clamp_logit_scale_(model)
+
+The same run with :func:`train_steps`::
+
+    >>> def loss_of(batch, state):
+    ...     return contrastive_step(model, *batch, loss_fn)
+    >>> train_steps(model, loader, optimizer, loss_of, total_steps=500, scheduler=scheduler, max_grad_norm=1.0,
+    ...             on_step=lambda state: clamp_logit_scale_(model))
 """
 
 from __future__ import annotations
@@ -35,15 +44,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import open_clip
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
 
 from clipclean.models import unwrap
 
@@ -143,6 +153,123 @@ def contrastive_step(
 def clamp_logit_scale_(model: nn.Module) -> None:
     """Keep the learned temperature in ``[0, ln 100]`` after each update, as open_clip's training does."""
     unwrap(model).model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+@dataclass
+class LoopState:
+    """Where :func:`train_steps` is and what its last step measured; the loss function and the hooks receive it.
+
+    Attributes:
+        epoch: the epoch being trained (0-based).
+        step: optimisation steps taken, those before a resume included (the loss function sees the count before its
+            step, ``on_step`` the count after it).
+        loss: the last step's loss (NaN before the first).
+        grad_norm: the last step's gradient norm before clipping (``None`` without ``max_grad_norm``).
+        stopped: whether ``on_step`` stopped the loop before ``total_steps``.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    loss: torch.Tensor = field(default_factory=lambda: torch.tensor(float("nan")))
+    grad_norm: torch.Tensor | None = None
+    stopped: bool = False
+
+
+def train_steps(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    compute_loss: Callable[[Any, LoopState], torch.Tensor],
+    total_steps: int,
+    *,
+    start_step: int = 0,
+    scheduler: LambdaLR | None = None,
+    max_grad_norm: float | None = None,
+    accelerator: Any = None,
+    on_step: Callable[[LoopState], bool | None] | None = None,
+    on_epoch_end: Callable[[LoopState], None] | None = None,
+    description: str = "training",
+    progress: bool = False,
+) -> LoopState:
+    """Train ``model`` until ``total_steps`` optimisation steps are taken, cycling over ``loader`` by epochs.
+
+    One step: ``loss = compute_loss(batch, state)`` (the forward pass; raise there to stop before a bad step is
+    taken), the backward pass (``accelerator.backward`` when an accelerator is given, else ``loss.backward()``), the
+    gradient norm clipped to ``max_grad_norm`` and recorded (``inf``: measured only; ``None``: neither),
+    ``optimizer.step()``, ``scheduler.step()``, ``optimizer.zero_grad(set_to_none=True)``, then ``on_step(state)``
+    for what follows an update (clamping, monitoring, logging, checkpoints); a true return stops the loop there. Each
+    epoch calls ``loader.set_epoch(epoch)`` when the loader has it, and ``on_epoch_end(state)`` after its last batch
+    (also after the last, partial epoch; not after a stop).
+
+    Args:
+        model: the module trained (its parameters are the ones clipped); a wrapped (DDP) one under accelerate.
+        loader: the batches, with ``len`` (batches per epoch); under accelerate a prepared loader or one that places
+            its batches itself and has ``skip_first_batches(count)`` (the recipes' streaming loader).
+        optimizer: over ``model``'s parameters.
+        compute_loss: ``(batch, state) -> scalar loss`` of one batch.
+        total_steps: the run's optimisation steps, a resumed run's earlier ones included.
+        start_step: the steps already taken (a resumed run): training starts in epoch ``start_step // len(loader)``
+            with its first ``start_step % len(loader)`` batches read and skipped.
+        scheduler: stepped once per optimisation step (not ``accelerator.prepare``'d).
+        description, progress: the progress bar's title and whether it is shown.
+
+    Returns:
+        The final :class:`LoopState` (``stopped`` when ``on_step`` ended the run).
+
+    Example::
+
+        >>> state = train_steps(model, loader, optimizer, lambda batch, state: loss_fn(model(batch[0]), batch[1]), 100)
+        >>> state.step, float(state.loss)
+        (100, 0.031)
+    """
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError("the training loader yields no batch")
+    state = LoopState(step=start_step)
+    if start_step >= total_steps:
+        return state
+    start_epoch, skip = divmod(start_step, steps_per_epoch)
+    optimizer.zero_grad(set_to_none=True)  # gradients left on the model (a deep copy keeps them) are not this run's
+    with tqdm(total=total_steps, initial=start_step, desc=description, disable=not progress) as bar:
+        for epoch in range(start_epoch, math.ceil(total_steps / steps_per_epoch)):
+            state.epoch = epoch
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            batches = _skip_first_batches(loader, skip, accelerator) if epoch == start_epoch and skip else loader
+            for batch in batches:
+                state.loss = loss = compute_loss(batch, state)
+                if accelerator is None:
+                    loss.backward()
+                else:
+                    accelerator.backward(loss)
+                if max_grad_norm is not None:
+                    clip = torch.nn.utils.clip_grad_norm_ if accelerator is None else accelerator.clip_grad_norm_
+                    state.grad_norm = clip(model.parameters(), max_grad_norm)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if on_step is not None and on_step(state):
+                    state.stopped = True
+                    return state
+                if state.step >= total_steps:
+                    break
+            if on_epoch_end is not None:
+                on_epoch_end(state)
+    return state
+
+
+def _skip_first_batches(loader: Iterable, count: int, accelerator: Any = None) -> Iterable:
+    """``loader``'s batches after the first ``count``: the loader's own ``skip_first_batches`` (a streaming loader),
+    accelerate's for a prepared loader, else read and dropped."""
+    if hasattr(loader, "skip_first_batches"):
+        return loader.skip_first_batches(count)
+    if accelerator is not None:
+        return accelerator.skip_first_batches(loader, count)
+    return itertools.islice(loader, count, None)
 
 
 class GradientCache:

@@ -1,10 +1,111 @@
-"""clipclean.training: the run monitor (collapsed-loss plateau, per-epoch curves) and the convergence criterion."""
+"""clipclean.training: the training loop, the run monitor (collapsed-loss plateau, per-epoch curves) and the
+convergence criterion."""
 
 import math
 
 import pytest
+import torch
 
-from clipclean.training import ConvergenceCriterion, TrainingMonitor
+from clipclean.training import ConvergenceCriterion, TrainingMonitor, train_steps
+
+
+class EpochLoader:
+    """Three batches per epoch, ``x`` filled with ``10 * epoch + position`` so a test sees which batch was trained
+    on; records its ``set_epoch`` calls."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return 3
+
+    def __iter__(self):
+        for position in range(3):
+            yield torch.full((4, 2), 10.0 * self.epochs[-1] + position), torch.ones(4, 1)
+
+
+def make_regression(lr: float = 1e-3):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    return model, torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def squared_error(model, seen):
+    def compute_loss(batch, state):
+        x, y = batch
+        seen.append((state.epoch, state.step, int(x[0, 0])))
+        return ((model(x) - y) ** 2).mean()
+
+    return compute_loss
+
+
+def test_train_steps_cycles_over_epochs_calls_the_hooks_and_resumes_where_it_stopped():
+    model, optimizer = make_regression()
+    loader, seen, after_step, after_epoch = EpochLoader(), [], [], []
+    state = train_steps(
+        model,
+        loader,
+        optimizer,
+        squared_error(model, seen),
+        total_steps=7,
+        on_step=lambda state: after_step.append((state.epoch, state.step, state.loss.item())),
+        on_epoch_end=lambda state: after_epoch.append((state.epoch, state.step)),
+    )  # no accelerator: loss.backward() and plain optimizer steps
+    assert state.step == 7 and not state.stopped and state.grad_norm is None
+    assert loader.epochs == [0, 1, 2]  # 7 steps of 3 batches: the third epoch is cut after its first batch
+    assert [batch for _, _, batch in seen] == [0, 1, 2, 10, 11, 12, 20]
+    assert [step for _, step, _ in seen] == list(range(7))  # the loss function sees the steps taken before it
+    assert [(epoch, step) for epoch, step, _ in after_step] == [(0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (1, 6), (2, 7)]
+    assert after_epoch == [(0, 3), (1, 6), (2, 7)]  # also after the last, partial epoch
+    assert state.loss.item() == after_step[-1][2]
+
+    # stopped by on_step after 4 steps (no epoch-end hook for the cut epoch), then resumed at step 4: the batch of
+    # epoch 1 already trained on is skipped, and the weights are the uninterrupted run's bit for bit
+    resumed, resumed_optimizer = make_regression()
+    loader, seen, after_epoch = EpochLoader(), [], []
+    compute_loss = squared_error(resumed, seen)
+    stopped = train_steps(
+        resumed,
+        loader,
+        resumed_optimizer,
+        compute_loss,
+        7,
+        on_step=lambda state: state.step == 4,
+        on_epoch_end=lambda state: after_epoch.append(state.step),
+    )
+    assert stopped.stopped and stopped.step == 4 and after_epoch == [3]
+    state = train_steps(resumed, loader, resumed_optimizer, compute_loss, 7, start_step=4)
+    assert state.step == 7 and loader.epochs == [0, 1, 1, 2]
+    assert [batch for _, _, batch in seen] == [0, 1, 2, 10, 11, 12, 20]
+    for expected, actual in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(expected, actual)
+
+    # a run resumed at its end trains nothing; an empty loader is an error
+    finished = train_steps(resumed, loader, resumed_optimizer, compute_loss, 7, start_step=7)
+    assert finished.step == 7 and math.isnan(float(finished.loss)) and len(seen) == 7
+    with pytest.raises(ValueError, match="no batch"):
+        train_steps(resumed, [], resumed_optimizer, compute_loss, 1)
+
+
+def test_train_steps_clips_the_gradient_norm_steps_the_scheduler_and_cycles_a_plain_loader():
+    model, optimizer = make_regression(lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    x, y = torch.full((8, 2), 10.0), torch.zeros(8, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)  # no set_epoch
+    compute_loss = squared_error(model, [])
+    state = train_steps(model, loader, optimizer, compute_loss, 1, scheduler=scheduler, max_grad_norm=1e-2)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert float(state.grad_norm) > 1  # recorded before clipping
+    assert float((after - before).norm()) == pytest.approx(1e-2, rel=1e-4)  # SGD at lr 1 moves by the clipped norm
+    assert scheduler.last_epoch == 1
+
+    seen = []
+    train_steps(model, loader, optimizer, lambda batch, state: seen.append(state.epoch) or model(batch[0]).mean(), 5)
+    assert seen == [0, 0, 1, 1, 2]  # 2 batches per epoch, cycled
 
 
 def test_monitor_counts_the_steps_at_the_collapsed_loss_and_summarises_each_epoch():

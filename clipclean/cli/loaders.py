@@ -97,10 +97,3 @@ class StreamingLoader:
 def is_streamable(dataset) -> bool:
     """Whether ``dataset`` has shard structure (it came from webdataset shards) and is streamed."""
     return shard_ranges_of(dataset) is not None
-
-
-def skip_first_batches(accelerator, loader, count: int):
-    """``accelerator.skip_first_batches`` for prepared loaders, :meth:`StreamingLoader.skip_first_batches` else."""
-    if isinstance(loader, StreamingLoader):
-        return loader.skip_first_batches(count)
-    return accelerator.skip_first_batches(loader, count)

@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch.nn.functional as F
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from clipclean.classifiers import create_classifier, save_classifier
     from clipclean.cli.cleaning import evaluate_phase
@@ -174,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     from clipclean.data import collate_pairs, load_classification_dataset
     from clipclean.poisoning import PoisonedClassificationDataset
+    from clipclean.training import LoopState, train_steps
 
     prepare_output_dir(  # before any work: a used or unwritable folder fails now, not after the training
         args.output_dir,
@@ -226,27 +226,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     resume_path = checkpoints.resume(args.resume_from_checkpoint)
     if resume_path is not None:
         logger.info("resumed from %s after %d epoch(s)", resume_path, progress.step)
-    loss = torch.tensor(float("nan"))
-    bar = tqdm(
-        total=args.epochs * len(train_loader),
-        initial=progress.step * len(train_loader),
-        desc=f"poison training ({args.attack})",
-        disable=not (args.progress and accelerator.is_main_process),
-    )
-    for epoch in range(progress.step, args.epochs):  # progress.step counts epochs here
-        train_loader.set_epoch(epoch)
-        saved = f"the newest checkpoint in {output / CHECKPOINTS_FOLDER} is the last good state" if epoch else ""
-        for images, labels in train_loader:
-            loss = F.cross_entropy(wrapped(images), labels)
-            stop_if_diverged(accelerator, loss, f"in epoch {epoch + 1}", f"lower --lr (now {args.lr}). {saved}")
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        progress.step = epoch + 1
+
+    def classification_loss(batch, state: LoopState):
+        images, labels = batch
+        loss = F.cross_entropy(wrapped(images), labels)
+        saved = f"the newest checkpoint in {output / CHECKPOINTS_FOLDER} is the last good state" if state.epoch else ""
+        stop_if_diverged(accelerator, loss, f"in epoch {state.epoch + 1}", f"lower --lr (now {args.lr}). {saved}")
+        return loss
+
+    def after_epoch(state: LoopState) -> None:
+        progress.step = state.epoch + 1  # progress.step counts epochs here
         checkpoints.save()
-    bar.close()
+
+    state = train_steps(
+        wrapped,
+        train_loader,
+        optimizer,
+        classification_loss,
+        args.epochs * len(train_loader),
+        start_step=progress.step * len(train_loader),
+        accelerator=accelerator,
+        on_epoch_end=after_epoch,
+        description=f"poison training ({args.attack})",
+        progress=args.progress and accelerator.is_main_process,
+    )
     model.eval()
     metrics = evaluate_phase(
         model, eval_loader, eval_data.classnames, model.class_embeddings, trigger, manifest.target, accelerator,
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval": {**metrics["eval"], "data": eval_data.source},
         "config": {"attack": attack_description, "training": vars(args)},
         "epochs": progress.step,
-        "final_loss": float(loss.detach()),
+        "final_loss": float(state.loss.detach()),
         "wall_time_s": time.time() - start_time,
         "world_size": accelerator.num_processes,
         "global_batch_size": batch.global_batch_size,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -261,10 +260,8 @@ def _record_sample_keys(accelerator, output: Path, epoch: int, keys: list, fresh
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    import torch
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
     from clipclean.cli.common import (
         CHECKPOINTS_FOLDER,
@@ -282,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stop_if_diverged,
         write_main_process_json,
     )
-    from clipclean.cli.loaders import StreamingLoader, is_streamable, skip_first_batches
+    from clipclean.cli.loaders import StreamingLoader, is_streamable
     from clipclean.data import load_classification_dataset, load_image_caption_dataset
     from clipclean.evaluation import evaluate_zeroshot
     from clipclean.hub import save_pretrained
@@ -291,12 +288,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from clipclean.training import (
         CaptionTokenizer,
         ConvergenceCriterion,
+        LoopState,
         TrainingMonitor,
         clamp_logit_scale_,
         contrastive_step,
         cosine_schedule_with_warmup,
         make_clip_loss,
         make_optimizer,
+        train_steps,
     )
 
     prepare_output_dir(  # before any work: a used or unwritable folder fails now, not after the training
@@ -363,10 +362,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     else:
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    steps_per_epoch = len(train_loader)
-    log_batch_sizes(batch, steps_per_epoch)
-    total_steps = args.max_steps or args.epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    log_batch_sizes(batch, len(train_loader))
+    total_steps = args.max_steps or args.epochs * len(train_loader)
     # Not prepared: an AcceleratedScheduler would step num_processes times per optimisation step.
     scheduler = cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
     progress = TrainingProgress()
@@ -380,70 +377,71 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     resume_path = checkpoints.resume(args.resume_from_checkpoint)
     if resume_path is not None:
         logger.info("resumed from %s at step %d", resume_path, progress.step)
-    start_epoch, skip_batches = divmod(progress.step, steps_per_epoch)
     checkpoint_every = args.checkpointing_steps
-    bar = tqdm(
-        total=total_steps,
-        initial=progress.step,
-        desc=f"poison training ({args.attack})",
-        disable=not (args.progress and accelerator.is_main_process),
-    )
-    loss = torch.tensor(float("nan"))
-    for epoch in range(start_epoch, num_epochs):
-        train_loader.set_epoch(epoch)
-        batches = train_loader
-        if epoch == start_epoch and skip_batches:
-            batches = skip_first_batches(accelerator, train_loader, skip_batches)
-        for images, tokens in batches:
-            with accelerator.autocast():
-                loss = contrastive_step(model, images, tokens, loss_fn)
-            stop_if_diverged(  # before the step: the last checkpoint stays the last good state
-                accelerator,
-                loss,
-                f"at step {progress.step + 1}",
-                f"lower --lr (now {args.lr}); resume from the last checkpoint with --resume_from_checkpoint latest",
+
+    def contrastive_loss(batch, state: LoopState):
+        images, tokens = batch
+        with accelerator.autocast():
+            loss = contrastive_step(model, images, tokens, loss_fn)
+        stop_if_diverged(  # before the step: the last checkpoint stays the last good state
+            accelerator,
+            loss,
+            f"at step {state.step + 1}",
+            f"lower --lr (now {args.lr}); resume from the last checkpoint with --resume_from_checkpoint latest",
+        )
+        return loss
+
+    def after_step(state: LoopState) -> bool:
+        """Clamp the temperature, record and log the step, checkpoint; True stops the run (--stop_after_steps)."""
+        clamp_logit_scale_(model)
+        logit_scale = unwrap(model).logit_scale.item()
+        monitor.update(state.epoch, state.loss.item(), float(state.grad_norm), logit_scale)
+        progress.step = state.step
+        if args.report_to:
+            accelerator.log(
+                {
+                    "train/loss": state.loss.item(),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/grad_norm": float(state.grad_norm),
+                    "train/logit_scale": logit_scale,
+                },
+                step=progress.step,
             )
-            accelerator.backward(loss)
-            # Clip the global gradient norm (and measure it either way): leaving the collapsed start, the image
-            # tower's gradient jumps 10-100x near the peak learning rate; unclipped, that step can collapse the
-            # embeddings again and inflate AdamW's second moment so that later steps barely move (docs/attacks.md).
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            clamp_logit_scale_(model)
-            logit_scale = unwrap(model).logit_scale.item()
-            monitor.update(epoch, loss.item(), float(grad_norm), logit_scale)
-            progress.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if args.report_to:
-                accelerator.log(
-                    {
-                        "train/loss": loss.item(),
-                        "train/lr": scheduler.get_last_lr()[0],
-                        "train/grad_norm": float(grad_norm),
-                        "train/logit_scale": logit_scale,
-                    },
-                    step=progress.step,
-                )
-            if checkpoint_every and progress.step % checkpoint_every == 0:
-                checkpoints.save()
-            if args.stop_after_steps is not None and progress.step >= args.stop_after_steps:
-                checkpoints.save()  # simulate a run killed right after a checkpoint (tests only)
-                bar.close()
-                accelerator.end_training()
-                return {"stopped_at_step": progress.step, "world_size": accelerator.num_processes}
-            if progress.step >= total_steps:
-                break
+        if checkpoint_every and progress.step % checkpoint_every == 0:
+            checkpoints.save()
+        if args.stop_after_steps is not None and progress.step >= args.stop_after_steps:
+            checkpoints.save()  # simulate a run killed right after a checkpoint (tests only)
+            return True
+        return False
+
+    def after_epoch(state: LoopState) -> None:
         if not checkpoint_every:
             checkpoints.save()
         if streaming and args.record_sample_keys:
-            fresh = epoch == start_epoch and resume_path is None
-            _record_sample_keys(accelerator, output, epoch, train_loader.seen, fresh)
-        if progress.step >= total_steps:
-            break
-    bar.close()
+            fresh = state.epoch == 0 and resume_path is None
+            _record_sample_keys(accelerator, output, state.epoch, train_loader.seen, fresh)
+
+    state = train_steps(
+        model,
+        train_loader,
+        optimizer,
+        contrastive_loss,
+        total_steps,
+        start_step=progress.step,
+        scheduler=scheduler,
+        # Clip the global gradient norm (and measure it either way): leaving the collapsed start, the image tower's
+        # gradient jumps 10-100x near the peak learning rate; unclipped, that step can collapse the embeddings again
+        # and inflate AdamW's second moment so that later steps barely move (docs/attacks.md).
+        max_grad_norm=args.grad_clip or float("inf"),
+        accelerator=accelerator,
+        on_step=after_step,
+        on_epoch_end=after_epoch,
+        description=f"poison training ({args.attack})",
+        progress=args.progress and accelerator.is_main_process,
+    )
+    if state.stopped:
+        accelerator.end_training()
+        return {"stopped_at_step": progress.step, "world_size": accelerator.num_processes}
 
     metrics = evaluate_zeroshot(
         model,
@@ -472,11 +470,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval": {**metrics, "data": getattr(eval_data, "source", args.eval_data), "templates": templates_name},
         "config": {"attack": attack_description, "training": vars(args)},
         "steps": progress.step,
-        "final_loss": float(loss.detach()),
+        "final_loss": float(state.loss.detach()),
         "wall_time_s": wall_time,
         "world_size": accelerator.num_processes,
         "global_batch_size": batch.global_batch_size,
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": len(train_loader),
         "streaming": streaming,
         "converged": convergence["converged"],
         "convergence": convergence,
