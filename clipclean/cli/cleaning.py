@@ -1,6 +1,6 @@
 """The cleaning loop shared by the jobs :mod:`clipclean.cli.clean_clip` and :mod:`clipclean.cli.clean_classifier`.
 
-A defense (:class:`~clipclean.defenses.base.Defense`) is step-level; the recipe owns the loop. Both recipes run
+A defense (:class:`~clipclean.defenses.base.Defense`) is step-level; this module owns the loop. Both recipes run
 the same one: for each round ``begin_round`` (inversion, editing...), ``epochs`` passes of ``forward`` /
 ``accelerator.backward`` / optimiser step, ``end_round``, ``accelerator.save_state``; resumable with
 ``--resume_from_checkpoint``. This module keeps that loop, its checkpointed state and the output pieces the

@@ -1,9 +1,10 @@
 """Shared plumbing of clipclean's jobs (the modules of ``clipclean.cli`` that ``recipes/``, ``eval/`` and the
 ``clipclean`` command run).
 
-The jobs own the loop, the ``Accelerator``, the CLI and the output folder; this module keeps the parts they
-would otherwise repeat: argument groups with one set of defaults, accelerator construction, logging set-up
-and main-process-only atomic output writing.
+The jobs own the ``Accelerator``, the CLI and the output folder (their training steps go through
+:func:`clipclean.training.train_steps`, the cleaning rounds through :mod:`clipclean.cli.cleaning`); this module keeps
+the parts they would otherwise repeat: argument groups with one set of defaults, accelerator construction,
+logging set-up and main-process-only atomic output writing.
 """
 
 from __future__ import annotations

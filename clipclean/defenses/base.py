@@ -1,7 +1,7 @@
 """The defense interface and registry shared by every backdoor-removal method.
 
-A defense is a step-level algorithm: the recipe (``recipes/clean_clip.py``) owns the loop, the optimiser and
-the ``Accelerator``; the defense says what happens before each round (``begin_round``: e.g. trigger
+A defense is a step-level algorithm: the cleaning session (:mod:`clipclean.cli.cleaning`) owns the loop, the
+optimiser and the ``Accelerator``; the defense says what happens before each round (``begin_round``: e.g. trigger
 inversion), what one optimisation step computes (``forward(model, batch) -> (losses, report)``, where
 ``losses["loss"]`` is backpropagated and every term is returned by name for logging) and whether to stop
 (``end_round``). Round 0's ``begin_round`` sees the model before any update.
