@@ -82,8 +82,10 @@ FAMILIES = {
 }
 COLUMNS = (
     "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",
-    "verdict", "anomaly_index", "recovered_target", "named_correctly", "max_anomaly_index", "max_candidate",
-    "winner_logit_index", "max_logit_index", "max_logit_candidate", "ca_before", "ca_after", "asr_before",
+    "verdict", "verdict_statistic", "anomaly_index", "recovered_target", "named_correctly", "winner_index",
+    "max_anomaly_index", "max_candidate",
+    "winner_logit_index", "max_logit_index", "max_logit_candidate", "winner_lift", "max_lift", "max_lift_candidate",
+    "ca_before", "ca_after", "asr_before",
     "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
 SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
@@ -327,12 +329,14 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "seed": model.seed, "variant": model.variant, "poison_converged": poisoned.get("converged"),
         "ca_poisoned": poisoned.get("clean_accuracy"), "asr_poisoned": poisoned.get("attack_success_rate"),
         "verdict": inversion.get("verdict"), "anomaly_index": inversion.get("anomaly_index"),
+        "verdict_statistic": inversion.get("verdict_statistic") or "winner", "winner_index": None,
         "recovered_target": inversion.get("recovered_target"),
         "named_correctly": None if model.attack == "none" else inversion.get("recovered_target") == model.target,
         "ca_before": before["clean_accuracy"], "ca_after": after["clean_accuracy"],
         "asr_before": before["attack_success_rate"], "asr_after": after["attack_success_rate"],
         "max_anomaly_index": None, "max_candidate": None, "winner_logit_index": None, "max_logit_index": None,
-        "max_logit_candidate": None, "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
+        "max_logit_candidate": None, "winner_lift": None, "max_lift": None, "max_lift_candidate": None,
+        "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
         "poison_wall_s": poisoned.get("wall_time_s"), "clean_wall_s": cleaned.get("wall_time_s"),
     }  # fmt: skip
     candidate_asr = inversion.get("candidate_asr") or {}
@@ -350,9 +354,9 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
 
 
 def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) -> dict:
-    """The score and named candidate of every statistic of ``VERDICT_STATISTICS`` but the recorded one, computed
-    from a cleaning's per-candidate targeted ASRs by :func:`clipclean.inversion.verdict_score` (the function the
-    verdict itself uses). The untargeted winner is the recorded target unless the verdict named another class."""
+    """The score and named candidate of every statistic of ``VERDICT_STATISTICS``, computed from a cleaning's
+    per-candidate targeted ASRs by :func:`clipclean.inversion.verdict_score` (the function the verdict itself uses).
+    The untargeted winner is the recorded target unless the verdict named another class."""
     from clipclean.inversion import verdict_score
 
     names = list(candidate_asr)
@@ -361,8 +365,6 @@ def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) 
     winner = names.index(named) if inversion.get("named_by") != "verdict" and named in names else None
     columns = {}
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
-        if score_key == "anomaly_index":
-            continue  # the recipe's own verdict, as recorded
         score, position = verdict_score(rates, statistic, winner)
         columns[score_key] = score
         if name_key not in COLUMNS_NAMED_BY_WINNER:
@@ -400,7 +402,7 @@ def split_metrics(rows: list[dict]) -> dict:
         return {"k": hits, "n": len(selected), "rate": hits / len(selected) if selected else math.nan,
                 "ci95": (low, high)}  # fmt: skip
 
-    scores = [row["anomaly_index"] for row in backdoored + clean]
+    scores = [row[default_score_column()] for row in backdoored + clean]
     labels = [1] * len(backdoored) + [0] * len(clean)
     auc = roc_auc_score(labels, scores) if backdoored and clean and None not in scores else math.nan
     drops = [row["ca_before"] - row["ca_after"] for row in backdoored]
@@ -421,16 +423,27 @@ def split_metrics(rows: list[dict]) -> dict:
 
 
 # Verdict statistics compared on the zoo (clipclean.inversion.VERDICT_STATISTICS): (column of the score, column of
-# the named target). "winner" is the recipe's default (the anomaly index of the untargeted winner's targeted ASR);
-# "max-candidate" takes the largest targeted ASR of any candidate and names that candidate; the "-logit" variants do
-# the same on the ASRs' log-odds. All but the recorded one are computed from the recorded per-candidate ASRs. This
-# list was fixed before the development models were built (README "What the held-out models say").
-VERDICT_STATISTICS = {"winner": ("anomaly_index", "recovered_target"),
+# the named target), every one computed from the recorded per-candidate ASRs (the targeted inversions do not depend on
+# the statistic). "winner": the anomaly index of the untargeted winner's targeted ASR (the default until 2026-12-03);
+# "max-candidate": of the largest targeted ASR, naming that candidate; "-logit": the same on the ASRs' log-odds
+# (these four were fixed before the development half was built); "-lift": the log-odds lead over the median
+# candidate (added after 11 + 4 development models, from development numbers: benchmarks/README.md "Model zoo").
+VERDICT_STATISTICS = {"winner": ("winner_index", "recovered_target"),
                       "max-candidate": ("max_anomaly_index", "max_candidate"),
                       "winner-logit": ("winner_logit_index", "recovered_target"),
-                      "max-candidate-logit": ("max_logit_index", "max_logit_candidate")}  # fmt: skip
+                      "max-candidate-logit": ("max_logit_index", "max_logit_candidate"),
+                      "winner-lift": ("winner_lift", "recovered_target"),
+                      "max-candidate-lift": ("max_lift", "max_lift_candidate")}  # fmt: skip
 COLUMNS_NAMED_BY_WINNER = ("recovered_target",)
-DEFAULT_THRESHOLD = 2.5  # clipclean.inversion.InversionConfig.anomaly_threshold
+PREVIOUS_DEFAULT = ("winner", 2.5)  # the verdict before the zoo: select_statistic's last tie-break
+
+
+def default_score_column() -> str:
+    """The CSV column of the verdict statistic that ``clipclean.inversion.InversionConfig`` uses by default (the ROC
+    curves and ROC-AUC score every model with it, whatever statistic its cleaning recorded)."""
+    from clipclean.inversion import InversionConfig
+
+    return VERDICT_STATISTICS[InversionConfig().verdict_statistic][0]
 
 
 def choose_threshold(scores: list[float], labels: list[bool]) -> float:
@@ -450,8 +463,11 @@ def choose_threshold(scores: list[float], labels: list[bool]) -> float:
 
 
 def statistic_rows(rows: list[dict]) -> list[dict]:
-    """Per verdict statistic: its threshold chosen on the development half (and the default 2.5), then the
-    detection and naming rates on each half at that threshold."""
+    """Per verdict statistic: its threshold chosen on the development half (and its library default,
+    ``clipclean.inversion.DEFAULT_VERDICT_THRESHOLDS``), then the detection and naming rates on each half at that
+    threshold."""
+    from clipclean.inversion import DEFAULT_VERDICT_THRESHOLDS
+
     table = []
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
         usable = [row for row in sum(counted(rows), []) if row[score_key] is not None]
@@ -461,7 +477,8 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
         chosen = choose_threshold(
             [row[score_key] for row in development], [row["attack"] != "none" for row in development]
         )
-        for label, threshold in (("default 2.5", DEFAULT_THRESHOLD), ("chosen on development", chosen)):
+        fixed = DEFAULT_VERDICT_THRESHOLDS[statistic]
+        for label, threshold in ((f"default {fixed:g}", fixed), ("chosen on development", chosen)):
             entry = {"statistic": statistic, "threshold_rule": label, "threshold": threshold}
             for split in ("development", "held-out"):
                 selected = [row for row in usable if row["split"] == split]
@@ -482,14 +499,14 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
 def select_statistic(table: list[dict]) -> dict | None:
     """The rule, fixed before the development models were built, that picks the verdict from ``statistic_rows``'
     entries using development numbers only: the largest true-positive minus false-positive rate; ties to the most
-    targets named, then to the recipe's default statistic and threshold (``winner``, 2.5), then to the order of
+    targets named, then to the verdict before the zoo (``PREVIOUS_DEFAULT``: ``winner``, 2.5), then to the order of
     ``VERDICT_STATISTICS``."""
 
     def key(entry: dict) -> tuple:
         development = entry["development"]
         tpr = development["detected"] / max(development["n_backdoored"], 1)
         fpr = development["false_alarms"] / max(development["n_clean"], 1)
-        default = entry["statistic"] == "winner" and entry["threshold"] == DEFAULT_THRESHOLD
+        default = (entry["statistic"], entry["threshold"]) == PREVIOUS_DEFAULT
         return (tpr - fpr, development["named"], default)
 
     best = None
@@ -593,7 +610,7 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
         selected = [row for row in sum(counted(rows), []) if row["split"] == split]
         labels = [row["attack"] != "none" for row in selected]
         if len(set(labels)) == 2:
-            fpr, tpr, _ = roc_curve(labels, [row["anomaly_index"] for row in selected])
+            fpr, tpr, _ = roc_curve(labels, [row[default_score_column()] for row in selected])
             axis.plot(fpr, tpr, label=split)
     axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict: anomaly index ROC")

@@ -84,8 +84,25 @@ def process_share(total: int, world_size: int = 1) -> int:
     return max(1, math.ceil(total / world_size))
 
 
-VERDICT_STATISTICS = ("winner", "max-candidate", "winner-logit", "max-candidate-logit")
-LOGIT_EPSILON = 0.005  # the "-logit" statistics clip an ASR to [eps, 1 - eps] (about one image in 200) before log-odds
+VERDICT_STATISTICS = (
+    "winner",
+    "max-candidate",
+    "winner-logit",
+    "max-candidate-logit",
+    "winner-lift",
+    "max-candidate-lift",
+)
+LOGIT_EPSILON = 0.005  # log-odds statistics clip an ASR to [eps, 1 - eps] (about one image in 200) before log-odds
+# The threshold of each statistic when ``InversionConfig.anomaly_threshold`` is not given. The anomaly indices keep
+# Neural Cleanse's scale (2.5); the lifts are in log-odds units (benchmarks/README.md, "Model zoo").
+DEFAULT_VERDICT_THRESHOLDS = {
+    "winner": 2.5,
+    "max-candidate": 2.5,
+    "winner-logit": 2.5,
+    "max-candidate-logit": 2.5,
+    "winner-lift": 1.29,
+    "max-candidate-lift": 1.29,
+}
 
 
 @dataclass
@@ -113,8 +130,9 @@ class InversionConfig:
             defaults to the one the untargeted search ended at (the smallest that collapsed the embeddings).
         verdict_batch_size: images per step and per candidate in the verdict's targeted inversions, over all
             processes (each takes its :func:`process_share`; at most the batch it is fed).
-        anomaly_threshold: anomaly index (of the untargeted winner's targeted ASR) above which a backdoor is
-            declared. Default 2.5 (Neural Cleanse uses 2). Measured with the current search on the digits CLIPs
+        anomaly_threshold: the verdict statistic's score above which a backdoor is declared; ``None`` (default):
+            the statistic's own (:data:`DEFAULT_VERDICT_THRESHOLDS`; :attr:`verdict_threshold`). For the anomaly
+            indices 2.5 (Neural Cleanse uses 2). Measured with the current search on the digits CLIPs
             (seed-0 models): never-poisoned 0.78-1.45 over three cleaning seeds (1.34-1.76 from ``clipclean
             scan``), backdoored 2.91-7.26 (BadNet, Blended, BadCLIP, three cleaning seeds each), so a threshold
             of 3.0 would miss the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model
@@ -124,7 +142,8 @@ class InversionConfig:
             targeted ASR, and when it declares a backdoor the target is that candidate (with its targeted trigger),
             even if the untargeted search named another class (the per-candidate test). ``"winner-logit"`` and
             ``"max-candidate-logit"``: the same on the log-odds of the ASRs (:func:`verdict_score`), which spreads
-            rates near 100% apart (a target at 99.6% among natural classes at 60-70%).
+            rates near 100% apart (a target at 99.6% among natural classes at 60-70%). ``"winner-lift"`` and
+            ``"max-candidate-lift"``: the scored candidate's log-odds minus the median candidate's, in log-odds units.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
@@ -152,7 +171,7 @@ class InversionConfig:
     additive_eps: float = 0.0
     verdict_budget: float | None = None
     verdict_steps: int = 150
-    anomaly_threshold: float = 2.5
+    anomaly_threshold: float | None = None
     verdict_statistic: str = "winner"
     max_verdict_candidates: int = 20
     verdict_batch_size: int = 32
@@ -182,6 +201,14 @@ class InversionConfig:
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1 or None, got {self.micro_batch}")
 
+    @property
+    def verdict_threshold(self) -> float:
+        """The score above which the verdict declares a backdoor: ``anomaly_threshold`` when given, else the
+        statistic's default (:data:`DEFAULT_VERDICT_THRESHOLDS`)."""
+        if self.anomaly_threshold is not None:
+            return float(self.anomaly_threshold)
+        return DEFAULT_VERDICT_THRESHOLDS[self.verdict_statistic]
+
 
 @dataclass
 class EStepStats:
@@ -208,10 +235,12 @@ class InversionResult:
     target_candidates: list[tuple[str, float]] = field(default_factory=list)
     recovered_target: str | None = None
     verdict: str | None = None
-    anomaly_index: float | None = None
+    anomaly_index: float | None = None  # the verdict's score (an anomaly index or a lift: ``verdict_statistic``)
     candidate_asr: dict[str, float] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     named_by: str = "untargeted search"  # or "verdict": the per-candidate test named another target
+    verdict_statistic: str | None = None
+    verdict_threshold: float | None = None
 
     def report(self) -> dict:
         """JSON-ready summary (the ``inversion`` block of ``results.json``)."""
@@ -223,6 +252,8 @@ class InversionResult:
             "concentration": self.concentration,
             "hijacked_fraction": self.hijacked_fraction,
             "anomaly_index": self.anomaly_index,
+            "verdict_statistic": self.verdict_statistic,
+            "verdict_threshold": self.verdict_threshold,
             "candidate_asr": self.candidate_asr,
             "named_by": self.named_by,
             "mask_budget": self.mask_budget,
@@ -287,17 +318,28 @@ def anomaly_index(values: Sequence[float], position: int | None = None) -> tuple
 
 def verdict_score(rates: Sequence[float], statistic: str, winner: int | None) -> tuple[float, int]:
     """``(score, position)`` of the verdict ``statistic`` (one of :data:`VERDICT_STATISTICS`) over the candidates'
-    targeted ASRs ``rates``: the anomaly index of the untargeted ``winner``'s rate (``"winner"``) or of the largest
-    (``"max-candidate"``), on the rates themselves or, for the ``"-logit"`` statistics, on their log-odds
-    ``log(p / (1 - p))`` with ``p`` clipped to ``[LOGIT_EPSILON, 1 - LOGIT_EPSILON]``. ``position`` is the scored
-    candidate's. Without a winner every statistic scores the largest rate."""
+    targeted ASRs ``rates``; ``position`` is the scored candidate's: the untargeted ``winner`` for the ``"winner"``
+    statistics, the largest rate for the ``"max-candidate"`` ones (and for all of them without a winner).
+
+    * ``"winner"``, ``"max-candidate"``: the anomaly index (:func:`anomaly_index`) of the scored rate;
+    * ``"-logit"``: the same on the log-odds ``log(p / (1 - p))`` of the rates, ``p`` clipped to
+      ``[LOGIT_EPSILON, 1 - LOGIT_EPSILON]``;
+    * ``"-lift"``: the scored candidate's log-odds minus the median candidate's (the lower middle one for an even
+      count, as :func:`anomaly_index`), not divided by a spread: how much easier a small trigger reaches this class
+      than a typical one. An anomaly index divides by the candidates' spread, so on a model where every class is
+      hard to reach (a small spread) a modest lead scores high; the lift does not.
+    """
     if statistic not in VERDICT_STATISTICS:
         raise ValueError(f"verdict statistic must be one of {VERDICT_STATISTICS}, got {statistic!r}")
     values = [float(rate) for rate in rates]
-    if statistic.endswith("-logit"):
+    if statistic.endswith(("-logit", "-lift")):
         clipped = [min(max(rate, LOGIT_EPSILON), 1 - LOGIT_EPSILON) for rate in values]
         values = [math.log(rate / (1 - rate)) for rate in clipped]
     scored = winner if statistic.startswith("winner") else None
+    if statistic.endswith("-lift"):
+        tensor = torch.tensor(values, dtype=torch.float64)
+        position = int(tensor.argmax()) if scored is None else scored
+        return float(tensor[position] - tensor.median()), position
     return anomaly_index(values, scored)
 
 
@@ -747,7 +789,9 @@ class BlindInversion:
             index, asr, named = self.verdict(verdict_batches, winner)
             result.anomaly_index = index
             result.candidate_asr = asr
-            backdoored = index > self.config.anomaly_threshold
+            result.verdict_statistic = self.config.verdict_statistic
+            result.verdict_threshold = self.config.verdict_threshold
+            backdoored = index > self.config.verdict_threshold
             result.verdict = "backdoored" if backdoored else "no backdoor found"
             if backdoored and named != winner:
                 self._adopt_candidate(result, named)

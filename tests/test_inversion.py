@@ -106,7 +106,7 @@ def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
     assert 0.0 <= iou <= 1.0
     assert result.verdict == "backdoored"
     assert result.candidate_asr[TARGET] == max(result.candidate_asr.values())
-    assert result.anomaly_index > config.anomaly_threshold
+    assert result.anomaly_index > config.verdict_threshold
     report = result.report()
     assert {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"} <= set(report)
 
@@ -176,6 +176,22 @@ def test_verdict_scores_spread_rates_near_one_on_the_log_odds_scale():
     assert position == 0 and math.isfinite(score)
     with pytest.raises(ValueError, match="winner-logit"):
         verdict_score(rates, "largest", None)
+
+
+def test_the_lift_is_a_log_odds_lead_over_the_median_candidate_not_divided_by_the_spread():
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    # every class hard to reach, one a little less (a never-poisoned model): a large anomaly index, a small lift
+    hard = [0.38, 0.33, 0.21, 0.2, 0.19, 0.18, 0.18, 0.17, 0.16, 0.15]
+    lift, position = verdict_score(hard, "winner-lift", 0)
+    assert position == 0 and lift == pytest.approx(logit(0.38) - logit(0.18))  # the lower middle of ten
+    assert verdict_score(hard, "winner", 0)[0] > 2.5 > lift
+    # a backdoor target far easier to reach than the typical class: a large lift
+    easy = [0.97, 0.56, 0.53, 0.46, 0.4, 0.35, 0.3, 0.3, 0.25, 0.2]
+    assert verdict_score(easy, "max-candidate-lift", None) == (pytest.approx(logit(0.97) - logit(0.35)), 0)
+    assert InversionConfig(verdict_statistic="winner-lift").verdict_threshold < 2.5
+    assert InversionConfig(verdict_statistic="winner-lift", anomaly_threshold=3).verdict_threshold == 3.0
 
 
 @pytest.mark.parametrize("values", [[0.1, 0.3, 0.2, 0.25, 0.15], [0.0, 0.01, 0.9, 0.02, 0.0, 0.03, 0.05]])

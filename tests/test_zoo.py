@@ -88,7 +88,8 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
     )
     metrics = result["metrics"]["development"]["all"]
     assert metrics["n_backdoored"] == 1 and metrics["n_clean"] == 1
-    higher, lower = backdoored["anomaly_index"], clean["anomaly_index"]
+    score = zoo.default_score_column()  # the ROC scores every model with the library's default statistic
+    higher, lower = backdoored[score], clean[score]
     assert metrics["roc_auc"] == (1.0 if higher > lower else 0.0 if higher < lower else 0.5)
     assert "held-out" not in result["metrics"]  # no held-out model in this zoo
     assert metrics["false_positive"]["k"] == int(clean["verdict"] == "backdoored")
@@ -152,7 +153,7 @@ def _statistic_entry(statistic, threshold, detected, named, false_alarms, n_back
 
 
 def test_the_verdict_is_selected_on_development_numbers_by_the_fixed_rule():
-    default = _statistic_entry("winner", zoo.DEFAULT_THRESHOLD, 3, 4, 0)
+    default = _statistic_entry(*zoo.PREVIOUS_DEFAULT, 3, 4, 0)
     better = _statistic_entry("max-candidate-logit", 2.5, 5, 3, 0)
     assert zoo.select_statistic([default, better]) is better  # TPR - FPR first
     noisier = _statistic_entry("max-candidate", 2.5, 6, 3, 1)  # 1 - 1/3 < 5/6
@@ -221,7 +222,8 @@ def test_baseline_tuning_uses_development_models_only(tmp_path):
 def test_a_model_the_attack_did_not_implant_is_not_counted_as_backdoored():
     def row(name, attack, converged, index, verdict):
         return {"name": name, "split": "held-out", "attack": attack, "target": "three", "poison_converged": converged,
-                "anomaly_index": index, "verdict": verdict, "recovered_target": "three",
+                "anomaly_index": index, zoo.default_score_column(): index, "verdict": verdict,
+                "recovered_target": "three",
                 "named_correctly": attack != "none" or None, "cleaned": attack != "none" or None,
                 "ca_before": 0.95, "ca_after": 0.95, "clean_wall_s": 1.0}  # fmt: skip
 
