@@ -402,7 +402,7 @@ def split_metrics(rows: list[dict]) -> dict:
         return {"k": hits, "n": len(selected), "rate": hits / len(selected) if selected else math.nan,
                 "ci95": (low, high)}  # fmt: skip
 
-    scores = [row[default_score_column()] for row in backdoored + clean]
+    scores = [default_score(row) for row in backdoored + clean]
     labels = [1] * len(backdoored) + [0] * len(clean)
     auc = roc_auc_score(labels, scores) if backdoored and clean and None not in scores else math.nan
     drops = [row["ca_before"] - row["ca_after"] for row in backdoored]
@@ -438,12 +438,19 @@ COLUMNS_NAMED_BY_WINNER = ("recovered_target",)
 PREVIOUS_DEFAULT = ("winner", 2.5)  # the verdict before the zoo: select_statistic's last tie-break
 
 
-def default_score_column() -> str:
-    """The CSV column of the verdict statistic that ``clipclean.inversion.InversionConfig`` uses by default (the ROC
-    curves and ROC-AUC score every model with it, whatever statistic its cleaning recorded)."""
-    from clipclean.inversion import InversionConfig
+def default_score_column(family: str = "clip") -> str:
+    """The CSV column of the verdict statistic that the family's inverter uses by default (the ROC curves and
+    ROC-AUC score every model with it, whatever statistic its cleaning recorded)."""
+    from clipclean.classifiers import ClassifierInversion
+    from clipclean.inversion import BlindInversion
 
-    return VERDICT_STATISTICS[InversionConfig().verdict_statistic][0]
+    inverter = ClassifierInversion if family == "cnn" else BlindInversion
+    return VERDICT_STATISTICS[inverter.default_verdict_statistic][0]
+
+
+def default_score(row: dict) -> float | None:
+    """A model's score under its family's default verdict statistic (``default_score_column``)."""
+    return row[default_score_column("cnn" if row["name"].startswith("cnn_") else "clip")]
 
 
 def choose_threshold(scores: list[float], labels: list[bool]) -> float:
@@ -610,7 +617,7 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
         selected = [row for row in sum(counted(rows), []) if row["split"] == split]
         labels = [row["attack"] != "none" for row in selected]
         if len(set(labels)) == 2:
-            fpr, tpr, _ = roc_curve(labels, [row[default_score_column()] for row in selected])
+            fpr, tpr, _ = roc_curve(labels, [default_score(row) for row in selected])
             axis.plot(fpr, tpr, label=split)
     axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict: anomaly index ROC")

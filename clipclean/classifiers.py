@@ -446,6 +446,10 @@ class ClassifierInversion(BlindInversion):
         ('zero', 'backdoored')
     """
 
+    # Not chosen on a population yet: the CNN zoo (benchmarks/zoo.py --family cnn) has not been run, so the
+    # classifier keeps the verdict its benchmark (benchmarks/classifier.md) measured.
+    default_verdict_statistic = "winner"
+
     def __init__(
         self,
         model: ImageClassifier,

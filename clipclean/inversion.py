@@ -131,19 +131,20 @@ class InversionConfig:
         verdict_batch_size: images per step and per candidate in the verdict's targeted inversions, over all
             processes (each takes its :func:`process_share`; at most the batch it is fed).
         anomaly_threshold: the verdict statistic's score above which a backdoor is declared; ``None`` (default):
-            the statistic's own (:data:`DEFAULT_VERDICT_THRESHOLDS`; :attr:`verdict_threshold`). For the anomaly
-            indices 2.5 (Neural Cleanse uses 2). Measured with the current search on the digits CLIPs
-            (seed-0 models): never-poisoned 0.78-1.45 over three cleaning seeds (1.34-1.76 from ``clipclean
-            scan``), backdoored 2.91-7.26 (BadNet, Blended, BadCLIP, three cleaning seeds each), so a threshold
-            of 3.0 would miss the Blended model on one cleaning seed (2.91). On a small CNN a never-poisoned model
-            scored 3.2 once (benchmarks/classifier.md): a false positive at either threshold.
-        verdict_statistic: what the verdict scores. ``"winner"`` (default): the anomaly index of the untargeted
-            winner's targeted ASR among all candidates'; ``"max-candidate"``: the anomaly index of the largest
-            targeted ASR, and when it declares a backdoor the target is that candidate (with its targeted trigger),
-            even if the untargeted search named another class (the per-candidate test). ``"winner-logit"`` and
-            ``"max-candidate-logit"``: the same on the log-odds of the ASRs (:func:`verdict_score`), which spreads
-            rates near 100% apart (a target at 99.6% among natural classes at 60-70%). ``"winner-lift"`` and
-            ``"max-candidate-lift"``: the scored candidate's log-odds minus the median candidate's, in log-odds units.
+            the statistic's own (:data:`DEFAULT_VERDICT_THRESHOLDS`, :meth:`threshold_for`): 2.5 for the anomaly
+            indices (Neural Cleanse uses 2), 1.29 for the lifts.
+        verdict_statistic: what the verdict scores (:func:`verdict_score`); ``None`` (default): the inverter's
+            default, ``"winner-lift"`` for a CLIP (:class:`BlindInversion`), ``"winner"`` for an image classifier.
+            ``"winner"``: the anomaly index of the untargeted winner's targeted ASR among all candidates' (the CLIP
+            default until the model zoo; on the seed-0 digits CLIPs never-poisoned 0.78-1.45, backdoored
+            2.91-7.26, but on the zoo's development half it called 2 of 6 never-poisoned models backdoored and
+            missed 7 of 17 backdoors); ``"max-candidate"``: the anomaly index of the largest targeted ASR, and when
+            it declares a backdoor the target is that candidate (with its targeted trigger), even if the untargeted
+            search named another class; ``"-logit"``: the same on the log-odds of the ASRs; ``"-lift"``: the
+            scored candidate's log-odds minus the median candidate's. ``"winner-lift"`` at 1.29 was chosen on the
+            zoo's development half (17 backdoored, 6 never-poisoned digits CLIPs: 15 detected, no false alarm) by a
+            rule fixed beforehand (the lift itself was added after 15 of those 23 models had been read); held-out
+            numbers: benchmarks/README.md, "Model zoo".
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
@@ -172,7 +173,7 @@ class InversionConfig:
     verdict_budget: float | None = None
     verdict_steps: int = 150
     anomaly_threshold: float | None = None
-    verdict_statistic: str = "winner"
+    verdict_statistic: str | None = None
     max_verdict_candidates: int = 20
     verdict_batch_size: int = 32
     micro_batch: int | None = None
@@ -196,18 +197,17 @@ class InversionConfig:
             raise ValueError("kappa and lr must be > 0")
         if not 0 < self.collapse_fraction <= 1:
             raise ValueError("collapse_fraction must be in (0, 1]")
-        if self.verdict_statistic not in VERDICT_STATISTICS:
+        if self.verdict_statistic is not None and self.verdict_statistic not in VERDICT_STATISTICS:
             raise ValueError(f"verdict_statistic must be one of {VERDICT_STATISTICS}, got {self.verdict_statistic!r}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1 or None, got {self.micro_batch}")
 
-    @property
-    def verdict_threshold(self) -> float:
-        """The score above which the verdict declares a backdoor: ``anomaly_threshold`` when given, else the
-        statistic's default (:data:`DEFAULT_VERDICT_THRESHOLDS`)."""
+    def threshold_for(self, statistic: str) -> float:
+        """The score of ``statistic`` above which the verdict declares a backdoor: ``anomaly_threshold`` when
+        given, else the statistic's default (:data:`DEFAULT_VERDICT_THRESHOLDS`)."""
         if self.anomaly_threshold is not None:
             return float(self.anomaly_threshold)
-        return DEFAULT_VERDICT_THRESHOLDS[self.verdict_statistic]
+        return DEFAULT_VERDICT_THRESHOLDS[statistic]
 
 
 @dataclass
@@ -370,6 +370,15 @@ class BlindInversion:
             counts are totals over them (:func:`process_share`).
         progress: show progress bars.
     """
+
+    # The verdict statistic when the config names none: chosen on the development half of the CLIP zoo
+    # (benchmarks/README.md, "Model zoo"); an image classifier keeps its own (ClassifierInversion).
+    default_verdict_statistic = "winner-lift"
+
+    @property
+    def verdict_statistic(self) -> str:
+        """The statistic the verdict scores: the config's, or this inverter's default."""
+        return self.config.verdict_statistic or self.default_verdict_statistic
 
     def __init__(
         self,
@@ -749,7 +758,7 @@ class BlindInversion:
                     totals[position] += keep.float().sum()
         rates = self.reduce_fn(hits, "sum") / self.reduce_fn(totals, "sum").clamp_min(1)
         position = indices.index(untargeted_winner) if untargeted_winner in indices else None
-        index, position = verdict_score(rates.tolist(), self.config.verdict_statistic, position)
+        index, position = verdict_score(rates.tolist(), self.verdict_statistic, position)
         asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
         return index, asr, indices[position]
 
@@ -789,9 +798,9 @@ class BlindInversion:
             index, asr, named = self.verdict(verdict_batches, winner)
             result.anomaly_index = index
             result.candidate_asr = asr
-            result.verdict_statistic = self.config.verdict_statistic
-            result.verdict_threshold = self.config.verdict_threshold
-            backdoored = index > self.config.verdict_threshold
+            result.verdict_statistic = self.verdict_statistic
+            result.verdict_threshold = self.config.threshold_for(self.verdict_statistic)
+            backdoored = index > result.verdict_threshold
             result.verdict = "backdoored" if backdoored else "no backdoor found"
             if backdoored and named != winner:
                 self._adopt_candidate(result, named)

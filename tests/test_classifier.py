@@ -215,7 +215,7 @@ def test_untargeted_inversion_and_verdict_on_the_planted_classifier():
     result = ClassifierInversion(planted_classifier(), config).fit(images, labels.tolist())
     assert result.recovered_target == TARGET and result.verdict == "backdoored"
     assert result.candidate_asr[TARGET] == max(result.candidate_asr.values())
-    assert result.anomaly_index > config.verdict_threshold
+    assert result.anomaly_index > result.verdict_threshold
     # targeted mode fixes the posterior on the known class
     targeted = ClassifierInversion(planted_classifier(), InversionConfig(patch_hypotheses=1), target_caption=TARGET)
     stats = targeted.e_step([(images, labels)])

@@ -106,7 +106,7 @@ def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
     assert 0.0 <= iou <= 1.0
     assert result.verdict == "backdoored"
     assert result.candidate_asr[TARGET] == max(result.candidate_asr.values())
-    assert result.anomaly_index > config.verdict_threshold
+    assert result.anomaly_index > result.verdict_threshold
     report = result.report()
     assert {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"} <= set(report)
 
@@ -190,8 +190,8 @@ def test_the_lift_is_a_log_odds_lead_over_the_median_candidate_not_divided_by_th
     # a backdoor target far easier to reach than the typical class: a large lift
     easy = [0.97, 0.56, 0.53, 0.46, 0.4, 0.35, 0.3, 0.3, 0.25, 0.2]
     assert verdict_score(easy, "max-candidate-lift", None) == (pytest.approx(logit(0.97) - logit(0.35)), 0)
-    assert InversionConfig(verdict_statistic="winner-lift").verdict_threshold < 2.5
-    assert InversionConfig(verdict_statistic="winner-lift", anomaly_threshold=3).verdict_threshold == 3.0
+    assert InversionConfig().threshold_for("winner-lift") < 2.5 == InversionConfig().threshold_for("winner")
+    assert InversionConfig(anomaly_threshold=3).threshold_for("winner-lift") == 3.0
 
 
 @pytest.mark.parametrize("values", [[0.1, 0.3, 0.2, 0.25, 0.15], [0.0, 0.01, 0.9, 0.02, 0.0, 0.03, 0.05]])
@@ -293,7 +293,7 @@ def test_max_candidate_verdict_adopts_the_candidate_the_untargeted_search_missed
         seen["scored"] = untargeted_winner
         inverter.verdict_triggers = {other: true_trigger()}
         # as the real verdict returns (verdict_score): the largest ASR's candidate for the max-candidate statistics
-        named = other if inverter.config.verdict_statistic.startswith("max-candidate") else untargeted_winner
+        named = other if inverter.verdict_statistic.startswith("max-candidate") else untargeted_winner
         return 9.0, {name: (0.9 if index == other else 0.1) for index, name in enumerate(names)}, named
 
     monkeypatch.setattr(inverter, "verdict", fake_verdict)

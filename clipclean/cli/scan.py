@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "n_pairs": len(chosen),
         "n_candidates": len(names),
         "templates": templates_name,
-        "anomaly_threshold": config.verdict_threshold,
+        "anomaly_threshold": result.verdict_threshold,
         "inversion_config": config,
     }
     recorded = _recorded_cleaning(args.model, args.cache_dir)
@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"verdict: {result.verdict}")
     print(f"recovered target: {result.recovered_target}  (candidates: {top})")
     print(
-        f"verdict score ({config.verdict_statistic}): {result.anomaly_index:.2f}  "
-        f"(threshold {config.verdict_threshold})"
+        f"verdict score ({result.verdict_statistic}): {result.anomaly_index:.2f}  "
+        f"(threshold {result.verdict_threshold})"
     )
     _print_recorded(recorded, args.model, args.cache_dir)
     print(f"trigger: {output / 'trigger.png'}  report: {output / REPORT_FILENAME}")
