@@ -444,10 +444,11 @@ def print_summary(accelerator, results: dict, templates: str | None = None) -> N
             print(templates_note(templates))
     inversion = results["inversion"]
     if inversion:
-        print(
-            f"verdict: {inversion['verdict']}  recovered target: {inversion['recovered_target']}  "
-            f"anomaly index: {inversion['anomaly_index']}"
-        )
+        line = f"verdict: {inversion['verdict']}  recovered target: {inversion['recovered_target']}"
+        if inversion.get("anomaly_index") is not None:
+            statistic = inversion.get("verdict_statistic") or "anomaly index"
+            line += f"  {statistic}: {inversion['anomaly_index']:.2f} (threshold {inversion.get('verdict_threshold')})"
+        print(line)
 
 
 def templates_note(templates: str) -> str:
