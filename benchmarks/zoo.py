@@ -329,7 +329,7 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "seed": model.seed, "variant": model.variant, "poison_converged": poisoned.get("converged"),
         "ca_poisoned": poisoned.get("clean_accuracy"), "asr_poisoned": poisoned.get("attack_success_rate"),
         "verdict": inversion.get("verdict"), "anomaly_index": inversion.get("anomaly_index"),
-        "verdict_statistic": inversion.get("verdict_statistic") or "winner", "winner_index": None,
+        "verdict_statistic": recorded_statistic(cleaned, model.family), "winner_index": None,
         "recovered_target": inversion.get("recovered_target"),
         "named_correctly": None if model.attack == "none" else inversion.get("recovered_target") == model.target,
         "ca_before": before["clean_accuracy"], "ca_after": after["clean_accuracy"],
@@ -351,6 +351,18 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
             rates = [json.loads(path.read_text())["complete"]["ra_asr"] for path in retuned]
             row["ra_asr"], row["reference_ra_asr"] = statistics.mean(rates[:3]), statistics.mean(rates[3:])
     return row
+
+
+def recorded_statistic(cleaned: dict, family: str) -> str:
+    """The verdict statistic a cleaning used: its inversion report's, else its config's (``None`` there, a run after
+    the statistic became a per-inverter default, means that default), else ``"winner"`` (the only one before)."""
+    inversion = cleaned.get("inversion") or {}
+    if inversion.get("verdict_statistic"):
+        return inversion["verdict_statistic"]
+    configured = ((cleaned.get("config") or {}).get("defense") or {}).get("inversion") or {}
+    if "verdict_statistic" in configured:
+        return configured["verdict_statistic"] or default_statistic(family)
+    return "winner"
 
 
 def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) -> dict:
@@ -438,14 +450,18 @@ COLUMNS_NAMED_BY_WINNER = ("recovered_target",)
 PREVIOUS_DEFAULT = ("winner", 2.5)  # the verdict before the zoo: select_statistic's last tie-break
 
 
-def default_score_column(family: str = "clip") -> str:
-    """The CSV column of the verdict statistic that the family's inverter uses by default (the ROC curves and
-    ROC-AUC score every model with it, whatever statistic its cleaning recorded)."""
+def default_statistic(family: str = "clip") -> str:
+    """The verdict statistic the family's inverter uses by default."""
     from clipclean.classifiers import ClassifierInversion
     from clipclean.inversion import BlindInversion
 
-    inverter = ClassifierInversion if family == "cnn" else BlindInversion
-    return VERDICT_STATISTICS[inverter.default_verdict_statistic][0]
+    return (ClassifierInversion if family == "cnn" else BlindInversion).default_verdict_statistic
+
+
+def default_score_column(family: str = "clip") -> str:
+    """The CSV column of the verdict statistic that the family's inverter uses by default (the ROC curves and
+    ROC-AUC score every model with it, whatever statistic its cleaning recorded)."""
+    return VERDICT_STATISTICS[default_statistic(family)][0]
 
 
 def default_score(row: dict) -> float | None:

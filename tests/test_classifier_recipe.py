@@ -24,7 +24,15 @@ RESULT_KEYS = {
     "world_size",
     "config",
 }
-INVERSION_KEYS = {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"}
+INVERSION_KEYS = {
+    "verdict",
+    "recovered_target",
+    "target_candidates",
+    "backdoor_score",
+    "anomaly_index",
+    "verdict_statistic",
+    "verdict_threshold",
+}
 
 
 @pytest.fixture(scope="module")

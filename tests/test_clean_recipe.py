@@ -14,7 +14,15 @@ from clipclean.models import load_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"defense", "before", "after", "inversion", "inverted_trigger_asr", "wall_time_s", "config"}
-INVERSION_KEYS = {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"}
+INVERSION_KEYS = {
+    "verdict",
+    "recovered_target",
+    "target_candidates",
+    "backdoor_score",
+    "anomaly_index",
+    "verdict_statistic",
+    "verdict_threshold",
+}
 
 
 def load_recipe():

@@ -176,6 +176,14 @@ def test_every_verdict_statistic_is_computed_from_the_recorded_candidate_asrs():
     assert set(columns) <= set(zoo.COLUMNS)
 
 
+def test_the_recorded_verdict_statistic_of_old_and_new_cleanings():
+    assert zoo.recorded_statistic({"inversion": {"verdict_statistic": "max-candidate"}}, "clip") == "max-candidate"
+    new = {"inversion": {}, "config": {"defense": {"inversion": {"verdict_statistic": None}}}}
+    assert zoo.recorded_statistic(new, "clip") == "winner-lift" and zoo.recorded_statistic(new, "cnn") == "winner"
+    old = {"inversion": {}, "config": {"defense": {"inversion": {"anomaly_threshold": 2.5}}}}
+    assert zoo.recorded_statistic(old, "clip") == "winner"
+
+
 def test_equal_budget_gives_every_baseline_bibau_passes_over_the_defender_data():
     from baselines import bibau_epochs, equal_budget
 

@@ -48,6 +48,8 @@ INVERSION_REPORT_KEYS = (
     "target_candidates",
     "backdoor_score",
     "anomaly_index",
+    "verdict_statistic",
+    "verdict_threshold",
     "concentration",
     "hijacked_fraction",
     "candidate_asr",
