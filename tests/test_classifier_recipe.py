@@ -24,15 +24,9 @@ RESULT_KEYS = {
     "world_size",
     "config",
 }
-INVERSION_KEYS = {
-    "verdict",
-    "recovered_target",
-    "target_candidates",
-    "backdoor_score",
-    "anomaly_index",
-    "verdict_statistic",
-    "verdict_threshold",
-}
+from clipclean.cli.cleaning import INVERSION_REPORT_KEYS  # noqa: E402
+
+INVERSION_KEYS = set(INVERSION_REPORT_KEYS)  # every key the recipe promises, one list
 
 
 @pytest.fixture(scope="module")
