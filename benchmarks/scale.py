@@ -55,7 +55,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -203,17 +202,12 @@ def synthetic_jpeg(rng, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _add_member(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    archive.addfile(info, io.BytesIO(payload))
-
-
 def write_shards(folder: Path, pairs: int, pairs_per_shard: int, size: int, seed: int = 0) -> list[Path]:
     """``pairs`` synthetic image-caption pairs as webdataset shards ``folder/shard-NNNNNN.tar`` of ``pairs_per_shard``
     pairs each (``KEY.jpg`` + ``KEY.txt``, caption "a photo of a CLASS." over the ImageNet class names); shards that
     already exist are kept (a smaller set is the first shards of a larger one)."""
     import numpy as np
+    import webdataset
 
     from clipclean.evaluation import imagenet_classnames
 
@@ -227,11 +221,11 @@ def write_shards(folder: Path, pairs: int, pairs_per_shard: int, size: int, seed
             continue
         rng = np.random.default_rng([seed, shard])
         partial = path.with_suffix(".tar.partial")
-        with tarfile.open(partial, "w") as archive:
+        with webdataset.TarWriter(str(partial), mtime=0) as writer:
             for index in range(shard * pairs_per_shard, min(pairs, (shard + 1) * pairs_per_shard)):
-                _add_member(archive, f"{index:09d}.jpg", synthetic_jpeg(rng, size))
+                jpeg = synthetic_jpeg(rng, size)
                 caption = f"a photo of a {names[int(rng.integers(len(names)))]}."
-                _add_member(archive, f"{index:09d}.txt", caption.encode())
+                writer.write({"__key__": f"{index:09d}", "jpg": jpeg, "txt": caption})
         partial.rename(path)
     return paths
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset
 from conftest import launch_two_processes
 from PIL import Image
 from test_clean_recipe import load_recipe, tiny_args
@@ -38,7 +39,7 @@ def write_shards(folder: Path, shards: int, per_shard: int, offset: int = 0) -> 
     folder.mkdir(parents=True, exist_ok=True)
     keys = []
     for shard in range(shards):
-        with tarfile.open(folder / f"shard-{shard:03d}.tar", "w") as archive:
+        with webdataset.TarWriter(str(folder / f"shard-{shard:03d}.tar"), mtime=0) as writer:
             for position in range(per_shard):
                 index = offset + shard * per_shard + position
                 key = f"sample{index:06d}"
@@ -46,9 +47,9 @@ def write_shards(folder: Path, shards: int, per_shard: int, offset: int = 0) -> 
                 image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.BICUBIC).convert("RGB")
                 buffer = io.BytesIO()
                 image.save(buffer, format="JPEG", quality=95)
-                _add(archive, f"{key}.jpg", buffer.getvalue())
-                _add(archive, f"{key}.txt", f"a handwritten digit {DIGIT_NAMES[digits.target[index]]}.".encode())
-                _add(archive, f"{key}.json", b"{}")  # other members are ignored
+                caption = f"a handwritten digit {DIGIT_NAMES[digits.target[index]]}."
+                # the json member is ignored by the reader
+                writer.write({"__key__": key, "jpg": buffer.getvalue(), "txt": caption, "json": b"{}"})
                 keys.append(key)
     return keys
 
@@ -80,6 +81,19 @@ def test_shards_load_as_an_image_caption_dataset(shards):
         "shard-000.tar",
         "shard-001.tar",
     ]
+
+
+def test_shards_read_as_webdataset_reads_them(shards):
+    """The map-style index (offsets into the tar files) and ``webdataset.WebDataset`` (a stream) see the same samples:
+    keys in order, captions, and the image bytes."""
+    folder, keys = shards
+    spec = spec_of(folder)
+    dataset = load_image_caption_dataset(spec, image_size=32)
+    urls = [str(path) for path in expand_shard_spec(spec)]
+    stream = list(webdataset.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert [sample["__key__"] for sample in stream] == dataset.keys == keys
+    assert [sample["txt"].decode() for sample in stream] == dataset.captions
+    assert [sample["jpg"] for sample in stream] == [member.read_bytes() for member in dataset.members]
 
 
 def test_bad_shards_and_samples_are_reported(shards, tmp_path):

@@ -2,8 +2,11 @@
 
 The format CC3M/LAION mirrors ship (``img2dataset`` output): each shard is a plain tar file; the members of one
 sample share a key (the member name up to the first dot of its base name) and differ by extension -- an image
-(``jpg``, ``jpeg``, ``png``, ``webp``) and a caption (``txt``); other members (``json``...) are ignored. Read with the
-standard library's ``tarfile`` only.
+(``jpg``, ``jpeg``, ``png``, ``webp``) and a caption (``txt``); other members (``json``...) are ignored. Shard specs
+are expanded and member names split into key and extension by the ``webdataset`` package (``expand_urls``,
+``base_plus_ext``: the same rules as ``webdataset.WebDataset``; a test reads the same keys, captions and image
+bytes through both). The map-style view keeps its own index of each image's offset in the tar file (standard library
+``tarfile``), because ``webdataset`` reads shards as streams only and has no random access by index.
 
 Two views of the same shards:
 
@@ -42,7 +45,6 @@ import io
 import logging
 import math
 import os
-import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,24 +62,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSION = "txt"
 SPEC_SEPARATOR = "::"
-_BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 # ---------------------------------------------------------------------------------------------------- shard specs
-
-
-def _expand_braces(pattern: str) -> list[str]:
-    match = _BRACE_RANGE.search(pattern)
-    if match is None:
-        return [pattern]
-    start, stop = match.group(1), match.group(2)
-    width = len(start) if start.startswith("0") or len(start) == len(stop) else 0
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [
-        expanded
-        for number in range(int(start), int(stop) + 1)
-        for expanded in _expand_braces(f"{head}{number:0{width}d}{tail}")
-    ]
 
 
 def is_shard_spec(source: str) -> bool:
@@ -91,9 +78,11 @@ def expand_shard_spec(spec: str) -> list[Path]:
     Raises:
         DataError: a named shard is missing, or a glob matches nothing.
     """
+    from webdataset.shardlists import expand_urls  # `::` lists and brace ranges, as webdataset.WebDataset reads them
+
     paths: list[Path] = []
     for part in str(spec).split(SPEC_SEPARATOR):
-        for pattern in _expand_braces(os.path.expanduser(part.strip())):
+        for pattern in expand_urls(os.path.expanduser(part.strip())):
             if glob.has_magic(pattern):
                 matches = sorted(glob.glob(pattern))
                 if not matches:
@@ -135,23 +124,20 @@ class TarMember:
         return f"{self.path}:{self.name}"
 
 
-def _split_member_name(name: str) -> tuple[str, str]:
-    """``"dir/000123.jpg"`` -> ``("dir/000123", "jpg")`` (webdataset: the key ends at the base name's first dot)."""
-    directory, _, base = name.rpartition("/")
-    stem, dot, extension = base.partition(".")
-    key = f"{directory}/{stem}" if directory else stem
-    return key, extension.lower() if dot else ""
-
-
 def _index_shard(path: Path) -> list[tuple[str, TarMember | None, str | None]]:
     """``(key, image, caption)`` per sample of one shard, in tar order; headers are read, images are not."""
+    from webdataset.tariterators import base_plus_ext  # key: the member name up to its base name's first dot
+
     samples: dict[str, list] = {}
     try:
         with tarfile.open(path, mode="r:") as archive:
             for member in archive:
                 if not member.isfile():
                     continue
-                key, extension = _split_member_name(member.name)
+                key, extension = base_plus_ext(member.name)
+                if key is None:  # no extension: not part of a sample
+                    continue
+                extension = extension.lower()
                 entry = samples.setdefault(key, [None, None])
                 if extension in IMAGE_EXTENSIONS and entry[0] is None:
                     entry[0] = TarMember(str(path), member.offset_data, member.size, member.name)
@@ -169,10 +155,21 @@ class ShardedImageCaptionDataset(ImageCaptionDataset):
         keys: ``list[str]``, the sample keys in dataset order (shard by shard, tar order).
         shards: ``list[str]``, the shard files.
         shard_ranges: ``list[tuple[int, int]]``, the ``[start, stop)`` dataset indices of each shard.
+        members: ``list[TarMember]``, where each sample's image lies in its shard (dataset order).
     """
 
-    def __init__(self, *args, keys: Sequence[str], shards: Sequence[str], shard_ranges, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        members: Sequence[TarMember],
+        captions: Sequence[str],
+        *,
+        keys: Sequence[str],
+        shards: Sequence[str],
+        shard_ranges,
+        **kwargs,
+    ) -> None:
+        super().__init__(members, captions, **kwargs)
+        self.members = list(members)
         self.keys = list(keys)
         self.shards = [str(shard) for shard in shards]
         self.shard_ranges = [(int(start), int(stop)) for start, stop in shard_ranges]
