@@ -4,7 +4,7 @@ For each seed it trains one never-poisoned reference and one backdoored model pe
 applies every registered defense to each (``recipes/clean_clip.py --complete-eval``, untargeted: the true trigger is
 used only to measure ASR and to run the retuning attack), and writes ``OUTPUT/table.md``, ``OUTPUT/results.csv`` and
 ``OUTPUT/asr_vs_ca.png``. The tests of complete unlearning (RA-ASR after the retuning attack, re-inversion score;
-method.md section 3) run on every cleaned model and, once per attack, on the never-poisoned reference
+docs/evaluation.md) run on every cleaned model and, once per attack, on the never-poisoned reference
 (``eval/complete_unlearning.py``); the row ``defense = none`` is the backdoored model itself. Each job runs in its
 own process, so wall time and peak memory are per job; finished jobs are reused (delete ``OUTPUT`` to redo).
 

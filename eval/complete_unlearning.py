@@ -1,4 +1,4 @@
-"""Is the backdoor *completely* gone? The retuning attack and re-inversion (method.md section 3).
+"""Is the backdoor *completely* gone? The retuning attack and re-inversion (docs/evaluation.md).
 
 The job is :mod:`clipclean.cli.complete_unlearning`, installed with clipclean; this file launches it
 (``python -m clipclean.cli.complete_unlearning`` is the same).

@@ -207,7 +207,7 @@ def _write_outputs(args, accelerator, inputs: CleaningInputs, defense, results) 
                 "verdict": verdict,
                 "recovered_target": (results["inversion"] or {}).get("recovered_target"),
                 "config": results["config"],
-                "complete": results["complete"],  # persistence (issue 8), shown again by `clipclean scan`
+                "complete": results["complete"],  # persistence, shown again by `clipclean scan`
             },
             card_notes=_card_note(args.defense, verdict, results["weights_unchanged"])
             + _persistence_note(results["complete"]),
@@ -239,7 +239,7 @@ def _persistence_note(complete: dict | None) -> str:
 
     rows = "; ".join(f"{name}: {value} (never-poisoned reference: {reference})" for name, value, reference in
                      complete_table_rows(complete))  # fmt: skip
-    return f" Complete-unlearning tests (method.md section 3) -- {rows}."
+    return f" Complete-unlearning tests (docs/evaluation.md) -- {rows}."
 
 
 if __name__ == "__main__":

@@ -632,7 +632,7 @@ def add_complete_eval_arguments(parser: argparse.ArgumentParser) -> None:
     from clipclean.cli.catalogue import config_defaults
 
     defaults = argparse.Namespace(**config_defaults("complete.py", "RetuningConfig"))  # read, not imported (--help)
-    group = parser.add_argument_group("complete unlearning (retuning attack, re-inversion; method.md section 3)")
+    group = parser.add_argument_group("complete unlearning (retuning attack, re-inversion; docs/evaluation.md)")
     group.add_argument("--reference-model", default=None, help="a never-poisoned reference model, same protocol")
     group.add_argument(
         "--reference-measurements",

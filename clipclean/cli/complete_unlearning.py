@@ -1,4 +1,4 @@
-"""Is the backdoor *completely* gone? The retuning attack and re-inversion (method.md section 3).
+"""Is the backdoor *completely* gone? The retuning attack and re-inversion (docs/evaluation.md).
 
 * **Retuning attack**: fine-tune a copy of ``--model`` for ``--retune-steps`` steps (lr ``--retune-lr``) on
   ``max(100, 1%)`` pairs of the clean set, 10% of them carrying the true ``--trigger`` and a caption naming

@@ -1,6 +1,6 @@
 """Zero-shot clean accuracy (CA) and attack success rate (ASR) of a CLIP, by clipclean's one protocol.
 
-The protocol (method.md section 6, written out in ``docs/evaluation.md``) lives in
+The protocol (``docs/evaluation.md``) lives in
 :mod:`clipclean.evaluation`; this script only owns the command line, the ``Accelerator``, the data loader and
 the output file.
 
