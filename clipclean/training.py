@@ -7,7 +7,10 @@ The recipes own the ``Accelerator``; this module keeps the parts every CLIP trai
 * :class:`CaptionTokenizer` -- a ``DataLoader`` collate that stacks ``(image, caption)`` pairs and tokenizes the
   captions;
 * :func:`make_optimizer` -- AdamW without weight decay on gains, biases, embeddings and the logit scale;
-* :func:`cosine_schedule_with_warmup` -- linear warmup then cosine decay (open_clip's ``cosine_lr``);
+* :func:`cosine_schedule_with_warmup` -- linear warmup then cosine decay: open_clip's training schedule
+  (``open_clip_train.scheduler.cosine_lr``, equal at every step: tested) as a ``LambdaLR``, whose state
+  ``accelerator.save_state`` keeps (open_clip's is a closure without state; transformers'
+  ``get_cosine_schedule_with_warmup`` starts the warmup one step later, at 0, and would change every trained model);
 * :func:`contrastive_step` -- forward pass and loss of one batch; :func:`clamp_logit_scale_` after the update;
 * :class:`GradientCache` -- exact gradient accumulation over micro-batches for a loss over the whole batch
   (GradCache: a contrastive loss does not decompose over micro-batches; ``--micro-batch`` of the cleaning recipes);

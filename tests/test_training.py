@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from clipclean.training import ConvergenceCriterion, TrainingMonitor, train_steps
+from clipclean.training import ConvergenceCriterion, TrainingMonitor, cosine_schedule_with_warmup, train_steps
 
 
 class EpochLoader:
@@ -168,3 +168,20 @@ def test_convergence_needs_clean_accuracy_well_above_chance_and_for_a_poisoned_r
         ConvergenceCriterion(min_attack_success_rate=-0.1)
     with pytest.raises(ValueError, match="n_classes"):
         criterion.clean_accuracy_threshold(1)
+
+
+@pytest.mark.parametrize("warmup, total", [(50, 320), (0, 10), (5, 5)])
+def test_cosine_schedule_is_open_clips_cosine_lr(warmup, total):
+    """The schedule is open_clip's training schedule (``open_clip_train.scheduler.cosine_lr``: warmup from lr/warmup,
+    cosine to 0) at every step, kept as a ``LambdaLR`` so that ``accelerator.save_state`` resumes it."""
+    from open_clip_train.scheduler import cosine_lr
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    ours = torch.optim.SGD([parameter], lr=0.1)
+    scheduler = cosine_schedule_with_warmup(ours, warmup_steps=warmup, total_steps=total)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    adjust = cosine_lr(theirs, 0.1, warmup, total)
+    for step in range(total):
+        assert ours.param_groups[0]["lr"] == pytest.approx(adjust(step), abs=1e-12), step
+        ours.step()
+        scheduler.step()
