@@ -716,35 +716,26 @@ def run_worker(spec_path: str) -> None:
 # ---------------------------------------------------------------------------------------------- orchestration
 
 
-def launch_command(script: Path, spec_path: Path, processes: int, device: str, precision: str) -> list[str]:
-    """One process: ``python scale.py --worker SPEC``; several: the same under ``accelerate launch`` (``--multi_gpu``
-    with ``ACCELERATE_USE_CPU=true`` gives real CPU processes with gloo; ``--cpu --num_processes 2`` would silently
-    run one)."""
+def accelerate_command(script: Path, arguments: list[str], processes: int, precision: str = "fp32") -> list[str]:
+    """``python SCRIPT ARGUMENTS`` for one process; for several, the same under ``accelerate launch`` (``--multi_gpu``
+    with ``ACCELERATE_USE_CPU=true`` in the environment gives real CPU processes with gloo; ``--cpu --num_processes
+    2`` would silently run one), on a free port."""
     if processes == 1:
-        return [sys.executable, str(script), "--worker", str(spec_path)]
+        return [sys.executable, str(script), *arguments]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     mixed = {"fp32": "no", "bf16": "bf16"}[precision]
     return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        mixed,
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        str(script),
-        "--worker",
-        str(spec_path),
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)),
+        *("--num_machines", "1", "--mixed_precision", mixed, "--dynamo_backend", "no"),
+        *("--main_process_port", str(port), str(script), *arguments),
     ]
+
+
+def launch_command(script: Path, spec_path: Path, processes: int, device: str, precision: str) -> list[str]:
+    """A worker of this benchmark (``scale.py --worker SPEC``) in ``processes`` processes."""
+    return accelerate_command(script, ["--worker", str(spec_path)], processes, precision)
 
 
 def add_efficiency(rows: list[dict]) -> None:

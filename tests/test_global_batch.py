@@ -153,3 +153,29 @@ def test_one_and_two_processes_clean_alike_at_equal_global_batch(digits_clips, t
     assert two["inversion"]["recovered_target"] == one["inversion"]["recovered_target"] == "zero"
     assert abs(two["after"]["clean_accuracy"] - one["after"]["clean_accuracy"]) <= 0.015
     assert abs(two["after"]["attack_success_rate"] - one["after"]["attack_success_rate"]) <= 0.03
+
+
+def _run(seed, processes, ca, asr, verdict="backdoored", target="zero"):
+    return {"seed": seed, "processes": processes, "global_batch_size": 64, "steps_per_epoch": 4, "ca_before": 0.95,
+            "ca_after": ca, "asr_before": 0.9, "asr_after": asr, "verdict": verdict, "recovered_target": target,
+            "verdict_statistic": "winner-lift", "verdict_score": 4.0, "wall_s": 100.0}  # fmt: skip
+
+
+def test_the_processes_benchmark_agrees_only_within_the_seed_spread_with_the_same_verdicts_and_targets(tmp_path):
+    from conftest import load_script
+
+    processes = load_script("benchmarks/processes.py")
+    one = [_run(0, 1, 0.950, 0.00), _run(1, 1, 0.960, 0.01), _run(2, 1, 0.955, 0.00)]  # CA range 1 point
+    close = [_run(0, 2, 0.955, 0.00), _run(1, 2, 0.950, 0.00), _run(2, 2, 0.960, 0.01)]
+    summary = processes.summarise(one + close)
+    assert summary["seeds_compared"] == 3 and summary["agree"]
+    far = [_run(0, 2, 0.92, 0.00), _run(1, 2, 0.925, 0.01), _run(2, 2, 0.92, 0.00)]  # 3 points lower: outside
+    summary = processes.summarise(one + far)
+    assert not summary["within_spread"]["ca_after"] and not summary["agree"]
+    other_target = [*close[:2], _run(2, 2, 0.96, 0.01, target="nine")]
+    assert not processes.summarise(one + other_target)["agree"]
+    args = processes.parse_args(["--model-dir", str(tmp_path)])
+    table = processes.markdown(one + close, processes.summarise(one + close), tmp_path, args)
+    assert "**Agree: yes.**" in table and "| 2 | 2 | 64 | 4 |" in table
+    with pytest.raises(SystemExit, match="model/ and trigger.json"):
+        processes.main(["--model-dir", str(tmp_path), "--output", str(tmp_path / "out")])
