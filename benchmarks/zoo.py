@@ -23,8 +23,8 @@ Every model lives in its own folder under ``--zoo-dir`` (outside the repository;
 ``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning; ``--clean-name NAME`` keeps a cleaning
 with other ``--clean-args`` apart in ``MODEL/NAME`` and reports it as ``zoo_NAME.*``). Finished jobs are reused, an
 interrupted one is resumed from its last checkpoint, and ``--jobs N`` runs N jobs at once (one CPU thread each).
-``--persistence`` adds the retuning attack (``eval/complete_unlearning.py``, three retuning seeds) on the first
-``--persistence`` held-out models of each attack, next to the never-poisoned model of the same seed.
+``--persistence N`` adds the retuning attack (``eval/complete_unlearning.py``, three retuning seeds) on the first N
+held-out models of each attack and target whose backdoor took, next to the never-poisoned model of the same seed.
 
     python benchmarks/zoo.py --jobs 2                                  # build, clean and report the whole zoo
     python benchmarks/zoo.py --jobs 2 --limit 4                         # the first 4 models of each kind only
@@ -160,7 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="clean",
         help="folder of the cleaning under each model (another name keeps a cleaning with other --clean-args apart)",
     )
-    parser.add_argument("--persistence", type=int, default=0, help="retuning attack on N held-out models per attack")
+    parser.add_argument(
+        "--persistence", type=int, default=0, help="retuning attack on N held-out models per attack and target"
+    )
     parser.add_argument("--persistence-args", default="", help="extra eval/complete_unlearning.py flags")
     parser.add_argument("--report-only", action="store_true", help="no training: tables from finished jobs")
     return parser.parse_args(argv)
@@ -276,6 +278,23 @@ def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     return measured
 
 
+def persistence_models(models: list[ZooModel], zoo: Path, per_target: int) -> list[ZooModel]:
+    """The models the retuning attack runs on: the first ``per_target`` held-out backdoored models of each attack and
+    target whose backdoor took (``poison_converged``; a model the attack did not implant has nothing to re-learn)."""
+    chosen, taken = [], {}
+    for model in models:
+        if model.attack == "none" or not model.held_out:
+            continue
+        results = zoo / model.name / "poison" / "results.json"
+        if not results.is_file() or json.loads(results.read_text()).get("converged") is False:
+            continue
+        key = (model.attack, model.target)
+        if taken.get(key, 0) < per_target:
+            taken[key] = taken.get(key, 0) + 1
+            chosen.append(model)
+    return chosen
+
+
 def interleaved(models: list[ZooModel]) -> list[ZooModel]:
     """The build order: one model of each kind (never-poisoned, then each attack) in turn, so that a build stopped
     early leaves every kind and both halves covered about equally."""
@@ -305,9 +324,7 @@ def build(models: list[ZooModel], zoo: Path, args: argparse.Namespace) -> None:
         for done, name in enumerate(pool.map(job, ordered), start=1):
             print(f"[{done}/{len(models)}] {name} ({time.time() - started:.0f} s)", flush=True)
     if args.persistence:
-        chosen = [
-            m for a in args.attacks for m in [m for m in models if m.attack == a and m.held_out][: args.persistence]
-        ]
+        chosen = persistence_models(models, zoo, args.persistence)
         needed = {ZooModel("none", model.seed) for model in chosen}
         for reference in needed:
             poison(ZooModel("none", reference.seed, poison_args=NEVER_POISONED_ARGS), zoo, args)

@@ -256,3 +256,19 @@ def test_a_two_model_cnn_zoo_end_to_end(tmp_path):
     assert cleaning["config"]["defense"]["rounds"] == 1  # --clean-args come after the CNN flags, and win
     assert cleaning["config"]["defense"]["unlearning_budget"] == 0.1  # the CNN flags of classifier.md
     assert (tmp_path / "report" / "zoo_cnn.csv").is_file() and not (tmp_path / "report" / "zoo.csv").exists()
+
+
+def test_the_retuning_attack_runs_on_held_out_models_of_each_attack_and_target_whose_backdoor_took(tmp_path):
+    models = zoo.zoo_models()
+    for model in models:  # every poisoning finished; the attack did not take on badnet_one_s1_v1
+        (tmp_path / model.name / "poison").mkdir(parents=True)
+        converged = model.name != "badnet_one_s1_v1"
+        (tmp_path / model.name / "poison" / "results.json").write_text(json.dumps({"converged": converged}))
+    chosen = zoo.persistence_models(models, tmp_path, 1)
+    assert all(model.held_out and model.attack != "none" for model in chosen)
+    # badnet_one_s1_v1 is the only held-out BadNet model toward "one": that pair has no model to retune
+    expected = {(attack, target): 1 for attack in zoo.ATTACKS for target in zoo.DEFAULT_TARGETS}
+    del expected[("badnet", "one")]
+    assert Counter((model.attack, model.target) for model in chosen) == expected
+    # targets one and five have one held-out model per attack, three and eight two
+    assert len(zoo.persistence_models(models, tmp_path, 2)) == 3 * (2 + 2 + 1 + 1) - 1
