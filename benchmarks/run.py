@@ -35,7 +35,7 @@ SURROGATE_SEED_OFFSET = 1000  # BadCLIP's surrogate: a never-poisoned model of s
 COLUMNS = (
     "seed", "attack", "defense", "ca_before", "ca_after", "asr_before", "asr_after", "verdict", "recovered_target",
     "anomaly_index", "inverted_trigger_asr_after", "ra_asr", "reference_ra_asr", "reinversion_score",
-    "reference_score", "wall_time_s", "peak_memory_mb",
+    "reference_score", "wall_time_s", "peak_memory_mb", "verdict_statistic", "lr", "optimizer_steps",
 )  # fmt: skip
 
 
@@ -213,7 +213,16 @@ def row_of(seed: int, attack: str, defense: str, results: dict) -> dict:
         **{key: complete.get(key) for key in ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_score")},
         "wall_time_s": results.get("wall_time_s"),
         "peak_memory_mb": results.get("peak_memory_mb"),
+        "verdict_statistic": inversion.get("verdict_statistic"),
+        "lr": ((results.get("config") or {}).get("defense") or {}).get("lr"),
+        "optimizer_steps": optimizer_steps(results),
     }
+
+
+def optimizer_steps(results: dict) -> int | None:
+    """The defense's model-updating steps over its rounds (``None`` when its rounds do not record them)."""
+    steps = [entry.get("steps") for entry in results.get("rounds") or [] if isinstance(entry, dict)]
+    return sum(steps) if steps and None not in steps else None
 
 
 def _percent(value) -> str:
@@ -227,20 +236,33 @@ def _number(value, digits: int = 2) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """The README table: one row per attack x defense, percentages with one decimal."""
     lines = [
-        "| attack | defense | CA % before → after | ASR % before → after | verdict (anomaly index) | named target "
+        "| attack | defense | lr, steps | CA % before → after | ASR % before → after | verdict (score) | named target "
         "| RA-ASR % (reference) | re-inversion score (reference) | wall s | peak MiB |",
-        "|---|---|---:|---:|---|---|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         verdict = "-" if row["verdict"] is None else f"{row['verdict']} ({_number(row['anomaly_index'])})"
         lines.append(
-            f"| {row['attack']} | {row['defense']} | {_percent(row['ca_before'])} → {_percent(row['ca_after'])} "
+            f"| {row['attack']} | {row['defense']} | {_budget(row)} "
+            f"| {_percent(row['ca_before'])} → {_percent(row['ca_after'])} "
             f"| {_percent(row['asr_before'])} → {_percent(row['asr_after'])} | {verdict} "
             f"| {row['recovered_target'] or '-'} | {_percent(row['ra_asr'])} ({_percent(row['reference_ra_asr'])}) "
             f"| {_number(row['reinversion_score'])} ({_number(row['reference_score'])}) "
             f"| {_number(row['wall_time_s'], 0)} | {_number(row['peak_memory_mb'], 0)} |"
         )
+    statistics = sorted({row["verdict_statistic"] for row in rows if row.get("verdict_statistic")})
+    if statistics:
+        lines += [
+            "",
+            f"Verdict score: the {', '.join(statistics)} statistic (clipclean.inversion.VERDICT_STATISTICS).",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _budget(row: dict) -> str:
+    if row.get("lr") is None:
+        return "-"
+    return f"{float(row['lr']):g}, {row['optimizer_steps'] if row.get('optimizer_steps') is not None else '-'}"
 
 
 def write_outputs(rows: list[dict], output: Path) -> None:
