@@ -574,7 +574,7 @@ def report(rows: list[dict], output: Path, prefix: str = "zoo") -> dict:
                 metrics[split][attack] = split_metrics(chosen)
     statistics_table = statistic_rows(rows)
     write_json(output / f"{prefix}.json", {"metrics": metrics, "verdict_statistics": statistics_table})
-    (output / f"{prefix}.md").write_text(markdown(metrics, rows, statistics_table))
+    (output / f"{prefix}.md").write_text(markdown(metrics, rows, statistics_table, prefix))
     _plots(rows, output, prefix)
     return metrics
 
@@ -586,8 +586,8 @@ def _format_rate(entry: dict) -> str:
     return f"{entry['k']}/{entry['n']} ({100 * entry['rate']:.0f}%, 95% CI {100 * low:.0f}-{100 * high:.0f})"
 
 
-def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> str:
-    derived = "<!-- derived: benchmarks/results/zoo.csv, by benchmarks/zoo.py -->"
+def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], prefix: str = "zoo") -> str:
+    derived = f"<!-- derived: benchmarks/results/{prefix}.csv, by benchmarks/zoo.py -->"
     lines = [
         derived,
         "| split | models | ROC-AUC | backdoored called backdoored | clean called backdoored | target named top-1 | "
@@ -616,7 +616,7 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict]) -> s
         chosen = " **selected**" if entry.get("selected") else ""
         lines.append(f"| {entry['statistic']}{chosen} | {entry['threshold']:.2f} ({entry['threshold_rule']}) | "
                      f"{cells[0]} | {cells[1]} |")  # fmt: skip
-    lines += ["", "| model | split | CA/ASR poisoned | verdict (index) | named | ASR after | CA before -> after |",
+    lines += ["", "| model | split | CA/ASR poisoned | verdict (score) | named | ASR after | CA before -> after |",
               "|---|---|---|---|---|---:|---|"]  # fmt: skip
     for row in rows:
         lines.append(
@@ -653,7 +653,7 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
             fpr, tpr, _ = roc_curve(labels, [default_score(row) for row in selected])
             axis.plot(fpr, tpr, label=split)
     axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict: anomaly index ROC")
+    axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict score ROC (default statistic)")
     axis.legend()
     figure.tight_layout()
     figure.savefig(output / f"{prefix}_roc.png", dpi=120)
