@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--persistence", type=int, default=0, help="retuning attack on N held-out models per attack and target"
     )
+    parser.add_argument(
+        "--persistence-targets", nargs="+", default=None, help="only these targets' models (default: every target)"
+    )
     parser.add_argument("--persistence-args", default="", help="extra eval/complete_unlearning.py flags")
     parser.add_argument("--report-only", action="store_true", help="no training: tables from finished jobs")
     return parser.parse_args(argv)
@@ -278,12 +282,15 @@ def persistence(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     return measured
 
 
-def persistence_models(models: list[ZooModel], zoo: Path, per_target: int) -> list[ZooModel]:
+def persistence_models(
+    models: list[ZooModel], zoo: Path, per_target: int, targets: Sequence[str] | None = None
+) -> list[ZooModel]:
     """The models the retuning attack runs on: the first ``per_target`` held-out backdoored models of each attack and
-    target whose backdoor took (``poison_converged``; a model the attack did not implant has nothing to re-learn)."""
+    target (of ``targets``; default: every target) whose backdoor took (``poison_converged``; a model the attack did
+    not implant has nothing to re-learn)."""
     chosen, taken = [], {}
     for model in models:
-        if model.attack == "none" or not model.held_out:
+        if model.attack == "none" or not model.held_out or (targets and model.target not in targets):
             continue
         results = zoo / model.name / "poison" / "results.json"
         if not results.is_file() or json.loads(results.read_text()).get("converged") is False:
@@ -324,7 +331,7 @@ def build(models: list[ZooModel], zoo: Path, args: argparse.Namespace) -> None:
         for done, name in enumerate(pool.map(job, ordered), start=1):
             print(f"[{done}/{len(models)}] {name} ({time.time() - started:.0f} s)", flush=True)
     if args.persistence:
-        chosen = persistence_models(models, zoo, args.persistence)
+        chosen = persistence_models(models, zoo, args.persistence, args.persistence_targets)
         needed = {ZooModel("none", model.seed) for model in chosen}
         for reference in needed:
             poison(ZooModel("none", reference.seed, poison_args=NEVER_POISONED_ARGS), zoo, args)

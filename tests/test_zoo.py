@@ -270,5 +270,7 @@ def test_the_retuning_attack_runs_on_held_out_models_of_each_attack_and_target_w
     expected = {(attack, target): 1 for attack in zoo.ATTACKS for target in zoo.DEFAULT_TARGETS}
     del expected[("badnet", "one")]
     assert Counter((model.attack, model.target) for model in chosen) == expected
+    only_three = zoo.persistence_models(models, tmp_path, 1, targets=["three"])
+    assert [model.name for model in only_three] == ["badnet_three_s0_v0", "blended_three_s0_v0", "badclip_three_s0_v0"]
     # targets one and five have one held-out model per attack, three and eight two
     assert len(zoo.persistence_models(models, tmp_path, 2)) == 3 * (2 + 2 + 1 + 1) - 1
