@@ -86,6 +86,7 @@ COLUMNS = (
     "verdict", "verdict_statistic", "anomaly_index", "recovered_target", "named_correctly", "winner_index",
     "max_anomaly_index", "max_candidate",
     "winner_logit_index", "max_logit_index", "max_logit_candidate", "winner_lift", "max_lift", "max_lift_candidate",
+    "winner_or_max_lift", "winner_or_max_lift_candidate",
     "ca_before", "ca_after", "asr_before",
     "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
@@ -378,15 +379,20 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
 
 
 def recorded_statistic(cleaned: dict, family: str) -> str:
-    """The verdict statistic a cleaning used: its inversion report's, else its config's (``None`` there, a run after
-    the statistic became a per-inverter default, means that default), else ``"winner"`` (the only one before)."""
+    """The verdict statistic a cleaning used: its inversion report's (every run since the report records it), else
+    its config's (``None`` there: a run from when the statistic first became a per-inverter default and was not yet
+    recorded, which means that first default, ``UNRECORDED_DEFAULTS``), else ``"winner"`` (the only one before)."""
     inversion = cleaned.get("inversion") or {}
     if inversion.get("verdict_statistic"):
         return inversion["verdict_statistic"]
     configured = ((cleaned.get("config") or {}).get("defense") or {}).get("inversion") or {}
     if "verdict_statistic" in configured:
-        return configured["verdict_statistic"] or default_statistic(family)
+        return configured["verdict_statistic"] or UNRECORDED_DEFAULTS[family]
     return "winner"
+
+
+# The per-inverter defaults while results.json did not record the statistic (commits 95329d0 to 7159b3c)
+UNRECORDED_DEFAULTS = {"clip": "winner-lift", "cnn": "winner"}
 
 
 def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) -> dict:
@@ -463,13 +469,17 @@ def split_metrics(rows: list[dict]) -> dict:
 # the statistic). "winner": the anomaly index of the untargeted winner's targeted ASR (the default until 2026-12-03);
 # "max-candidate": of the largest targeted ASR, naming that candidate; "-logit": the same on the ASRs' log-odds
 # (these four were fixed before the development half was built); "-lift": the log-odds lead over the median
-# candidate (added after 11 + 4 development models, from development numbers: benchmarks/README.md "Model zoo").
+# candidate (added after 11 + 4 development models, from development numbers: benchmarks/README.md "Model zoo");
+# "winner-or-max-lift": the winner's lift or the largest lift minus ln(K), whichever is larger (added 2026-12-03
+# after the held-out half had been read: three of its four misses named a wrong winner; held-out numbers of this
+# statistic are therefore not clean evidence).
 VERDICT_STATISTICS = {"winner": ("winner_index", "recovered_target"),
                       "max-candidate": ("max_anomaly_index", "max_candidate"),
                       "winner-logit": ("winner_logit_index", "recovered_target"),
                       "max-candidate-logit": ("max_logit_index", "max_logit_candidate"),
                       "winner-lift": ("winner_lift", "recovered_target"),
-                      "max-candidate-lift": ("max_lift", "max_lift_candidate")}  # fmt: skip
+                      "max-candidate-lift": ("max_lift", "max_lift_candidate"),
+                      "winner-or-max-lift": ("winner_or_max_lift", "winner_or_max_lift_candidate")}  # fmt: skip
 COLUMNS_NAMED_BY_WINNER = ("recovered_target",)
 PREVIOUS_DEFAULT = ("winner", 2.5)  # the verdict before the zoo: select_statistic's last tie-break
 

@@ -446,8 +446,8 @@ class ClassifierInversion(BlindInversion):
         ('zero', 'backdoored')
     """
 
-    # Not chosen on a population yet: the CNN zoo (benchmarks/zoo.py --family cnn) has not been run, so the
-    # classifier keeps the verdict its benchmark (benchmarks/classifier.md) measured.
+    # Kept by the zoo's rule on the CNN zoo's development half (benchmarks/zoo.py --family cnn: every statistic tied,
+    # so the rule kept this one); on its held-out half it called both never-poisoned CNNs backdoored.
     default_verdict_statistic = "winner"
 
     def __init__(

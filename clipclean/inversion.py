@@ -91,6 +91,7 @@ VERDICT_STATISTICS = (
     "max-candidate-logit",
     "winner-lift",
     "max-candidate-lift",
+    "winner-or-max-lift",
 )
 LOGIT_EPSILON = 0.005  # log-odds statistics clip an ASR to [eps, 1 - eps] (about one image in 200) before log-odds
 # The threshold of each statistic when ``InversionConfig.anomaly_threshold`` is not given. The anomaly indices keep
@@ -102,6 +103,7 @@ DEFAULT_VERDICT_THRESHOLDS = {
     "max-candidate-logit": 2.5,
     "winner-lift": 1.29,
     "max-candidate-lift": 1.29,
+    "winner-or-max-lift": 1.29,
 }
 
 
@@ -134,17 +136,20 @@ class InversionConfig:
             the statistic's own (:data:`DEFAULT_VERDICT_THRESHOLDS`, :meth:`threshold_for`): 2.5 for the anomaly
             indices (Neural Cleanse uses 2), 1.29 for the lifts.
         verdict_statistic: what the verdict scores (:func:`verdict_score`); ``None`` (default): the inverter's
-            default, ``"winner-lift"`` for a CLIP (:class:`BlindInversion`), ``"winner"`` for an image classifier.
+            default, ``"winner-or-max-lift"`` for a CLIP (:class:`BlindInversion`), ``"winner"`` for an image
+            classifier.
             ``"winner"``: the anomaly index of the untargeted winner's targeted ASR among all candidates' (the CLIP
             default until the model zoo; on the seed-0 digits CLIPs never-poisoned 0.78-1.45, backdoored
             2.91-7.26, but on the zoo's development half it called 2 of 6 never-poisoned models backdoored and
             missed 7 of 17 backdoors); ``"max-candidate"``: the anomaly index of the largest targeted ASR, and when
             it declares a backdoor the target is that candidate (with its targeted trigger), even if the untargeted
             search named another class; ``"-logit"``: the same on the log-odds of the ASRs; ``"-lift"``: the
-            scored candidate's log-odds minus the median candidate's. ``"winner-lift"`` at 1.29 was chosen on the
-            zoo's development half (17 backdoored, 6 never-poisoned digits CLIPs: 15 detected, no false alarm) by a
-            rule fixed beforehand (the lift itself was added after 15 of those 23 models had been read); held-out
-            numbers: benchmarks/README.md, "Model zoo".
+            scored candidate's log-odds minus the median candidate's; ``"winner-or-max-lift"``: the winner's lift
+            or the largest lift minus ``ln(K)``, whichever is larger (and then that candidate is the target).
+            ``"winner-or-max-lift"`` at 1.29 was chosen on the zoo's development half (17 backdoored, 6
+            never-poisoned digits CLIPs: 17 detected, no false alarm) by a rule fixed beforehand; it was added
+            after the held-out half had been read, so its held-out numbers are not clean evidence (benchmarks/
+            README.md, "Model zoo"). ``"winner-lift"`` was the default before it (15 of the 17, no false alarm).
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
@@ -328,9 +333,18 @@ def verdict_score(rates: Sequence[float], statistic: str, winner: int | None) ->
       count, as :func:`anomaly_index`), not divided by a spread: how much easier a small trigger reaches this class
       than a typical one. An anomaly index divides by the candidates' spread, so on a model where every class is
       hard to reach (a small spread) a modest lead scores high; the lift does not.
+    * ``"winner-or-max-lift"``: the larger of the winner's lift and the largest lift minus ``ln(K)`` for ``K``
+      candidates, with the position of the term that is larger. The untargeted search can name a wrong winner while
+      the targeted inversion toward the true target reaches a high ASR; the largest of ``K`` lifts is the largest of
+      ``K`` draws, hence the ``ln(K)`` (log-odds) handicap against the winner, a single pre-named candidate.
     """
     if statistic not in VERDICT_STATISTICS:
         raise ValueError(f"verdict statistic must be one of {VERDICT_STATISTICS}, got {statistic!r}")
+    if statistic == "winner-or-max-lift":
+        by_winner = verdict_score(rates, "winner-lift", winner)
+        largest, position = verdict_score(rates, "max-candidate-lift", None)
+        handicapped = (largest - math.log(len(rates)), position)
+        return by_winner if by_winner[0] >= handicapped[0] else handicapped
     values = [float(rate) for rate in rates]
     if statistic.endswith(("-logit", "-lift")):
         clipped = [min(max(rate, LOGIT_EPSILON), 1 - LOGIT_EPSILON) for rate in values]
@@ -371,9 +385,9 @@ class BlindInversion:
         progress: show progress bars.
     """
 
-    # The verdict statistic when the config names none: chosen on the development half of the CLIP zoo
-    # (benchmarks/README.md, "Model zoo"); an image classifier keeps its own (ClassifierInversion).
-    default_verdict_statistic = "winner-lift"
+    # The verdict statistic when the config names none: chosen on the development half of the CLIP zoo by the zoo's
+    # fixed rule (benchmarks/README.md, "Model zoo"); an image classifier keeps its own (ClassifierInversion).
+    default_verdict_statistic = "winner-or-max-lift"
 
     @property
     def verdict_statistic(self) -> str:

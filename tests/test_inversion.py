@@ -310,3 +310,22 @@ def test_max_candidate_verdict_adopts_the_candidate_the_untargeted_search_missed
     assert seen["scored"] == names.index(winner) and kept.named_by == "untargeted search"
     with pytest.raises(ValueError, match="verdict_statistic"):
         InversionConfig(verdict_statistic="best")
+
+
+def test_winner_or_max_lift_takes_the_largest_lift_handicapped_by_ln_k_when_the_winner_is_wrong():
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    # the seed-0 BadNet digits CLIP of the benchmark: the untargeted search named "three" (index 3), while the
+    # targeted inversion toward "zero" reached 96.6%; the winner's lift is 0 (it is the median candidate)
+    rates = [0.966, 0.161, 0.447, 0.273, 0.149, 0.241, 0.358, 0.038, 0.549, 0.31]
+    assert verdict_score(rates, "winner-lift", 3) == (0.0, 3)
+    score, position = verdict_score(rates, "winner-or-max-lift", 3)
+    assert position == 0 and score == pytest.approx(logit(0.966) - logit(0.273) - math.log(10))
+    assert score > InversionConfig().threshold_for("winner-or-max-lift")
+    # a right winner keeps its own lift (no handicap): the larger of the two terms
+    assert verdict_score(rates, "winner-or-max-lift", 0) == verdict_score(rates, "winner-lift", 0)
+    # a never-poisoned model: the largest lift minus ln(10) stays below the threshold
+    hard = [0.38, 0.33, 0.21, 0.2, 0.19, 0.18, 0.18, 0.17, 0.16, 0.15]
+    assert verdict_score(hard, "winner-or-max-lift", 5)[0] < InversionConfig().threshold_for("winner-or-max-lift")
+    assert BlindInversion.default_verdict_statistic == "winner-or-max-lift"

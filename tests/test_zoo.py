@@ -179,7 +179,10 @@ def test_every_verdict_statistic_is_computed_from_the_recorded_candidate_asrs():
 def test_the_recorded_verdict_statistic_of_old_and_new_cleanings():
     assert zoo.recorded_statistic({"inversion": {"verdict_statistic": "max-candidate"}}, "clip") == "max-candidate"
     new = {"inversion": {}, "config": {"defense": {"inversion": {"verdict_statistic": None}}}}
+    # a run from before the report recorded the statistic: the first per-inverter default, not today's
     assert zoo.recorded_statistic(new, "clip") == "winner-lift" and zoo.recorded_statistic(new, "cnn") == "winner"
+    recorded = {"inversion": {"verdict_statistic": "winner-or-max-lift"}, "config": new["config"]}
+    assert zoo.recorded_statistic(recorded, "clip") == "winner-or-max-lift"
     old = {"inversion": {}, "config": {"defense": {"inversion": {"anomaly_threshold": 2.5}}}}
     assert zoo.recorded_statistic(old, "clip") == "winner"
 
