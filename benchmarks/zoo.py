@@ -398,15 +398,22 @@ UNRECORDED_DEFAULTS = {"clip": "winner-lift", "cnn": "winner"}
 def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) -> dict:
     """The score and named candidate of every statistic of ``VERDICT_STATISTICS``, computed from a cleaning's
     per-candidate targeted ASRs by :func:`clipclean.inversion.verdict_score` (the function the verdict itself uses).
-    The untargeted winner is the recorded target unless the verdict named another class."""
+    The untargeted winner is the report's ``untargeted_winner``, else the recorded target unless the verdict named
+    another class; when it is unknown (a verdict-named target in a report from before ``untargeted_winner``), the
+    statistics that score the winner are ``None``."""
     from clipclean.inversion import verdict_score
 
     names = list(candidate_asr)
     rates = [candidate_asr[name] for name in names]
-    named = inversion.get("recovered_target")
-    winner = names.index(named) if inversion.get("named_by") != "verdict" and named in names else None
+    named = inversion.get("untargeted_winner")
+    if named is None and inversion.get("named_by") != "verdict":
+        named = inversion.get("recovered_target")
+    winner = names.index(named) if named in names else None
     columns = {}
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
+        if winner is None and statistic.startswith("winner"):
+            columns[score_key] = None
+            continue
         score, position = verdict_score(rates, statistic, winner)
         columns[score_key] = score
         if name_key not in COLUMNS_NAMED_BY_WINNER:
@@ -444,9 +451,9 @@ def split_metrics(rows: list[dict]) -> dict:
         return {"k": hits, "n": len(selected), "rate": hits / len(selected) if selected else math.nan,
                 "ci95": (low, high)}  # fmt: skip
 
-    scores = [default_score(row) for row in backdoored + clean]
-    labels = [1] * len(backdoored) + [0] * len(clean)
-    auc = roc_auc_score(labels, scores) if backdoored and clean and None not in scores else math.nan
+    scored = [(default_score(row), row["attack"] != "none") for row in backdoored + clean]
+    scores, labels = [s for s, _ in scored if s is not None], [y for s, y in scored if s is not None]
+    auc = roc_auc_score(labels, scores) if len(set(labels)) == 2 else math.nan  # rows without a score left out
     drops = [row["ca_before"] - row["ca_after"] for row in backdoored]
     return {
         "n_backdoored": len(backdoored),
@@ -664,7 +671,7 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
         return
     figure, axis = plt.subplots(figsize=(4.5, 4))
     for split in ("development", "held-out"):
-        selected = [row for row in sum(counted(rows), []) if row["split"] == split]
+        selected = [row for row in sum(counted(rows), []) if row["split"] == split and default_score(row) is not None]
         labels = [row["attack"] != "none" for row in selected]
         if len(set(labels)) == 2:
             fpr, tpr, _ = roc_curve(labels, [default_score(row) for row in selected])

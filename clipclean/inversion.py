@@ -246,6 +246,7 @@ class InversionResult:
     named_by: str = "untargeted search"  # or "verdict": the per-candidate test named another target
     verdict_statistic: str | None = None
     verdict_threshold: float | None = None
+    untargeted_winner: str | None = None  # the untargeted search's target, kept when the verdict names another
 
     def report(self) -> dict:
         """JSON-ready summary (the ``inversion`` block of ``results.json``)."""
@@ -259,6 +260,7 @@ class InversionResult:
             "anomaly_index": self.anomaly_index,
             "verdict_statistic": self.verdict_statistic,
             "verdict_threshold": self.verdict_threshold,
+            "untargeted_winner": self.untargeted_winner,
             "candidate_asr": self.candidate_asr,
             "named_by": self.named_by,
             "mask_budget": self.mask_budget,
@@ -806,6 +808,7 @@ class BlindInversion:
             target_candidates=candidates,
             recovered_target=candidates[0][0] if candidates else None,
             history=list(self.history),
+            untargeted_winner=candidates[0][0] if candidates else None,
         )
         if verdict_batches is not None and self.candidate_names is not None:
             winner = self.candidate_names.index(result.recovered_target)

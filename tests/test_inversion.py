@@ -301,6 +301,7 @@ def test_max_candidate_verdict_adopts_the_candidate_the_untargeted_search_missed
     assert seen["scored"] == names.index(winner)  # the winner is always among the tested candidates
     assert result.verdict == "backdoored" and result.recovered_target == names[other]
     assert result.named_by == "verdict" and result.report()["named_by"] == "verdict"
+    assert result.untargeted_winner == winner and result.report()["untargeted_winner"] == winner  # kept
     assert result.target_candidates[0][0] == names[other]
     torch.testing.assert_close(result.direction, F.normalize(embeddings[other].float(), dim=-1))
     assert result.trigger is inverter.verdict_triggers[other]

@@ -174,6 +174,14 @@ def test_every_verdict_statistic_is_computed_from_the_recorded_candidate_asrs():
     assert columns["winner_logit_index"] == verdict_score(list(asr.values()), "winner-logit", 4)[0]
     assert columns["max_logit_index"] > columns["max_anomaly_index"]
     assert set(columns) <= set(zoo.COLUMNS)
+    # the verdict named another class: the winner statistics score the recorded untargeted winner...
+    adopted = {"recovered_target": "three", "named_by": "verdict", "untargeted_winner": "four"}
+    expected = verdict_score(list(asr.values()), "winner-lift", 4)[0]
+    assert zoo.verdict_statistic_columns(asr, adopted)["winner_lift"] == expected
+    # ... and are unknown (None) in a report from before it was recorded, not the named class's
+    unknown = zoo.verdict_statistic_columns(asr, {"recovered_target": "three", "named_by": "verdict"})
+    assert unknown["winner_lift"] is None and unknown["winner_or_max_lift"] is None
+    assert unknown["max_lift"] == columns["max_lift"]
 
 
 def test_the_recorded_verdict_statistic_of_old_and_new_cleanings():

@@ -54,6 +54,7 @@ INVERSION_REPORT_KEYS = (
     "hijacked_fraction",
     "candidate_asr",
     "named_by",
+    "untargeted_winner",
     "mask_budget",
     "trigger",
 )
