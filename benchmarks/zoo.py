@@ -86,7 +86,7 @@ COLUMNS = (
     "verdict", "verdict_statistic", "anomaly_index", "recovered_target", "named_correctly", "winner_index",
     "max_anomaly_index", "max_candidate",
     "winner_logit_index", "max_logit_index", "max_logit_candidate", "winner_lift", "max_lift", "max_lift_candidate",
-    "winner_or_max_lift", "winner_or_max_lift_candidate",
+    "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner",
     "ca_before", "ca_after", "asr_before",
     "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
@@ -361,6 +361,8 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "asr_before": before["attack_success_rate"], "asr_after": after["attack_success_rate"],
         "max_anomaly_index": None, "max_candidate": None, "winner_logit_index": None, "max_logit_index": None,
         "max_logit_candidate": None, "winner_lift": None, "max_lift": None, "max_lift_candidate": None,
+        "winner_or_max_lift": None, "winner_or_max_lift_candidate": None,
+        "untargeted_winner": untargeted_winner(inversion),
         "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
         "poison_wall_s": poisoned.get("wall_time_s"), "clean_wall_s": cleaned.get("wall_time_s"),
     }  # fmt: skip
@@ -405,9 +407,7 @@ def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) 
 
     names = list(candidate_asr)
     rates = [candidate_asr[name] for name in names]
-    named = inversion.get("untargeted_winner")
-    if named is None and inversion.get("named_by") != "verdict":
-        named = inversion.get("recovered_target")
+    named = untargeted_winner(inversion)
     winner = names.index(named) if named in names else None
     columns = {}
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
@@ -419,6 +419,14 @@ def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) 
         if name_key not in COLUMNS_NAMED_BY_WINNER:
             columns[name_key] = names[position]
     return columns
+
+
+def untargeted_winner(inversion: dict) -> str | None:
+    """The untargeted search's target: the report's ``untargeted_winner``, else the recorded target unless the
+    verdict named another class (``None``: unknown, a verdict-named report from before the winner was recorded)."""
+    if inversion.get("untargeted_winner"):
+        return inversion["untargeted_winner"]
+    return inversion.get("recovered_target") if inversion.get("named_by") != "verdict" else None
 
 
 def counted(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -480,14 +488,14 @@ def split_metrics(rows: list[dict]) -> dict:
 # "winner-or-max-lift": the winner's lift or the largest lift minus ln(K), whichever is larger (added 2026-12-03
 # after the held-out half had been read: three of its four misses named a wrong winner; held-out numbers of this
 # statistic are therefore not clean evidence).
-VERDICT_STATISTICS = {"winner": ("winner_index", "recovered_target"),
+VERDICT_STATISTICS = {"winner": ("winner_index", "untargeted_winner"),
                       "max-candidate": ("max_anomaly_index", "max_candidate"),
-                      "winner-logit": ("winner_logit_index", "recovered_target"),
+                      "winner-logit": ("winner_logit_index", "untargeted_winner"),
                       "max-candidate-logit": ("max_logit_index", "max_logit_candidate"),
-                      "winner-lift": ("winner_lift", "recovered_target"),
+                      "winner-lift": ("winner_lift", "untargeted_winner"),
                       "max-candidate-lift": ("max_lift", "max_lift_candidate"),
                       "winner-or-max-lift": ("winner_or_max_lift", "winner_or_max_lift_candidate")}  # fmt: skip
-COLUMNS_NAMED_BY_WINNER = ("recovered_target",)
+COLUMNS_NAMED_BY_WINNER = ("untargeted_winner",)
 PREVIOUS_DEFAULT = ("winner", 2.5)  # the verdict before the zoo: select_statistic's last tie-break
 
 
