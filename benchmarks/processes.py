@@ -32,8 +32,8 @@ from scale import accelerate_command
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = (
-    "seed", "processes", "global_batch_size", "steps_per_epoch", "ca_before", "ca_after", "asr_before", "asr_after",
-    "verdict", "recovered_target", "verdict_statistic", "verdict_score", "wall_s",
+    "run", "seed", "processes", "global_batch_size", "steps_per_epoch", "ca_before", "ca_after", "asr_before",
+    "asr_after", "verdict", "recovered_target", "verdict_statistic", "verdict_score", "wall_s",
 )  # fmt: skip
 METRICS = ("ca_after", "asr_after")
 
@@ -67,7 +67,7 @@ def clean(model_dir: Path, folder: Path, seed: int, processes: int, args: argpar
             command = accelerate_command(ROOT / "recipes" / "clean_clip.py", arguments, processes)
             subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
         print(f"seed {seed}, {processes} process(es): {time.time() - started:.0f} s", flush=True)
-    return row_of(seed, json.loads(results.read_text()))
+    return {"run": folder.name, **row_of(seed, json.loads(results.read_text()))}
 
 
 def row_of(seed: int, results: dict) -> dict:
@@ -126,18 +126,19 @@ def markdown(rows: list[dict], summary: dict, model_dir: Path, args: argparse.Na
         f"<!-- {time.strftime('%Y-%m-%d')}, `python benchmarks/processes.py --model-dir {model_dir} --seeds "
         f"{' '.join(map(str, args.seeds))} --batch-size {args.batch_size}` -->",
         "",
-        "| seed | processes | global batch | steps/epoch | CA % before → after | ASR % before → after | verdict "
+        "| run | seed | processes | global batch | steps/epoch | CA % before → after | ASR % before → after | verdict "
         "| named target | verdict score | wall s |",
-        "|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["seed"], r["processes"])):
         score = "-" if r["verdict_score"] is None else f"{r['verdict_score']:.2f}"
         lines.append(
-            f"| {r['seed']} | {r['processes']} | {r['global_batch_size']} | {r['steps_per_epoch']} "
+            f"| {r['run']} | {r['seed']} | {r['processes']} | {r['global_batch_size']} | {r['steps_per_epoch']} "
             f"| {100 * r['ca_before']:.2f} → {100 * r['ca_after']:.2f} | {100 * r['asr_before']:.1f} → "
             f"{100 * r['asr_after']:.1f} | {r['verdict']} | {r['recovered_target']} | {score} | {r['wall_s']:.0f} |"
         )
-    lines += ["", "| processes | CA after % (mean, range) | ASR after % (mean, range) | wall s (mean) |",
+    lines += ["", "<!-- derived: benchmarks/results/processes.csv, by benchmarks/processes.py -->",
+              "| processes | CA after % (mean, range) | ASR after % (mean, range) | wall s (mean) |",
               "|---:|---:|---:|---:|"]  # fmt: skip
     for processes, metrics in summary["settings"].items():
         ca, asr = metrics["ca_after"], metrics["asr_after"]

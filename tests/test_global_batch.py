@@ -156,7 +156,8 @@ def test_one_and_two_processes_clean_alike_at_equal_global_batch(digits_clips, t
 
 
 def _run(seed, processes, ca, asr, verdict="backdoored", target="zero"):
-    return {"seed": seed, "processes": processes, "global_batch_size": 64, "steps_per_epoch": 4, "ca_before": 0.95,
+    return {"run": f"seed{seed}_p{processes}", "seed": seed, "processes": processes,
+            "global_batch_size": 64, "steps_per_epoch": 4, "ca_before": 0.95,
             "ca_after": ca, "asr_before": 0.9, "asr_after": asr, "verdict": verdict, "recovered_target": target,
             "verdict_statistic": "winner-lift", "verdict_score": 4.0, "wall_s": 100.0}  # fmt: skip
 
@@ -176,6 +177,6 @@ def test_the_processes_benchmark_agrees_only_within_the_seed_spread_with_the_sam
     assert not processes.summarise(one + other_target)["agree"]
     args = processes.parse_args(["--model-dir", str(tmp_path)])
     table = processes.markdown(one + close, processes.summarise(one + close), tmp_path, args)
-    assert "**Agree: yes.**" in table and "| 2 | 2 | 64 | 4 |" in table
+    assert "**Agree: yes.**" in table and "| seed2_p2 | 2 | 2 | 64 | 4 |" in table
     with pytest.raises(SystemExit, match="model/ and trigger.json"):
         processes.main(["--model-dir", str(tmp_path), "--output", str(tmp_path / "out")])
