@@ -352,6 +352,10 @@ class BIBAU(Defense):
                 anomaly_index=report["anomaly_index"],
                 candidate_asr=report["candidate_asr"],
                 history=report["history"],
+                named_by=report.get("named_by", "untargeted search"),
+                verdict_statistic=report.get("verdict_statistic"),
+                verdict_threshold=report.get("verdict_threshold"),
+                untargeted_winner=report.get("untargeted_winner"),
             )
 
 
