@@ -260,9 +260,12 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def _budget(row: dict) -> str:
+    import numpy as np
+
     if row.get("lr") is None:
         return "-"
-    return f"{float(row['lr']):g}, {row['optimizer_steps'] if row.get('optimizer_steps') is not None else '-'}"
+    lr = np.format_float_positional(float(row["lr"]), trim="-")  # 0.00003, not 3e-05 (check_numbers reads decimals)
+    return f"{lr}, {row['optimizer_steps'] if row.get('optimizer_steps') is not None else '-'}"
 
 
 def write_outputs(rows: list[dict], output: Path) -> None:
