@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from run import cleaning_outcome
 from scale import accelerate_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,12 +78,7 @@ def row_of(seed: int, results: dict) -> dict:
         "processes": results["world_size"],
         "global_batch_size": results.get("global_batch_size"),
         "steps_per_epoch": results.get("steps_per_epoch"),
-        "ca_before": results["before"]["clean_accuracy"],
-        "ca_after": results["after"]["clean_accuracy"],
-        "asr_before": results["before"]["attack_success_rate"],
-        "asr_after": results["after"]["attack_success_rate"],
-        "verdict": inversion.get("verdict"),
-        "recovered_target": inversion.get("recovered_target"),
+        **cleaning_outcome(results),
         "verdict_statistic": inversion.get("verdict_statistic"),
         "verdict_score": inversion.get("anomaly_index"),
         "wall_s": results.get("wall_time_s"),

@@ -194,6 +194,19 @@ def undefended_row(seed: int, attack: str, training: dict, complete: dict) -> di
     return row
 
 
+def cleaning_outcome(results: dict) -> dict:
+    """Clean accuracy and ASR before and after, the verdict and the named target of a cleaning's results.json."""
+    inversion = results.get("inversion") or {}
+    return {
+        "ca_before": results["before"]["clean_accuracy"],
+        "ca_after": results["after"]["clean_accuracy"],
+        "asr_before": results["before"]["attack_success_rate"],
+        "asr_after": results["after"]["attack_success_rate"],
+        "verdict": inversion.get("verdict"),
+        "recovered_target": inversion.get("recovered_target"),
+    }
+
+
 def row_of(seed: int, attack: str, defense: str, results: dict) -> dict:
     inversion = results.get("inversion") or {}
     inverted = results.get("inverted_trigger_asr") or {}
@@ -202,12 +215,7 @@ def row_of(seed: int, attack: str, defense: str, results: dict) -> dict:
         "seed": seed,
         "attack": attack,
         "defense": defense,
-        "ca_before": results["before"]["clean_accuracy"],
-        "ca_after": results["after"]["clean_accuracy"],
-        "asr_before": results["before"]["attack_success_rate"],
-        "asr_after": results["after"]["attack_success_rate"],
-        "verdict": inversion.get("verdict"),
-        "recovered_target": inversion.get("recovered_target"),
+        **cleaning_outcome(results),
         "anomaly_index": inversion.get("anomaly_index"),
         "inverted_trigger_asr_after": inverted.get("after"),
         **{key: complete.get(key) for key in ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_score")},
