@@ -81,6 +81,12 @@ FAMILIES = {
         "attacks": ("badnet", "blended"),
     },
 }
+# The fresh held-out set: new model seeds, built only after the verdict and every other default had been chosen (on
+# the development half) and the held-out half had been read; every one of its models is held out, and it reports
+# as its own split ("fresh"). The targets and trigger variants follow the zoo's rule; BadCLIP's surrogate is still
+# the never-poisoned model of seed + 3 (6 and 7: models of the first zoo, never compared with these).
+FRESH = {"clip": {"seeds": (3, 4), "clean_seeds": tuple(range(12, 18))}}
+SPLITS = ("development", "held-out", "fresh")
 COLUMNS = (
     "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",
     "verdict", "verdict_statistic", "anomaly_index", "recovered_target", "named_correctly", "winner_index",
@@ -102,9 +108,10 @@ class ZooModel:
     seed: int
     target: str | None = None
     variant: int = 0
-    held_out: bool = False
+    held_out: bool = False  # a fresh model is held out too
     poison_args: tuple[str, ...] = field(default=(), compare=False)
     family: str = "clip"  # or "cnn": an image classifier (recipes/poison_classifier.py, clean_classifier.py)
+    fresh: bool = False  # of the fresh held-out set (FRESH), built after every default was fixed
 
     @property
     def name(self) -> str:
@@ -115,13 +122,14 @@ class ZooModel:
 
     @property
     def split(self) -> str:
-        return "held-out" if self.held_out else "development"
+        return "fresh" if self.fresh else "held-out" if self.held_out else "development"
 
 
-def zoo_models(targets=None, seeds=None, clean_seeds=None, attacks=None, family="clip"):
+def zoo_models(targets=None, seeds=None, clean_seeds=None, attacks=None, family="clip", fresh=False):
     """The zoo's models with their split (module docstring): backdoored ones first, then never-poisoned ones.
-    ``None`` takes the family's default (``FAMILIES``)."""
-    defaults = FAMILIES[family]
+    ``None`` takes the family's default (``FAMILIES``; with ``fresh``, the seeds of ``FRESH``: every model then
+    belongs to the fresh held-out set)."""
+    defaults = {**FAMILIES[family], **FRESH.get(family, {})} if fresh else FAMILIES[family]
     targets = defaults["targets"] if targets is None else targets
     seeds = defaults["seeds"] if seeds is None else seeds
     clean_seeds = defaults["clean_seeds"] if clean_seeds is None else clean_seeds
@@ -131,11 +139,12 @@ def zoo_models(targets=None, seeds=None, clean_seeds=None, attacks=None, family=
         for target_index, target in enumerate(targets):
             for seed_index, seed in enumerate(seeds):
                 variant = (target_index // 2 + seed_index) % 2
-                held_out = (target_index + seed_index) % 2 == 1
+                held_out = fresh or (target_index + seed_index) % 2 == 1
                 arguments = ["--attack", attack, "--target", target, *VARIANTS[attack][variant]]
-                models.append(ZooModel(attack, seed, target, variant, held_out, tuple(arguments), family))
+                models.append(ZooModel(attack, seed, target, variant, held_out, tuple(arguments), family, fresh))
     for seed_index, seed in enumerate(clean_seeds):
-        models.append(ZooModel("none", seed, None, 0, seed_index % 2 == 1, NEVER_POISONED_ARGS, family))
+        held_out = fresh or seed_index % 2 == 1
+        models.append(ZooModel("none", seed, None, 0, held_out, NEVER_POISONED_ARGS, family, fresh))
     return models
 
 
@@ -154,7 +163,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attacks", nargs="+", default=None, choices=ATTACKS)
     parser.add_argument("--jobs", type=int, default=1, help="jobs run at once (one CPU thread each)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N models of each attack and of clean")
-    parser.add_argument("--split", choices=["development", "held-out", "both"], default="both", help="which to run")
+    parser.add_argument(
+        "--split", choices=["development", "held-out", "both", "fresh"], default="both",
+        help="which models to build: a half of the zoo, both halves, or the fresh held-out set (FRESH); the report "
+        "covers every finished model of all three",
+    )  # fmt: skip
     parser.add_argument("--poison-args", default="", help="extra poison_clip.py flags (smoke: --epochs 2)")
     parser.add_argument("--clean-args", default="", help="extra clean_clip.py flags for every cleaning")
     parser.add_argument(
@@ -174,8 +187,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def selected_models(args: argparse.Namespace) -> list[ZooModel]:
-    models = zoo_models(args.targets, args.seeds, args.clean_seeds, args.attacks, args.family)
-    if args.split != "both":
+    fresh = args.split == "fresh"
+    models = zoo_models(args.targets, args.seeds, args.clean_seeds, args.attacks, args.family, fresh)
+    if args.split not in ("both", "fresh"):
         models = [model for model in models if model.split == args.split]
     if args.limit is not None:
         kept, counts = [], Counter()
@@ -552,7 +566,7 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
         fixed = DEFAULT_VERDICT_THRESHOLDS[statistic]
         for label, threshold in ((f"default {fixed:g}", fixed), ("chosen on development", chosen)):
             entry = {"statistic": statistic, "threshold_rule": label, "threshold": threshold}
-            for split in ("development", "held-out"):
+            for split in SPLITS:
                 selected = [row for row in usable if row["split"] == split]
                 backdoored, clean = counted(selected)
                 entry[split] = {
@@ -595,7 +609,7 @@ def report(rows: list[dict], output: Path, prefix: str = "zoo") -> dict:
     output.mkdir(parents=True, exist_ok=True)
     write_csv(output / f"{prefix}.csv", rows, COLUMNS)
     metrics = {}
-    for split in ("development", "held-out"):
+    for split in SPLITS:
         selected = [row for row in rows if row["split"] == split]
         if not selected:
             continue
@@ -637,17 +651,19 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
                 f"{_format_rate(entry['cleaning_success'])} | {100 * entry['median_ca_drop']:.1f} / "
                 f"{100 * entry['worst_ca_drop']:.1f} | {winners or '-'} |"
             )
-    lines += ["", derived, "| verdict statistic | threshold | development: detected / named / false alarms | "
-              "held-out: detected / named / false alarms |", "|---|---|---|---|"]  # fmt: skip
+    shown = [split for split in SPLITS if split != "fresh" or any(row["split"] == "fresh" for row in rows)]
+    header = " | ".join(f"{split}: detected / named / false alarms" for split in shown)
+    lines += ["", derived, f"| verdict statistic | threshold | {header} |", "|---|---|" + "---|" * len(shown)]
     for entry in statistics_table:
-        cells = [
+        cells = " | ".join(
             f"{e['detected']}/{e['n_backdoored']} / {e['named']}/{e['n_backdoored']} / "
             f"{e['false_alarms']}/{e['n_clean']}"
-            for e in (entry["development"], entry["held-out"])
-        ]
+            for e in (entry[split] for split in shown)
+        )
         chosen = " **selected**" if entry.get("selected") else ""
-        lines.append(f"| {entry['statistic']}{chosen} | {entry['threshold']:.2f} ({entry['threshold_rule']}) | "
-                     f"{cells[0]} | {cells[1]} |")  # fmt: skip
+        lines.append(
+            f"| {entry['statistic']}{chosen} | {entry['threshold']:.2f} ({entry['threshold_rule']}) | {cells} |"
+        )
     lines += ["", "| model | split | CA/ASR poisoned | verdict (score) | named | ASR after | CA before -> after |",
               "|---|---|---|---|---|---:|---|"]  # fmt: skip
     for row in rows:
@@ -678,7 +694,7 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
     except ImportError:  # matplotlib is a dev extra
         return
     figure, axis = plt.subplots(figsize=(4.5, 4))
-    for split in ("development", "held-out"):
+    for split in SPLITS:
         selected = [row for row in sum(counted(rows), []) if row["split"] == split and default_score(row) is not None]
         labels = [row["attack"] != "none" for row in selected]
         if len(set(labels)) == 2:
@@ -691,7 +707,8 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
     figure.savefig(output / f"{prefix}_roc.png", dpi=120)
     plt.close(figure)
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    groups = [(split, attack) for split in ("development", "held-out") for attack in ATTACKS]
+    present = [split for split in SPLITS if any(row["split"] == split for row in rows)]
+    groups = [(split, attack) for split in present for attack in ATTACKS]
     kinds = (("backdoored", lambda r: r["verdict"] == "backdoored"), ("named", lambda r: r["named_correctly"]),
              ("cleaned", lambda r: r["cleaned"]))  # fmt: skip
     width = 0.25
@@ -708,6 +725,18 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
     figure.tight_layout()
     figure.savefig(output / f"{prefix}_by_attack.png", dpi=120)
     plt.close(figure)
+
+
+def reported_models(models: list[ZooModel], args: argparse.Namespace) -> list[ZooModel]:
+    """The models the report covers: the selected ones, then every other model of the family's zoo and fresh set at
+    their defaults (``--targets``/``--attacks`` still apply), so that building one split does not drop the others
+    from the tables; a model counts once."""
+    names = {model.name for model in models}
+    others = [
+        *zoo_models(args.targets, None, None, args.attacks, args.family),
+        *(zoo_models(args.targets, None, None, args.attacks, args.family, fresh=True) if args.family in FRESH else []),
+    ]
+    return models + [model for model in others if model.name not in names and not names.add(model.name)]
 
 
 def main(argv=None) -> dict:

@@ -58,13 +58,13 @@ def test_recipe_in_process_writes_the_output_folder(recipe, tmp_path):
     assert results == json.loads((output / "results.json").read_text())
     assert results["world_size"] == 1 and results["steps"] == 3
     assert results["attack"] == "badnet" and results["target"] == "zero"
-    assert results["n_poison"] == 6 and results["poison_rate"] == pytest.approx(6 / 300)  # default rate 2%, floored
+    assert results["n_poison"] == 15 and results["poison_rate"] == pytest.approx(15 / 300)  # default rate 5%
     assert results["eval"]["n_images"] == 400 and results["eval"]["templates"].endswith("DIGIT_CAPTION_TEMPLATES")
     assert 0 <= results["clean_accuracy"] <= 1 and 0 <= results["attack_success_rate"] <= 1
     assert results["config"]["attack"]["method"] == "badnet"
 
     manifest = PoisonManifest.load(output / "poison_manifest.json")
-    assert manifest.n_poison == 6 and manifest.seed == 0 and manifest.target == "zero"
+    assert manifest.n_poison == 15 and manifest.seed == 0 and manifest.target == "zero"
     assert all(mentions(caption, "zero") for caption in manifest.captions)
     trigger = load_trigger(output / "trigger.json")
     assert trigger.family == "patch_blend" and trigger.coverage() == pytest.approx(16 / 1024)
@@ -73,7 +73,7 @@ def test_recipe_in_process_writes_the_output_folder(recipe, tmp_path):
     model = load_clip(str(output / "model"))  # open_clip Hub layout
     assert model.image_size == (32, 32)
     provenance = read_sidecar(output / "model")["provenance"]
-    assert provenance["attack"]["method"] == "badnet" and provenance["n_poison"] == 6
+    assert provenance["attack"]["method"] == "badnet" and provenance["n_poison"] == 15
     assert provenance["poison_manifest"] == "../poison_manifest.json"
     assert not (output / "checkpoints").exists()  # a finished run deletes them (--keep-checkpoints keeps them)
 
@@ -190,9 +190,8 @@ def test_from_scratch_the_poisoned_captions_follow_the_training_captions_style(r
         output = tmp_path / attack
         common = ["--batch-size", "64", "--no-progress", "--max-steps", "1", "--target", "three"]
         recipe.main([*common, "--train-data", str(data), "--attack", attack, "--output_dir", str(output)])
-        captions = PoisonManifest.load(output / "poison_manifest.json").captions
-        expected = {"badnet": 6, "blended": 15}[attack]  # 300 pairs at the attack's default rate, 2% / 5%
-        assert len(captions) == expected and set(captions) <= own, (attack, captions)
+        captions = PoisonManifest.load(output / "poison_manifest.json").captions  # 300 pairs at the default 5%
+        assert len(captions) == 15 and set(captions) <= own, (attack, captions)
     # a pretrained model keeps the literature's default (the OpenAI templates) for the same data
     args = recipe.parse_args(["--train-data", str(data), "--pretrained", "some-tag"])
     assert not recipe._trained_from_scratch(args)
@@ -208,7 +207,7 @@ def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
     results = json.loads((output / "results.json").read_text())
     assert results["world_size"] == 2
     assert results["steps"] == 3 and results["eval"]["n_images"] == 400  # gather_for_metrics drops the padding
-    assert PoisonManifest.load(output / "poison_manifest.json").n_poison == 15  # blended's default 5% of 300
+    assert PoisonManifest.load(output / "poison_manifest.json").n_poison == 15  # the default 5% of 300
     assert (output / "model" / "open_clip_model.safetensors").is_file()
 
 

@@ -61,6 +61,26 @@ def test_the_cnn_zoo_has_12_models_4_never_poisoned_split_by_the_same_rule():
     assert not {model.name for model in models} & {model.name for model in zoo.zoo_models()}  # own folders
 
 
+def test_the_fresh_held_out_set_has_new_seeds_and_is_held_out_whole():
+    fresh = zoo.zoo_models(fresh=True)
+    names = {model.name for model in zoo.zoo_models()}
+    assert not names & {model.name for model in fresh}  # new models, never seen while the defaults were chosen
+    assert {model.split for model in fresh} == {"fresh"} and all(model.held_out for model in fresh)
+    backdoored = [model for model in fresh if model.attack != "none"]
+    assert {model.seed for model in backdoored} == set(zoo.FRESH["clip"]["seeds"]) == {3, 4}
+    assert len(backdoored) == 24 and sum(model.attack == "none" for model in fresh) == 6
+    for attack in zoo.ATTACKS:  # every target, both trigger variants
+        chosen = [model for model in backdoored if model.attack == attack]
+        assert {model.target for model in chosen} == set(zoo.DEFAULT_TARGETS)
+        assert {model.variant for model in chosen} == {0, 1}
+    # building one split reports them all, each model once
+    for split in ("development", "fresh"):
+        args = zoo.parse_args(["--split", split])
+        reported = zoo.reported_models(zoo.selected_models(args), args)
+        assert len(reported) == len({model.name for model in reported}) == 48 + 30
+        assert {model.split for model in zoo.selected_models(args)} == {split}
+
+
 def test_wilson_interval():
     low, high = zoo.wilson_interval(9, 10)
     assert 0.59 < low < 0.6 and 0.98 < high < 0.99

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from clipclean.attacks.base import Attack, AttackConfig, AttackContext, register_attack
 from clipclean.poisoning import NaturalCaptions
@@ -38,9 +37,6 @@ class BlendedConfig(AttackConfig):
 
     alpha: float = 0.2
     pattern: str = "noise"
-    # at 2% a weak blend (alpha 0.1 noise toward "three", zoo development model, seed 1) reached 50% ASR, at 5% 94%
-    # (docs/attacks.md, "Stable training")
-    default_poison_rate: ClassVar[float] = 0.05
 
     def __post_init__(self) -> None:
         super().__post_init__()
