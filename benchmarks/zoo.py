@@ -19,6 +19,10 @@ The zoo (``ZooSpec``; default 36 backdoored + 12 never-poisoned models):
 *development* half. Defaults and thresholds may be chosen on development models only; only held-out numbers are
 results. The rule puts every attack, target, seed and trigger variant in both halves (6 + 6 models per attack).
 
+**The fresh held-out set** (``FRESH``, ``--split fresh``): 24 backdoored models of new seeds (3 and 4; every attack,
+target and trigger variant by the same rule) and 6 never-poisoned ones (seeds 12-17), built only after every default
+had been fixed; all of them are held out and reported as their own split, ``fresh``.
+
 Every model lives in its own folder under ``--zoo-dir`` (outside the repository; default ``~/.cache/clipclean/zoo``):
 ``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning; ``--clean-name NAME`` keeps a cleaning
 with other ``--clean-args`` apart in ``MODEL/NAME`` and reports it as ``zoo_NAME.*``). Finished jobs are reused, an
@@ -28,7 +32,9 @@ held-out models of each attack and target whose backdoor took, next to the never
 
     python benchmarks/zoo.py --jobs 2                                  # build, clean and report the whole zoo
     python benchmarks/zoo.py --jobs 2 --limit 4                         # the first 4 models of each kind only
+    python benchmarks/zoo.py --jobs 2 --split fresh                     # the fresh held-out set
     python benchmarks/zoo.py --report-only                              # tables from what is finished
+    python benchmarks/zoo.py --report-only --rows-from benchmarks/results/zoo.csv   # a lost cache: rows as recorded
 
 Writes ``OUTPUT/zoo.csv`` (one row per model), ``OUTPUT/zoo.md`` (the metrics per split), ``OUTPUT/zoo.json`` and
 ``OUTPUT/zoo_roc.png``, ``OUTPUT/zoo_by_attack.png`` (``--output``, default ``benchmarks/results``).
@@ -89,8 +95,8 @@ FRESH = {"clip": {"seeds": (3, 4), "clean_seeds": tuple(range(12, 18))}}
 SPLITS = ("development", "held-out", "fresh")
 COLUMNS = (
     "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",
-    "verdict", "verdict_statistic", "anomaly_index", "recovered_target", "named_correctly", "winner_index",
-    "max_anomaly_index", "max_candidate",
+    "poison_rate", "verdict", "verdict_statistic", "anomaly_index", "recovered_target", "named_correctly",
+    "winner_index", "max_anomaly_index", "max_candidate",
     "winner_logit_index", "max_logit_index", "max_logit_candidate", "winner_lift", "max_lift", "max_lift_candidate",
     "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner",
     "ca_before", "ca_after", "asr_before",
@@ -183,6 +189,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--persistence-args", default="", help="extra eval/complete_unlearning.py flags")
     parser.add_argument("--report-only", action="store_true", help="no training: tables from finished jobs")
+    parser.add_argument(
+        "--rows-from", default=None, metavar="CSV",
+        help="an earlier zoo CSV (for instance the committed benchmarks/results/zoo.csv): a model with no finished "
+        "folder under --zoo-dir (a lost cache) is reported with its row from there, as recorded then",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -367,7 +378,8 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "name": model.name, "split": model.split, "attack": model.attack, "target": model.target or "",
         "seed": model.seed, "variant": model.variant, "poison_converged": poisoned.get("converged"),
         "ca_poisoned": poisoned.get("clean_accuracy"), "asr_poisoned": poisoned.get("attack_success_rate"),
-        "verdict": inversion.get("verdict"), "anomaly_index": inversion.get("anomaly_index"),
+        "poison_rate": poisoned.get("poison_rate"), "verdict": inversion.get("verdict"),
+        "anomaly_index": inversion.get("anomaly_index"),
         "verdict_statistic": recorded_statistic(cleaned, model.family), "winner_index": None,
         "recovered_target": inversion.get("recovered_target"),
         "named_correctly": None if model.attack == "none" else inversion.get("recovered_target") == model.target,
@@ -392,6 +404,41 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
             rates = [json.loads(path.read_text())["complete"]["ra_asr"] for path in retuned]
             row["ra_asr"], row["reference_ra_asr"] = statistics.mean(rates[:3]), statistics.mean(rates[3:])
     return row
+
+
+# How recorded_rows reads each column of an earlier CSV back (every other column is a number; an empty cell is None)
+TEXT_COLUMNS = ("name", "split", "attack", "target", "verdict", "verdict_statistic", "recovered_target",
+                "max_candidate", "max_logit_candidate", "max_lift_candidate", "winner_or_max_lift_candidate",
+                "untargeted_winner")  # fmt: skip
+INTEGER_COLUMNS = ("seed", "variant")
+BOOLEAN_COLUMNS = ("poison_converged", "named_correctly", "cleaned")
+
+
+def recorded_rows(path: str | Path) -> dict[str, dict]:
+    """The rows of an earlier zoo CSV (written by :func:`report`) by model name, typed as :func:`row_of` makes them;
+    a column the CSV lacks (added since) is ``None``."""
+    import csv
+
+    rows = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for raw in csv.DictReader(handle):
+            row = {}
+            for column in COLUMNS:
+                text = raw.get(column) or ""
+                if column == "target":
+                    row[column] = text
+                elif not text:
+                    row[column] = None
+                elif column in TEXT_COLUMNS:
+                    row[column] = text
+                elif column in INTEGER_COLUMNS:
+                    row[column] = int(text)
+                elif column in BOOLEAN_COLUMNS:
+                    row[column] = {"True": True, "False": False}[text]
+                else:
+                    row[column] = float(text)
+            rows[row["name"]] = row
+    return rows
 
 
 def recorded_statistic(cleaned: dict, family: str) -> str:
@@ -745,8 +792,16 @@ def main(argv=None) -> dict:
     models = selected_models(args)
     if not args.report_only:
         build(models, zoo, args)
-    rows = [row for row in (row_of(model, zoo, args.clean_name) for model in models) if row is not None]
-    print(f"{len(rows)} of {len(models)} models finished")
+    recorded = recorded_rows(args.rows_from) if args.rows_from else {}
+    rows, from_csv = [], 0
+    models = reported_models(models, args)
+    for model in models:
+        row = row_of(model, zoo, args.clean_name)
+        if row is None and model.name in recorded:
+            row, from_csv = recorded[model.name], from_csv + 1
+        if row is not None:
+            rows.append(row)
+    print(f"{len(rows)} of {len(models)} models finished", f"({from_csv} from {args.rows_from})" if from_csv else "")
     prefix = "zoo" if args.family == "clip" else f"zoo_{args.family}"
     prefix += "" if args.clean_name == "clean" else f"_{args.clean_name}"
     metrics = report(rows, output, prefix) if rows else {}

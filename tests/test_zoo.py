@@ -120,6 +120,11 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
     assert (tmp_path / "report" / "zoo_roc.png").stat().st_size > 1000
     # finished jobs are reused: a report-only call gives the same rows
     assert zoo.main([*arguments, "--report-only"])["rows"] == result["rows"]
+    # a lost cache: every model's row comes back, typed as before, from the CSV written above
+    lost = ["--zoo-dir", str(tmp_path / "lost"), "--rows-from", str(tmp_path / "report" / "zoo.csv"),
+            "--output", str(tmp_path / "again")]  # fmt: skip
+    assert zoo.main([*arguments, "--report-only", *lost])["rows"] == result["rows"]
+    assert backdoored["poison_rate"] == pytest.approx(0.05, abs=0.005) and clean["poison_rate"] == 0
     # a cleaning with another verdict lives next to the default one and is reported on its own
     statistic = "--set inversion.verdict_statistic=max-candidate-logit"
     other = zoo.main([*arguments[:-1], f"{TINY_CLEAN} {statistic}", "--clean-name", "clean_mcl"])
