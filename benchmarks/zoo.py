@@ -98,7 +98,7 @@ COLUMNS = (
     "poison_rate", "verdict", "verdict_statistic", "anomaly_index", "recovered_target", "named_correctly",
     "winner_index", "max_anomaly_index", "max_candidate",
     "winner_logit_index", "max_logit_index", "max_logit_candidate", "winner_lift", "max_lift", "max_lift_candidate",
-    "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner",
+    "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner", "inverted_trigger_asr",
     "ca_before", "ca_after", "asr_before",
     "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
@@ -389,6 +389,8 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "max_logit_candidate": None, "winner_lift": None, "max_lift": None, "max_lift_candidate": None,
         "winner_or_max_lift": None, "winner_or_max_lift_candidate": None,
         "untargeted_winner": untargeted_winner(inversion),
+        # the ASR of the trigger the cleaning inverted (toward its named target) on the evaluation set, before cleaning
+        "inverted_trigger_asr": (cleaned.get("inverted_trigger_asr") or {}).get("before"),
         "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
         "poison_wall_s": poisoned.get("wall_time_s"), "clean_wall_s": cleaned.get("wall_time_s"),
     }  # fmt: skip
