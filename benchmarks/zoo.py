@@ -780,12 +780,14 @@ def reported_models(models: list[ZooModel], args: argparse.Namespace) -> list[Zo
     """The models the report covers: the selected ones, then every other model of the family's zoo and fresh set at
     their defaults (``--targets``/``--attacks`` still apply), so that building one split does not drop the others
     from the tables; a model counts once."""
-    names = {model.name for model in models}
     others = [
         *zoo_models(args.targets, None, None, args.attacks, args.family),
         *(zoo_models(args.targets, None, None, args.attacks, args.family, fresh=True) if args.family in FRESH else []),
     ]
-    return models + [model for model in others if model.name not in names and not names.add(model.name)]
+    reported = {model.name: model for model in models}
+    for model in others:
+        reported.setdefault(model.name, model)
+    return list(reported.values())
 
 
 def main(argv=None) -> dict:

@@ -32,9 +32,9 @@ class AttackConfig:
     templates: list[str] | None = None
     seed: int = 0
     # the fraction of training pairs poisoned when the user gives neither a rate nor a count (a class attribute, not
-    # a field: it is the recipe's default, not part of the attack; an attack may set its own). At 2%, 3 of 4 BadNet
-    # seed-1 models, a weak blend and a 3 px BadCLIP patch did not implant (ASR 2-68%); at 5% each took (90-100%),
-    # docs/attacks.md, "Stable training".
+    # a field: it is the recipe's default, not part of the attack; an attack may set its own). At 2%, three seed-1
+    # BadNet models, a weak blend and a 3 px BadCLIP patch stayed at 2-52% ASR; at 5% each reached 94-100%
+    # (docs/attacks.md, "Stable training").
     default_poison_rate: ClassVar[float] = 0.05
 
     def __post_init__(self) -> None:
