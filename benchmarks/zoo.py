@@ -99,7 +99,7 @@ COLUMNS = (
     "winner_index", "max_anomaly_index", "max_candidate",
     "winner_logit_index", "max_logit_index", "max_logit_candidate", "winner_lift", "max_lift", "max_lift_candidate",
     "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner", "inverted_trigger_asr",
-    "ca_before", "ca_after", "asr_before",
+    "search_trigger_asr", "winner_or_max_or_search_lift", "winner_or_max_or_search_lift_candidate", "ca_before", "ca_after", "asr_before",
     "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
 SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
@@ -388,6 +388,8 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "max_anomaly_index": None, "max_candidate": None, "winner_logit_index": None, "max_logit_index": None,
         "max_logit_candidate": None, "winner_lift": None, "max_lift": None, "max_lift_candidate": None,
         "winner_or_max_lift": None, "winner_or_max_lift_candidate": None,
+        "search_trigger_asr": inversion.get("search_trigger_asr"), "winner_or_max_or_search_lift": None,
+        "winner_or_max_or_search_lift_candidate": None,
         "untargeted_winner": untargeted_winner(inversion),
         # the ASR of the trigger the cleaning inverted (toward its named target) on the evaluation set, before cleaning
         "inverted_trigger_asr": (cleaned.get("inverted_trigger_asr") or {}).get("before"),
@@ -411,7 +413,7 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
 # How recorded_rows reads each column of an earlier CSV back (every other column is a number; an empty cell is None)
 TEXT_COLUMNS = ("name", "split", "attack", "target", "verdict", "verdict_statistic", "recovered_target",
                 "max_candidate", "max_logit_candidate", "max_lift_candidate", "winner_or_max_lift_candidate",
-                "untargeted_winner")  # fmt: skip
+                "winner_or_max_or_search_lift_candidate", "untargeted_winner")  # fmt: skip
 INTEGER_COLUMNS = ("seed", "variant")
 BOOLEAN_COLUMNS = ("poison_converged", "named_correctly", "cleaned")
 
@@ -473,11 +475,14 @@ def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) 
     named = untargeted_winner(inversion)
     winner = names.index(named) if named in names else None
     columns = {}
+    search_rate = inversion.get("search_trigger_asr")
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
         if winner is None and statistic.startswith("winner"):
             columns[score_key] = None
             continue
-        score, position = verdict_score(rates, statistic, winner)
+        if statistic == "winner-or-max-or-search-lift" and search_rate is None:
+            continue  # a report from before the search trigger's ASR was recorded: unknown, left empty
+        score, position = verdict_score(rates, statistic, winner, search_rate)
         columns[score_key] = score
         if name_key not in COLUMNS_NAMED_BY_WINNER:
             columns[name_key] = names[position]
@@ -550,14 +555,18 @@ def split_metrics(rows: list[dict]) -> dict:
 # candidate (added after 11 + 4 development models, from development numbers: benchmarks/README.md "Model zoo");
 # "winner-or-max-lift": the winner's lift or the largest lift minus ln(K), whichever is larger (added 2026-12-03
 # after the held-out half had been read: three of its four misses named a wrong winner; held-out numbers of this
-# statistic are therefore not clean evidence).
+# statistic are therefore not clean evidence); "winner-or-max-or-search-lift": that, or the untargeted search's own
+# trigger's lift minus ln(K) (added 2026-12-04 after the fresh set's three BadNet misses had been diagnosed; chosen, or
+# not, on a rebuilt development half, and tested on models built afterwards).
 VERDICT_STATISTICS = {"winner": ("winner_index", "untargeted_winner"),
                       "max-candidate": ("max_anomaly_index", "max_candidate"),
                       "winner-logit": ("winner_logit_index", "untargeted_winner"),
                       "max-candidate-logit": ("max_logit_index", "max_logit_candidate"),
                       "winner-lift": ("winner_lift", "untargeted_winner"),
                       "max-candidate-lift": ("max_lift", "max_lift_candidate"),
-                      "winner-or-max-lift": ("winner_or_max_lift", "winner_or_max_lift_candidate")}  # fmt: skip
+                      "winner-or-max-lift": ("winner_or_max_lift", "winner_or_max_lift_candidate"),
+                      "winner-or-max-or-search-lift": ("winner_or_max_or_search_lift",
+                                                       "winner_or_max_or_search_lift_candidate")}  # fmt: skip
 COLUMNS_NAMED_BY_WINNER = ("untargeted_winner",)
 PREVIOUS_DEFAULT = ("winner", 2.5)  # the verdict before the zoo: select_statistic's last tie-break
 

@@ -92,6 +92,7 @@ VERDICT_STATISTICS = (
     "winner-lift",
     "max-candidate-lift",
     "winner-or-max-lift",
+    "winner-or-max-or-search-lift",
 )
 LOGIT_EPSILON = 0.005  # log-odds statistics clip an ASR to [eps, 1 - eps] (about one image in 200) before log-odds
 # The threshold of each statistic when ``InversionConfig.anomaly_threshold`` is not given. The anomaly indices keep
@@ -104,6 +105,7 @@ DEFAULT_VERDICT_THRESHOLDS = {
     "winner-lift": 1.29,
     "max-candidate-lift": 1.29,
     "winner-or-max-lift": 1.29,
+    "winner-or-max-or-search-lift": 1.29,
 }
 
 
@@ -247,6 +249,8 @@ class InversionResult:
     verdict_statistic: str | None = None
     verdict_threshold: float | None = None
     untargeted_winner: str | None = None  # the untargeted search's target, kept when the verdict names another
+    # the untargeted search's own trigger's ASR toward its winner, on the verdict's images (BlindInversion.verdict)
+    search_trigger_asr: float | None = None
 
     def report(self) -> dict:
         """JSON-ready summary (the ``inversion`` block of ``results.json``)."""
@@ -262,6 +266,7 @@ class InversionResult:
             "verdict_threshold": self.verdict_threshold,
             "untargeted_winner": self.untargeted_winner,
             "candidate_asr": self.candidate_asr,
+            "search_trigger_asr": self.search_trigger_asr,
             "named_by": self.named_by,
             "mask_budget": self.mask_budget,
             "trigger": self.trigger.describe(),
@@ -323,7 +328,9 @@ def anomaly_index(values: Sequence[float], position: int | None = None) -> tuple
     return float((tensor[best] - median) / spread), best
 
 
-def verdict_score(rates: Sequence[float], statistic: str, winner: int | None) -> tuple[float, int]:
+def verdict_score(
+    rates: Sequence[float], statistic: str, winner: int | None, search_rate: float | None = None
+) -> tuple[float, int]:
     """``(score, position)`` of the verdict ``statistic`` (one of :data:`VERDICT_STATISTICS`) over the candidates'
     targeted ASRs ``rates``; ``position`` is the scored candidate's: the untargeted ``winner`` for the ``"winner"``
     statistics, the largest rate for the ``"max-candidate"`` ones (and for all of them without a winner).
@@ -339,9 +346,23 @@ def verdict_score(rates: Sequence[float], statistic: str, winner: int | None) ->
       candidates, with the position of the term that is larger. The untargeted search can name a wrong winner while
       the targeted inversion toward the true target reaches a high ASR; the largest of ``K`` lifts is the largest of
       ``K`` draws, hence the ``ln(K)`` (log-odds) handicap against the winner, a single pre-named candidate.
+    * ``"winner-or-max-or-search-lift"``: the larger of ``"winner-or-max-lift"`` and the lift of ``search_rate``
+      (the untargeted search's own trigger's ASR toward the winner, on the same images) minus ``ln(K)``, scored at
+      the winner's position. The verdict's short targeted inversion can reach far less than the search's trigger
+      (a 3-pixel BadNet patch: 37% against 98%); the search picked its target after the fact among all ``K``
+      candidates, hence the same handicap as the largest lift. Without ``search_rate`` it is
+      ``"winner-or-max-lift"``.
     """
     if statistic not in VERDICT_STATISTICS:
         raise ValueError(f"verdict statistic must be one of {VERDICT_STATISTICS}, got {statistic!r}")
+    if statistic == "winner-or-max-or-search-lift":
+        best = verdict_score(rates, "winner-or-max-lift", winner)
+        if search_rate is None or winner is None:
+            return best
+        lifts = [_log_odds(rate) for rate in rates]
+        searched = _log_odds(search_rate) - float(torch.tensor(lifts, dtype=torch.float64).median())
+        handicapped = (searched - math.log(len(rates)), winner)
+        return best if best[0] >= handicapped[0] else handicapped
     if statistic == "winner-or-max-lift":
         by_winner = verdict_score(rates, "winner-lift", winner)
         largest, position = verdict_score(rates, "max-candidate-lift", None)
@@ -349,14 +370,19 @@ def verdict_score(rates: Sequence[float], statistic: str, winner: int | None) ->
         return by_winner if by_winner[0] >= handicapped[0] else handicapped
     values = [float(rate) for rate in rates]
     if statistic.endswith(("-logit", "-lift")):
-        clipped = [min(max(rate, LOGIT_EPSILON), 1 - LOGIT_EPSILON) for rate in values]
-        values = [math.log(rate / (1 - rate)) for rate in clipped]
+        values = [_log_odds(rate) for rate in values]
     scored = winner if statistic.startswith("winner") else None
     if statistic.endswith("-lift"):
         tensor = torch.tensor(values, dtype=torch.float64)
         position = int(tensor.argmax()) if scored is None else scored
         return float(tensor[position] - tensor.median()), position
     return anomaly_index(values, scored)
+
+
+def _log_odds(rate: float) -> float:
+    """``log(p / (1 - p))`` of an ASR, clipped to ``[LOGIT_EPSILON, 1 - LOGIT_EPSILON]`` first."""
+    clipped = min(max(float(rate), LOGIT_EPSILON), 1 - LOGIT_EPSILON)
+    return math.log(clipped / (1 - clipped))
 
 
 def micro_batch_layout(triggers: int, images: int, micro_batch: int) -> tuple[int, int]:
@@ -444,6 +470,7 @@ class BlindInversion:
         self.directions: torch.Tensor | None = None
         self.images_per_step: int | None = None  # M-step images per hypothesis and process (None: the whole batch)
         self.verdict_triggers: dict[int, Trigger] = {}  # candidate index -> its targeted trigger (last verdict)
+        self.search_asr: float | None = None  # the search trigger's ASR toward the winner (last verdict)
         self.last_stats: EStepStats | None = None
         self.history: list[dict] = []
 
@@ -745,6 +772,8 @@ class BlindInversion:
         Returns ``(score, ASR per candidate, scored candidate)``: the configured :func:`verdict_score` of the
         candidates' ASRs, with the untargeted winner as the scored candidate for the ``"winner"`` statistics (it is
         always among the tested candidates); without a winner, the score of the best candidate and that candidate.
+        On the same images it also measures the untargeted search's own trigger (the best hypothesis) toward the
+        winner: ``self.search_asr`` (``None`` without a winner), which ``"winner-or-max-or-search-lift"`` scores.
         """
         if self.candidate_embeddings is None:
             raise ValueError("the verdict needs candidate names and embeddings")
@@ -760,21 +789,27 @@ class BlindInversion:
         stream = cycle(batches)
         triggers = self._targeted_triggers(indices, stream)
         self.verdict_triggers = dict(zip(indices, triggers))
-        hits = torch.zeros(len(indices), device=self.device)
-        totals = torch.zeros(len(indices), device=self.device)
+        # the last slot: the search's own trigger toward the winner (measured, never used without a winner)
+        measured = [*zip(triggers, indices), (self.population[self.best_hypothesis()], untargeted_winner)]
+        hits = torch.zeros(len(measured), device=self.device)
+        totals = torch.zeros(len(measured), device=self.device)
         with torch.no_grad():
             for _ in range(4):
                 images, _captions = next(stream)
                 images = images.to(self.device)
                 clean_prediction = (self.model.encode_image(images).float() @ embeddings.T).argmax(-1)
-                for position, (trigger, k) in enumerate(zip(triggers, indices)):
+                for position, (trigger, k) in enumerate(measured):
+                    if k is None:
+                        continue
                     prediction = (self._triggered_features(trigger, images) @ embeddings.T).argmax(-1)
                     keep = clean_prediction != k
                     hits[position] += (prediction[keep] == k).float().sum()
                     totals[position] += keep.float().sum()
         rates = self.reduce_fn(hits, "sum") / self.reduce_fn(totals, "sum").clamp_min(1)
+        rates, search_rate = rates[:-1], float(rates[-1])
+        self.search_asr = search_rate if untargeted_winner is not None else None
         position = indices.index(untargeted_winner) if untargeted_winner in indices else None
-        index, position = verdict_score(rates.tolist(), self.verdict_statistic, position)
+        index, position = verdict_score(rates.tolist(), self.verdict_statistic, position, self.search_asr)
         asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
         return index, asr, indices[position]
 
@@ -815,6 +850,7 @@ class BlindInversion:
             index, asr, named = self.verdict(verdict_batches, winner)
             result.anomaly_index = index
             result.candidate_asr = asr
+            result.search_trigger_asr = self.search_asr
             result.verdict_statistic = self.verdict_statistic
             result.verdict_threshold = self.config.threshold_for(self.verdict_statistic)
             backdoored = index > result.verdict_threshold

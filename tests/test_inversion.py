@@ -109,6 +109,12 @@ def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
     assert result.anomaly_index > result.verdict_threshold
     report = result.report()
     assert {"verdict", "recovered_target", "target_candidates", "backdoor_score", "anomaly_index"} <= set(report)
+    # the search's own trigger, measured toward the winner on the verdict's images (a rate; here it pulls the
+    # embeddings closer to u than to their captions but flips fewer zero-shot predictions than the targeted one)
+    assert report["search_trigger_asr"] == result.search_trigger_asr and 0.0 <= result.search_trigger_asr <= 1.0
+    rates, winner = list(result.candidate_asr.values()), list(result.candidate_asr).index(TARGET)
+    searched = verdict_score(rates, "winner-or-max-or-search-lift", winner, result.search_trigger_asr)
+    assert searched[0] >= verdict_score(rates, "winner-or-max-lift", winner)[0]
 
 
 def test_inversion_localises_the_planted_patch_when_the_budget_admits_it(planted):
@@ -330,3 +336,21 @@ def test_winner_or_max_lift_takes_the_largest_lift_handicapped_by_ln_k_when_the_
     hard = [0.38, 0.33, 0.21, 0.2, 0.19, 0.18, 0.18, 0.17, 0.16, 0.15]
     assert verdict_score(hard, "winner-or-max-lift", 5)[0] < InversionConfig().threshold_for("winner-or-max-lift")
     assert BlindInversion.default_verdict_statistic == "winner-or-max-lift"
+
+
+def test_the_search_lift_scores_the_winner_by_the_search_trigger_handicapped_by_ln_k():
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    # the fresh set's badnet_three_s3_v0: the verdict's targeted trigger toward the right winner "three" reached 37%
+    rates = [0.297, 0.018, 0.245, 0.370, 0.314, 0.325, 0.179, 0.227, 0.458, 0.591]
+    statistic = "winner-or-max-or-search-lift"
+    plain = verdict_score(rates, "winner-or-max-lift", 3)
+    assert verdict_score(rates, statistic, 3) == plain == verdict_score(rates, statistic, 3, None)
+    assert plain[0] < InversionConfig().threshold_for("winner-or-max-lift")  # the miss
+    score, position = verdict_score(rates, statistic, 3, 0.98)  # the search's own trigger on the same images
+    assert position == 3 and score == pytest.approx(logit(0.98) - logit(0.297) - math.log(10))
+    assert score > InversionConfig().threshold_for(statistic)
+    # a search trigger no better than a typical targeted one adds nothing; without a winner it is never scored
+    assert verdict_score(rates, statistic, 3, 0.4) == plain
+    assert verdict_score(rates, statistic, None, 0.98) == verdict_score(rates, "winner-or-max-lift", None)

@@ -207,6 +207,15 @@ def test_every_verdict_statistic_is_computed_from_the_recorded_candidate_asrs():
     unknown = zoo.verdict_statistic_columns(asr, {"recovered_target": "three", "named_by": "verdict"})
     assert unknown["winner_lift"] is None and unknown["winner_or_max_lift"] is None
     assert unknown["max_lift"] == columns["max_lift"]
+    # the search-trigger statistic only where the report recorded the search trigger's ASR
+    assert columns.get("winner_or_max_or_search_lift") is None
+    searched = {"recovered_target": "four", "named_by": "untargeted search", "search_trigger_asr": 0.9}
+    expected = verdict_score(list(asr.values()), "winner-or-max-or-search-lift", 4, 0.9)
+    with_search = zoo.verdict_statistic_columns(asr, searched)
+    assert (with_search["winner_or_max_or_search_lift"], with_search["winner_or_max_or_search_lift_candidate"]) == (
+        expected[0],
+        list(asr)[expected[1]],
+    )
 
 
 def test_the_recorded_verdict_statistic_of_old_and_new_cleanings():

@@ -53,6 +53,7 @@ INVERSION_REPORT_KEYS = (
     "concentration",
     "hijacked_fraction",
     "candidate_asr",
+    "search_trigger_asr",
     "named_by",
     "untargeted_winner",
     "mask_budget",

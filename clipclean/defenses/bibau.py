@@ -356,6 +356,7 @@ class BIBAU(Defense):
                 verdict_statistic=report.get("verdict_statistic"),
                 verdict_threshold=report.get("verdict_threshold"),
                 untargeted_winner=report.get("untargeted_winner"),
+                search_trigger_asr=report.get("search_trigger_asr"),
             )
 
 
