@@ -99,8 +99,8 @@ COLUMNS = (
     "winner_index", "max_anomaly_index", "max_candidate",
     "winner_logit_index", "max_logit_index", "max_logit_candidate", "winner_lift", "max_lift", "max_lift_candidate",
     "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner", "inverted_trigger_asr",
-    "search_trigger_asr", "winner_or_max_or_search_lift", "winner_or_max_or_search_lift_candidate", "ca_before", "ca_after", "asr_before",
-    "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
+    "search_trigger_asr", "winner_or_max_or_search_lift", "winner_or_max_or_search_lift_candidate", "ca_before",
+    "ca_after", "asr_before", "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
 )  # fmt: skip
 SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
 SUCCESS_CA_DROP = 0.02  # ... and clean accuracy drops by at most 2 points
