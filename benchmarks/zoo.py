@@ -190,6 +190,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--persistence-args", default="", help="extra eval/complete_unlearning.py flags")
     parser.add_argument("--report-only", action="store_true", help="no training: tables from finished jobs")
     parser.add_argument(
+        "--prefix", default=None,
+        help="name of the report files (PREFIX.csv, .md, .json, _roc.png); default: zoo, zoo_FAMILY, + _CLEAN_NAME",
+    )  # fmt: skip
+    parser.add_argument(
         "--rows-from", default=None, metavar="CSV",
         help="an earlier zoo CSV (for instance the committed benchmarks/results/zoo.csv): a model with no finished "
         "folder under --zoo-dir (a lost cache) is reported with its row from there, as recorded then",
@@ -817,6 +821,7 @@ def main(argv=None) -> dict:
     print(f"{len(rows)} of {len(models)} models finished", f"({from_csv} from {args.rows_from})" if from_csv else "")
     prefix = "zoo" if args.family == "clip" else f"zoo_{args.family}"
     prefix += "" if args.clean_name == "clean" else f"_{args.clean_name}"
+    prefix = args.prefix or prefix
     metrics = report(rows, output, prefix) if rows else {}
     print((output / f"{prefix}.md").read_text() if rows else "nothing finished yet")
     return {"rows": rows, "metrics": metrics}

@@ -148,10 +148,14 @@ class InversionConfig:
             search named another class; ``"-logit"``: the same on the log-odds of the ASRs; ``"-lift"``: the
             scored candidate's log-odds minus the median candidate's; ``"winner-or-max-lift"``: the winner's lift
             or the largest lift minus ``ln(K)``, whichever is larger (and then that candidate is the target).
-            ``"winner-or-max-lift"`` at 1.29 was chosen on the zoo's development half (17 backdoored, 6
-            never-poisoned digits CLIPs: 17 detected, no false alarm) by a rule fixed beforehand; it was added
-            after the held-out half had been read, so its held-out numbers are not clean evidence (benchmarks/
-            README.md, "Model zoo"). ``"winner-lift"`` was the default before it (15 of the 17, no false alarm).
+            ``"winner-or-max-or-search-lift"``: that, or the untargeted search's own trigger's lift minus
+            ``ln(K)``, measured toward the winner on the verdict's images (:func:`verdict_score`).
+            ``"winner-or-max-or-search-lift"`` at 1.29 is the CLIP default since 2026-12-04: the zoo's rule, fixed
+            beforehand, picked it on a development half rebuilt at today's recipe (18 backdoored, 6 never-poisoned
+            digits CLIPs: 17 detected, no false alarm; ``"winner-or-max-lift"`` 16). It was added after the fresh
+            held-out set had been read; a second fresh set, built after the choice, is its test (benchmarks/
+            README.md, "Model zoo"). ``"winner-or-max-lift"`` (2026-12-03) and ``"winner-lift"`` were the
+            defaults before it.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
@@ -415,7 +419,7 @@ class BlindInversion:
 
     # The verdict statistic when the config names none: chosen on the development half of the CLIP zoo by the zoo's
     # fixed rule (benchmarks/README.md, "Model zoo"); an image classifier keeps its own (ClassifierInversion).
-    default_verdict_statistic = "winner-or-max-lift"
+    default_verdict_statistic = "winner-or-max-or-search-lift"
 
     @property
     def verdict_statistic(self) -> str:

@@ -335,7 +335,6 @@ def test_winner_or_max_lift_takes_the_largest_lift_handicapped_by_ln_k_when_the_
     # a never-poisoned model: the largest lift minus ln(10) stays below the threshold
     hard = [0.38, 0.33, 0.21, 0.2, 0.19, 0.18, 0.18, 0.17, 0.16, 0.15]
     assert verdict_score(hard, "winner-or-max-lift", 5)[0] < InversionConfig().threshold_for("winner-or-max-lift")
-    assert BlindInversion.default_verdict_statistic == "winner-or-max-lift"
 
 
 def test_the_search_lift_scores_the_winner_by_the_search_trigger_handicapped_by_ln_k():
@@ -354,3 +353,4 @@ def test_the_search_lift_scores_the_winner_by_the_search_trigger_handicapped_by_
     # a search trigger no better than a typical targeted one adds nothing; without a winner it is never scored
     assert verdict_score(rates, statistic, 3, 0.4) == plain
     assert verdict_score(rates, statistic, None, 0.98) == verdict_score(rates, "winner-or-max-lift", None)
+    assert BlindInversion.default_verdict_statistic == statistic
