@@ -23,6 +23,12 @@ results. The rule puts every attack, target, seed and trigger variant in both ha
 target and trigger variant by the same rule) and 6 never-poisoned ones (seeds 12-17), built only after every default
 had been fixed; all of them are held out and reported as their own split, ``fresh``.
 
+**The rebuilt development half and the second fresh set** (2026-12-04): the first zoo's cache was lost, so its
+development half was rebuilt at today's recipe in another folder (``--zoo-dir ~/.cache/clipclean/zoo_rebuilt
+--split development``) to choose the verdict on; a second fresh set of seeds 5 and 6 (never-poisoned: 18-23) was
+built there after that choice (``--split fresh --seeds 5 6 --clean-seeds 18 19 20 21 22 23``). Both report as
+``--prefix zoo_rebuilt``.
+
 Every model lives in its own folder under ``--zoo-dir`` (outside the repository; default ``~/.cache/clipclean/zoo``):
 ``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning; ``--clean-name NAME`` keeps a cleaning
 with other ``--clean-args`` apart in ``MODEL/NAME`` and reports it as ``zoo_NAME.*``). Finished jobs are reused, an
@@ -35,6 +41,8 @@ held-out models of each attack and target whose backdoor took, next to the never
     python benchmarks/zoo.py --jobs 2 --split fresh                     # the fresh held-out set
     python benchmarks/zoo.py --report-only                              # tables from what is finished
     python benchmarks/zoo.py --report-only --rows-from benchmarks/results/zoo.csv   # a lost cache: rows as recorded
+    python benchmarks/zoo.py --report-only --zoo-dir ~/.cache/clipclean/zoo_rebuilt --split fresh --seeds 5 6 \
+        --clean-seeds 18 19 20 21 22 23 --prefix zoo_rebuilt                       # rebuilt development + fresh 5-6
 
 Writes ``OUTPUT/zoo.csv`` (one row per model), ``OUTPUT/zoo.md`` (the metrics per split), ``OUTPUT/zoo.json`` and
 ``OUTPUT/zoo_roc.png``, ``OUTPUT/zoo_by_attack.png`` (``--output``, default ``benchmarks/results``).
@@ -560,8 +568,8 @@ def split_metrics(rows: list[dict]) -> dict:
 # "winner-or-max-lift": the winner's lift or the largest lift minus ln(K), whichever is larger (added 2026-12-03
 # after the held-out half had been read: three of its four misses named a wrong winner; held-out numbers of this
 # statistic are therefore not clean evidence); "winner-or-max-or-search-lift": that, or the untargeted search's own
-# trigger's lift minus ln(K) (added 2026-12-04 after the fresh set's three BadNet misses had been diagnosed; chosen, or
-# not, on a rebuilt development half, and tested on models built afterwards).
+# trigger's lift minus ln(K) (added 2026-12-04 after the fresh set's three BadNet misses had been diagnosed; picked by
+# select_statistic on the rebuilt development half, then tested on the second fresh set, seeds 5-6, built after).
 VERDICT_STATISTICS = {"winner": ("winner_index", "untargeted_winner"),
                       "max-candidate": ("max_anomaly_index", "max_candidate"),
                       "winner-logit": ("winner_logit_index", "untargeted_winner"),
