@@ -138,8 +138,8 @@ class InversionConfig:
             the statistic's own (:data:`DEFAULT_VERDICT_THRESHOLDS`, :meth:`threshold_for`): 2.5 for the anomaly
             indices (Neural Cleanse uses 2), 1.29 for the lifts.
         verdict_statistic: what the verdict scores (:func:`verdict_score`); ``None`` (default): the inverter's
-            default, ``"winner-or-max-lift"`` for a CLIP (:class:`BlindInversion`), ``"winner"`` for an image
-            classifier.
+            default, ``"winner-or-max-or-search-lift"`` for a CLIP (:class:`BlindInversion`), ``"winner"`` for an
+            image classifier.
             ``"winner"``: the anomaly index of the untargeted winner's targeted ASR among all candidates' (the CLIP
             default until the model zoo; on the seed-0 digits CLIPs never-poisoned 0.78-1.45, backdoored
             2.91-7.26, but on the zoo's development half it called 2 of 6 never-poisoned models backdoored and
