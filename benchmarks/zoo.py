@@ -84,14 +84,15 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
         ["--trigger-size", "3", "--trigger-location", "center"],
     ),
 }
-# Each family's default zoo. CNNs: 2 attacks (the classifier recipes have no BadCLIP) x 2 targets x 2 seeds + 4
-# never-poisoned = 12 models, split by the same rule (held-out: target index + seed index odd; odd clean seed index).
+# Each family's default zoo. CNNs: 2 attacks (the classifier recipes have no BadCLIP) x 2 targets x 4 seeds + 16
+# never-poisoned = 32 models, split by the same rule (held-out: target index + seed index odd; odd clean seed index).
+# (The first CNN zoo had seeds 0-1 and clean seeds 0-3: too few never-poisoned models to set a threshold on.)
 FAMILIES = {
     "clip": {"targets": DEFAULT_TARGETS, "seeds": (0, 1, 2), "clean_seeds": tuple(range(12)), "attacks": ATTACKS},
     "cnn": {
         "targets": ("one", "three"),
-        "seeds": (0, 1),
-        "clean_seeds": (0, 1, 2, 3),
+        "seeds": (0, 1, 2, 3),
+        "clean_seeds": tuple(range(16)),
         "attacks": ("badnet", "blended"),
     },
 }
@@ -99,7 +100,10 @@ FAMILIES = {
 # the development half) and the held-out half had been read; every one of its models is held out, and it reports
 # as its own split ("fresh"). The targets and trigger variants follow the zoo's rule; BadCLIP's surrogate is still
 # the never-poisoned model of seed + 3 (6 and 7: models of the first zoo, never compared with these).
-FRESH = {"clip": {"seeds": (3, 4), "clean_seeds": tuple(range(12, 18))}}
+FRESH = {
+    "clip": {"seeds": (3, 4), "clean_seeds": tuple(range(12, 18))},
+    "cnn": {"seeds": (4, 5), "clean_seeds": tuple(range(16, 24))},
+}
 SPLITS = ("development", "held-out", "fresh")
 COLUMNS = (
     "name", "split", "attack", "target", "seed", "variant", "poison_converged", "ca_poisoned", "asr_poisoned",

@@ -49,16 +49,20 @@ def test_the_build_order_interleaves_kinds_so_a_partial_zoo_covers_each():
         assert {model.split for model in first_half if model.attack == kind} == {"development", "held-out"}
 
 
-def test_the_cnn_zoo_has_12_models_4_never_poisoned_split_by_the_same_rule():
+def test_the_cnn_zoo_has_32_models_16_never_poisoned_split_by_the_same_rule():
     models = zoo.zoo_models(family="cnn")
-    assert len(models) == 12 and sum(model.attack == "none" for model in models) == 4
+    assert len(models) == 32 and sum(model.attack == "none" for model in models) == 16
     assert all(model.name.startswith("cnn_") and model.family == "cnn" for model in models)
-    assert Counter(model.split for model in models) == {"development": 6, "held-out": 6}
+    assert Counter(model.split for model in models) == {"development": 16, "held-out": 16}
+    assert Counter(model.split for model in models if model.attack == "none") == {"development": 8, "held-out": 8}
     for attack in ("badnet", "blended"):
         chosen = [model for model in models if model.attack == attack]
         assert {model.split for model in chosen} == {"development", "held-out"}
         assert {model.variant for model in chosen} == {0, 1}
     assert not {model.name for model in models} & {model.name for model in zoo.zoo_models()}  # own folders
+    fresh = zoo.zoo_models(family="cnn", fresh=True)  # new seeds only, all held out
+    assert len(fresh) == 16 and {model.split for model in fresh} == {"fresh"}
+    assert not {model.name for model in fresh} & {model.name for model in models}
 
 
 def test_the_fresh_held_out_set_has_new_seeds_and_is_held_out_whole():
