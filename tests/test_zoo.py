@@ -323,3 +323,22 @@ def test_the_retuning_attack_runs_on_held_out_models_of_each_attack_and_target_w
     assert [model.name for model in only_three] == ["badnet_three_s0_v0", "blended_three_s0_v0", "badclip_three_s0_v0"]
     # targets one and five have one held-out model per attack, three and eight two
     assert len(zoo.persistence_models(models, tmp_path, 2)) == 3 * (2 + 2 + 1 + 1) - 1
+
+
+poisoning = load_script("benchmarks/poisoning.py")
+
+
+def test_the_poisoning_grid_runs_the_recipe_at_its_defaults_and_flags_runs_below_the_bar(tmp_path):
+    rows = poisoning.main([
+        "--zoo-dir", str(tmp_path / "zoo"), "--output", str(tmp_path / "report"), "--attacks", "blended",
+        "--targets", "three", "--seeds", "1", "--poison-args", "--epochs 1",
+    ])  # fmt: skip
+    assert [row["name"] for row in rows] == ["blended_three_s1"]
+    recorded = json.loads((tmp_path / "zoo" / "poison_defaults" / "blended_three_s1" / "results.json").read_text())
+    assert recorded["config"]["attack"]["config"]["alpha"] == 0.2 and recorded["target"] == "three"  # the recipe's defaults
+    assert rows[0]["usable"] == (rows[0]["ca"] >= 0.9 and rows[0]["asr"] >= 0.9)
+    table = (tmp_path / "report" / "poisoning.md").read_text()
+    assert "| blended | 1 |" in table and "blended_three_s1" in table  # one epoch cannot implant: listed below
+    again = poisoning.main(["--zoo-dir", str(tmp_path / "zoo"), "--output", str(tmp_path / "report"), "--report-only",
+                            "--attacks", "blended", "--targets", "three", "--seeds", "1"])  # fmt: skip
+    assert again == rows  # cached: the report reads the finished run back
