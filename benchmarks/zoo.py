@@ -587,12 +587,28 @@ COLUMNS_NAMED_BY_WINNER = ("untargeted_winner",)
 PREVIOUS_DEFAULT = ("winner", 2.5)  # the verdict before the zoo: select_statistic's last tie-break
 
 
-def default_statistic(family: str = "clip") -> str:
-    """The verdict statistic the family's inverter uses by default."""
+def _inverter(family: str):
+    """The inverter class that judges the family's models."""
     from clipclean.classifiers import ClassifierInversion
     from clipclean.inversion import BlindInversion
 
-    return (ClassifierInversion if family == "cnn" else BlindInversion).default_verdict_statistic
+    return ClassifierInversion if family == "cnn" else BlindInversion
+
+
+def default_statistic(family: str = "clip") -> str:
+    """The verdict statistic the family's inverter uses by default."""
+    return _inverter(family).default_verdict_statistic
+
+
+def default_threshold(statistic: str, family: str = "clip") -> float:
+    """The library's threshold of ``statistic`` for the family's inverter when the config sets none: the inverter's
+    own for its default statistic (an image classifier's), else the statistic's (``DEFAULT_VERDICT_THRESHOLDS``)."""
+    from clipclean.inversion import DEFAULT_VERDICT_THRESHOLDS
+
+    inverter = _inverter(family)
+    if statistic == inverter.default_verdict_statistic and inverter.default_verdict_threshold is not None:
+        return inverter.default_verdict_threshold
+    return DEFAULT_VERDICT_THRESHOLDS[statistic]
 
 
 def default_score_column(family: str = "clip") -> str:
@@ -626,9 +642,7 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
     """Per verdict statistic: its threshold chosen on the development half (and its library default,
     ``clipclean.inversion.DEFAULT_VERDICT_THRESHOLDS``), then the detection and naming rates on each half at that
     threshold."""
-    from clipclean.inversion import DEFAULT_VERDICT_THRESHOLDS
-
-    table = []
+    table, family = [], "cnn" if rows and rows[0]["name"].startswith("cnn_") else "clip"
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
         usable = [row for row in sum(counted(rows), []) if row[score_key] is not None]
         development = [row for row in usable if row["split"] == "development"]
@@ -637,7 +651,7 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
         chosen = choose_threshold(
             [row[score_key] for row in development], [row["attack"] != "none" for row in development]
         )
-        fixed = DEFAULT_VERDICT_THRESHOLDS[statistic]
+        fixed = default_threshold(statistic, family)
         for label, threshold in ((f"default {fixed:g}", fixed), ("chosen on development", chosen)):
             entry = {"statistic": statistic, "threshold_rule": label, "threshold": threshold}
             for split in SPLITS:

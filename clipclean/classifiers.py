@@ -446,9 +446,13 @@ class ClassifierInversion(BlindInversion):
         ('zero', 'backdoored')
     """
 
-    # Kept by the zoo's rule on the CNN zoo's development half (benchmarks/zoo.py --family cnn: every statistic tied,
-    # so the rule kept this one); on its held-out half it called both never-poisoned CNNs backdoored.
+    # Chosen by the zoo's fixed rule (benchmarks/zoo.py select_statistic) on the CNN zoo's development half of 8
+    # backdoored and 8 never-poisoned CNNs: at its threshold chosen there every statistic separated them (8/8
+    # detected, 0/8 false alarms), and the rule keeps the first of equals. The never-poisoned CNNs scored 0.7-6.1,
+    # the backdoored ones 34.6-150.4: at the CLIPs' 2.5, 3 of the 8 never-poisoned CNNs were called backdoored
+    # (benchmarks/README.md, "The degenerate case").
     default_verdict_statistic = "winner"
+    default_verdict_threshold = 20.36
 
     def __init__(
         self,

@@ -335,10 +335,16 @@ def test_the_poisoning_grid_runs_the_recipe_at_its_defaults_and_flags_runs_below
     ])  # fmt: skip
     assert [row["name"] for row in rows] == ["blended_three_s1"]
     recorded = json.loads((tmp_path / "zoo" / "poison_defaults" / "blended_three_s1" / "results.json").read_text())
-    assert recorded["config"]["attack"]["config"]["alpha"] == 0.2 and recorded["target"] == "three"  # the recipe's defaults
+    attack = recorded["config"]["attack"]["config"]
+    assert attack["alpha"] == 0.2 and attack["pattern"] == "noise" and recorded["target"] == "three"  # defaults
     assert rows[0]["usable"] == (rows[0]["ca"] >= 0.9 and rows[0]["asr"] >= 0.9)
     table = (tmp_path / "report" / "poisoning.md").read_text()
     assert "| blended | 1 |" in table and "blended_three_s1" in table  # one epoch cannot implant: listed below
     again = poisoning.main(["--zoo-dir", str(tmp_path / "zoo"), "--output", str(tmp_path / "report"), "--report-only",
                             "--attacks", "blended", "--targets", "three", "--seeds", "1"])  # fmt: skip
     assert again == rows  # cached: the report reads the finished run back
+
+
+def test_the_zoo_reports_each_family_at_its_inverters_default_threshold():
+    assert zoo.default_threshold("winner", "cnn") == 20.36 and zoo.default_threshold("winner", "clip") == 2.5
+    assert zoo.default_threshold("winner-lift", "cnn") == zoo.default_threshold("winner-lift", "clip") == 1.29
