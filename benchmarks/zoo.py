@@ -96,6 +96,12 @@ FAMILIES = {
         "attacks": ("badnet", "blended"),
     },
 }
+# The benchmark's own seed-0 models (benchmarks/run.py --classifier, benchmarks/classifier.md: the recipe's default
+# trigger toward "zero"), on which the classifier defaults were first tuned, join the default zoo's development half as
+# variant 2 (DEFAULT_TRIGGER: no trigger flag). Added 2026-12-04: the CNN zoo's own development models were all strong
+# backdoors (anomaly index 34-150), while the benchmark's Blended CNN scores 7.9.
+DEFAULT_TRIGGER = 2
+BENCHMARK_DEVELOPMENT = {"cnn": (("badnet", 0), ("blended", 0))}
 # The fresh held-out set: new model seeds, built only after the verdict and every other default had been chosen (on
 # the development half) and the held-out half had been read; every one of its models is held out, and it reports
 # as its own split ("fresh"). The targets and trigger variants follow the zoo's rule; BadCLIP's surrogate is still
@@ -160,6 +166,11 @@ def zoo_models(targets=None, seeds=None, clean_seeds=None, attacks=None, family=
                 held_out = fresh or (target_index + seed_index) % 2 == 1
                 arguments = ["--attack", attack, "--target", target, *VARIANTS[attack][variant]]
                 models.append(ZooModel(attack, seed, target, variant, held_out, tuple(arguments), family, fresh))
+    if not fresh and (targets, seeds) == (defaults["targets"], defaults["seeds"]):
+        for attack, seed in BENCHMARK_DEVELOPMENT.get(family, ()):  # the default zoo: the benchmark's models too
+            if attack in attacks:
+                arguments = ("--attack", attack, "--target", "zero")
+                models.append(ZooModel(attack, seed, "zero", DEFAULT_TRIGGER, False, arguments, family))
     for seed_index, seed in enumerate(clean_seeds):
         held_out = fresh or seed_index % 2 == 1
         models.append(ZooModel("none", seed, None, 0, held_out, NEVER_POISONED_ARGS, family, fresh))
@@ -600,17 +611,6 @@ def default_statistic(family: str = "clip") -> str:
     return _inverter(family).default_verdict_statistic
 
 
-def default_threshold(statistic: str, family: str = "clip") -> float:
-    """The library's threshold of ``statistic`` for the family's inverter when the config sets none: the inverter's
-    own for its default statistic (an image classifier's), else the statistic's (``DEFAULT_VERDICT_THRESHOLDS``)."""
-    from clipclean.inversion import DEFAULT_VERDICT_THRESHOLDS
-
-    inverter = _inverter(family)
-    if statistic == inverter.default_verdict_statistic and inverter.default_verdict_threshold is not None:
-        return inverter.default_verdict_threshold
-    return DEFAULT_VERDICT_THRESHOLDS[statistic]
-
-
 def default_score_column(family: str = "clip") -> str:
     """The CSV column of the verdict statistic that the family's inverter uses by default (the ROC curves and
     ROC-AUC score every model with it, whatever statistic its cleaning recorded)."""
@@ -642,7 +642,9 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
     """Per verdict statistic: its threshold chosen on the development half (and its library default,
     ``clipclean.inversion.DEFAULT_VERDICT_THRESHOLDS``), then the detection and naming rates on each half at that
     threshold."""
-    table, family = [], "cnn" if rows and rows[0]["name"].startswith("cnn_") else "clip"
+    from clipclean.inversion import DEFAULT_VERDICT_THRESHOLDS
+
+    table = []
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
         usable = [row for row in sum(counted(rows), []) if row[score_key] is not None]
         development = [row for row in usable if row["split"] == "development"]
@@ -651,7 +653,9 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
         chosen = choose_threshold(
             [row[score_key] for row in development], [row["attack"] != "none" for row in development]
         )
-        fixed = default_threshold(statistic, family)
+        fixed = DEFAULT_VERDICT_THRESHOLDS[statistic]
+        backdoored, clean = counted(development)
+        gap = separation([row[score_key] for row in backdoored], [row[score_key] for row in clean])
         for label, threshold in ((f"default {fixed:g}", fixed), ("chosen on development", chosen)):
             entry = {"statistic": statistic, "threshold_rule": label, "threshold": threshold}
             for split in SPLITS:
@@ -663,6 +667,7 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
                     "named": sum(1 for row in backdoored if row[name_key] == row["target"]),
                     "false_alarms": sum(1 for row in clean if row[score_key] > threshold), "n_clean": len(clean),
                 }  # fmt: skip
+            entry["development"]["separation"] = gap
             table.append(entry)
     selected = select_statistic(table)
     for entry in table:
@@ -670,18 +675,34 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
     return table
 
 
+def separation(backdoored: list[float], clean: list[float]) -> float:
+    """How far apart a statistic puts the two kinds of models, in units of the never-poisoned models' spread: the
+    lowest backdoored score minus the highest never-poisoned one, over the never-poisoned scores' standard deviation
+    (negative when they overlap; the raw gap when there are fewer than two never-poisoned scores or no spread)."""
+    if not backdoored or not clean:
+        return -math.inf
+    gap = min(backdoored) - max(clean)
+    spread = statistics.pstdev(clean) if len(clean) > 1 else 0.0
+    return gap / spread if spread > 0 else gap
+
+
 def select_statistic(table: list[dict]) -> dict | None:
-    """The rule, fixed before the development models were built, that picks the verdict from ``statistic_rows``'
-    entries using development numbers only: the largest true-positive minus false-positive rate; ties to the most
-    targets named, then to the verdict before the zoo (``PREVIOUS_DEFAULT``: ``winner``, 2.5), then to the order of
-    ``VERDICT_STATISTICS``."""
+    """The rule that picks the verdict from ``statistic_rows``' entries using development numbers only: the largest
+    true-positive minus false-positive rate; ties to the most targets named, then to the widest ``separation`` of
+    backdoored from never-poisoned scores, then to the verdict before the zoo (``PREVIOUS_DEFAULT``: ``winner``, 2.5),
+    then to the order of ``VERDICT_STATISTICS`` (a library default threshold before one chosen on development).
+
+    The rule was fixed before the first development models were built; the ``separation`` tie-break was added on
+    2026-12-04, when every statistic separated the CNN development half perfectly and the order alone would have
+    picked the anomaly index, whose development margin was the thinnest (benchmarks/README.md, "The degenerate
+    case"). It changes no CLIP choice (no tie there)."""
 
     def key(entry: dict) -> tuple:
         development = entry["development"]
         tpr = development["detected"] / max(development["n_backdoored"], 1)
         fpr = development["false_alarms"] / max(development["n_clean"], 1)
         default = (entry["statistic"], entry["threshold"]) == PREVIOUS_DEFAULT
-        return (tpr - fpr, development["named"], default)
+        return (tpr - fpr, development["named"], development.get("separation", -math.inf), default)
 
     best = None
     for entry in table:  # the first of equals wins

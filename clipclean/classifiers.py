@@ -446,13 +446,13 @@ class ClassifierInversion(BlindInversion):
         ('zero', 'backdoored')
     """
 
-    # Chosen by the zoo's fixed rule (benchmarks/zoo.py select_statistic) on the CNN zoo's development half of 8
-    # backdoored and 8 never-poisoned CNNs: at its threshold chosen there every statistic separated them (8/8
-    # detected, 0/8 false alarms), and the rule keeps the first of equals. The never-poisoned CNNs scored 0.7-6.1,
-    # the backdoored ones 34.6-150.4: at the CLIPs' 2.5, 3 of the 8 never-poisoned CNNs were called backdoored
-    # (benchmarks/README.md, "The degenerate case").
-    default_verdict_statistic = "winner"
-    default_verdict_threshold = 20.36
+    # Chosen by the zoo's rule (benchmarks/zoo.py select_statistic) on the CNN zoo's development half: 10 backdoored
+    # CNNs (the benchmark's two seed-0 models among them) and 8 never-poisoned ones. At its 2.5 it detects all 10 with
+    # no false alarm, as every statistic does at a threshold chosen there; it separates the two kinds widest. The
+    # anomaly index ("winner", the default before) needed a threshold of 20.36 to spare the never-poisoned CNNs
+    # (they score up to 6.1) and then missed the benchmark's Blended CNN (7.9): benchmarks/README.md, "The degenerate
+    # case".
+    default_verdict_statistic = "max-candidate-logit"
 
     def __init__(
         self,

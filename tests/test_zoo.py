@@ -49,16 +49,21 @@ def test_the_build_order_interleaves_kinds_so_a_partial_zoo_covers_each():
         assert {model.split for model in first_half if model.attack == kind} == {"development", "held-out"}
 
 
-def test_the_cnn_zoo_has_32_models_16_never_poisoned_split_by_the_same_rule():
+def test_the_cnn_zoo_has_34_models_16_never_poisoned_split_by_the_same_rule():
     models = zoo.zoo_models(family="cnn")
-    assert len(models) == 32 and sum(model.attack == "none" for model in models) == 16
+    assert len(models) == 34 and sum(model.attack == "none" for model in models) == 16
     assert all(model.name.startswith("cnn_") and model.family == "cnn" for model in models)
-    assert Counter(model.split for model in models) == {"development": 16, "held-out": 16}
+    assert Counter(model.split for model in models) == {"development": 18, "held-out": 16}
     assert Counter(model.split for model in models if model.attack == "none") == {"development": 8, "held-out": 8}
+    # the benchmark's seed-0 CNNs (the recipe's default trigger toward "zero") are development models
+    benchmark = [model for model in models if model.variant == zoo.DEFAULT_TRIGGER]
+    assert {(m.name, m.split) for m in benchmark} == {("cnn_badnet_zero_s0_v2", "development"),
+                                                      ("cnn_blended_zero_s0_v2", "development")}  # fmt: skip
+    assert all("--trigger-size" not in m.poison_args and "--alpha" not in m.poison_args for m in benchmark)
     for attack in ("badnet", "blended"):
         chosen = [model for model in models if model.attack == attack]
         assert {model.split for model in chosen} == {"development", "held-out"}
-        assert {model.variant for model in chosen} == {0, 1}
+        assert {model.variant for model in chosen} == {0, 1, zoo.DEFAULT_TRIGGER}
     assert not {model.name for model in models} & {model.name for model in zoo.zoo_models()}  # own folders
     fresh = zoo.zoo_models(family="cnn", fresh=True)  # new seeds only, all held out
     assert len(fresh) == 16 and {model.split for model in fresh} == {"fresh"}
@@ -345,6 +350,14 @@ def test_the_poisoning_grid_runs_the_recipe_at_its_defaults_and_flags_runs_below
     assert again == rows  # cached: the report reads the finished run back
 
 
-def test_the_zoo_reports_each_family_at_its_inverters_default_threshold():
-    assert zoo.default_threshold("winner", "cnn") == 20.36 and zoo.default_threshold("winner", "clip") == 2.5
-    assert zoo.default_threshold("winner-lift", "cnn") == zoo.default_threshold("winner-lift", "clip") == 1.29
+def test_ties_on_the_development_half_go_to_the_statistic_that_separates_the_two_kinds_widest():
+    assert zoo.separation([5.0, 9.0], [1.0, 3.0]) == 2.0  # (5 - 3) / pstdev([1, 3])
+    assert zoo.separation([2.0], [1.0, 3.0]) < 0  # overlap
+    development = {"n_backdoored": 2, "n_clean": 2, "detected": 2, "false_alarms": 0, "named": 2}
+    thin = {"statistic": "winner", "threshold": 7.0, "development": {**development, "separation": 0.8}}
+    wide = {"statistic": "max-candidate-logit", "threshold": 2.5, "development": {**development, "separation": 6.2}}
+    assert zoo.select_statistic([thin, wide]) is wide  # not the first of equals any more
+    better = {"statistic": "winner", "threshold": 7.0, "development": {**development, "false_alarms": 0,
+              "detected": 2, "named": 2, "separation": 0.1}}  # fmt: skip
+    worse = {**wide, "development": {**development, "detected": 1, "separation": 9.0}}
+    assert zoo.select_statistic([worse, better]) is better  # detection first, separation only breaks ties
