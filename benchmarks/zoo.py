@@ -29,6 +29,14 @@ development half was rebuilt at today's recipe in another folder (``--zoo-dir ~/
 built there after that choice (``--split fresh --seeds 5 6 --clean-seeds 18 19 20 21 22 23``). Both report as
 ``--prefix zoo_rebuilt``.
 
+**The CNN zoo** (``--family cnn``; ``recipes/poison_classifier.py`` and ``clean_classifier.py`` with
+``CNN_BIBAU_FLAGS``): BadNet and Blended x targets "one" and "three" x model seeds 0-3 (16 backdoored) and 16
+never-poisoned CNNs (seeds 0-15), split by the same rule; the benchmark's two seed-0 CNNs (the recipe's default
+trigger toward "zero", ``BENCHMARK_DEVELOPMENT``) join its development half: 34 models, 18 of them development. Its
+fresh set is seeds 4-5 and never-poisoned seeds 16-23 (16 models). The classifier verdict's statistic is chosen by
+``select_statistic`` on the development half; ties go to the statistic that separates backdoored from never-poisoned
+scores the most (``separation``).
+
 Every model lives in its own folder under ``--zoo-dir`` (outside the repository; default ``~/.cache/clipclean/zoo``):
 ``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning; ``--clean-name NAME`` keeps a cleaning
 with other ``--clean-args`` apart in ``MODEL/NAME`` and reports it as ``zoo_NAME.*``). Finished jobs are reused, an
@@ -43,6 +51,8 @@ held-out models of each attack and target whose backdoor took, next to the never
     python benchmarks/zoo.py --report-only --rows-from benchmarks/results/zoo.csv   # a lost cache: rows as recorded
     python benchmarks/zoo.py --report-only --zoo-dir ~/.cache/clipclean/zoo_rebuilt --split fresh --seeds 5 6 \
         --clean-seeds 18 19 20 21 22 23 --prefix zoo_rebuilt                       # rebuilt development + fresh 5-6
+    python benchmarks/zoo.py --family cnn --jobs 2 --zoo-dir ~/.cache/clipclean/zoo_cnn   # the CNN zoo (both halves)
+    python benchmarks/zoo.py --family cnn --jobs 2 --zoo-dir ~/.cache/clipclean/zoo_cnn --split fresh   # its fresh set
 
 Writes ``OUTPUT/zoo.csv`` (one row per model), ``OUTPUT/zoo.md`` (the metrics per split), ``OUTPUT/zoo.json`` and
 ``OUTPUT/zoo_roc.png``, ``OUTPUT/zoo_by_attack.png`` (``--output``, default ``benchmarks/results``).
@@ -216,6 +226,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--prefix", default=None,
         help="name of the report files (PREFIX.csv, .md, .json, _roc.png); default: zoo, zoo_FAMILY, + _CLEAN_NAME",
     )  # fmt: skip
+    parser.add_argument(
+        "--choose-from",
+        default=None,
+        metavar="CSV",
+        help="choose each statistic's threshold and the verdict on every model of this earlier zoo CSV (models "
+        "already read: development, held-out and fresh alike) instead of the development half; the report's splits "
+        "are then all tests of that choice",
+    )
     parser.add_argument(
         "--rows-from", default=None, metavar="CSV",
         help="an earlier zoo CSV (for instance the committed benchmarks/results/zoo.csv): a model with no finished "
@@ -611,6 +629,17 @@ def default_statistic(family: str = "clip") -> str:
     return _inverter(family).default_verdict_statistic
 
 
+def default_threshold(statistic: str, family: str = "clip") -> float:
+    """The library's threshold of ``statistic`` for the family's inverter when the config sets none: the inverter's
+    own for its default statistic (an image classifier's), else the statistic's (``DEFAULT_VERDICT_THRESHOLDS``)."""
+    from clipclean.inversion import DEFAULT_VERDICT_THRESHOLDS
+
+    inverter = _inverter(family)
+    if statistic == inverter.default_verdict_statistic and inverter.default_verdict_threshold is not None:
+        return inverter.default_verdict_threshold
+    return DEFAULT_VERDICT_THRESHOLDS[statistic]
+
+
 def default_score_column(family: str = "clip") -> str:
     """The CSV column of the verdict statistic that the family's inverter uses by default (the ROC curves and
     ROC-AUC score every model with it, whatever statistic its cleaning recorded)."""
@@ -638,28 +667,32 @@ def choose_threshold(scores: list[float], labels: list[bool]) -> float:
     return max(candidates, key=lambda threshold: (youden(threshold), -threshold))
 
 
-def statistic_rows(rows: list[dict]) -> list[dict]:
+def statistic_rows(rows: list[dict], choice_rows: list[dict] | None = None) -> list[dict]:
     """Per verdict statistic: its threshold chosen on the development half (and its library default,
-    ``clipclean.inversion.DEFAULT_VERDICT_THRESHOLDS``), then the detection and naming rates on each half at that
-    threshold."""
-    from clipclean.inversion import DEFAULT_VERDICT_THRESHOLDS
-
-    table = []
+    ``clipclean.inversion.DEFAULT_VERDICT_THRESHOLDS``; an image classifier's default statistic at its inverter's own
+    threshold), then the detection and naming rates on each half at that threshold. ``choice_rows``
+    (``--choose-from``: every model of an earlier zoo, all of them already read) replace the development half as the
+    set the thresholds and the verdict are chosen on; its numbers are ``chosen_on``."""
+    table, family = [], "cnn" if rows and rows[0]["name"].startswith("cnn_") else "clip"
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
         usable = [row for row in sum(counted(rows), []) if row[score_key] is not None]
-        development = [row for row in usable if row["split"] == "development"]
+        if choice_rows is None:
+            development = [row for row in usable if row["split"] == "development"]
+        else:
+            development = [row for row in sum(counted(choice_rows), []) if row[score_key] is not None]
         if not development:
             continue
         chosen = choose_threshold(
             [row[score_key] for row in development], [row["attack"] != "none" for row in development]
         )
-        fixed = DEFAULT_VERDICT_THRESHOLDS[statistic]
+        fixed = default_threshold(statistic, family)
         backdoored, clean = counted(development)
         gap = separation([row[score_key] for row in backdoored], [row[score_key] for row in clean])
-        for label, threshold in ((f"default {fixed:g}", fixed), ("chosen on development", chosen)):
+        chosen_label = "chosen on development" if choice_rows is None else "chosen on --choose-from"
+        for label, threshold in ((f"default {fixed:g}", fixed), (chosen_label, chosen)):
             entry = {"statistic": statistic, "threshold_rule": label, "threshold": threshold}
-            for split in SPLITS:
-                selected = [row for row in usable if row["split"] == split]
+            sets = [(split, [row for row in usable if row["split"] == split]) for split in SPLITS]
+            for split, selected in [*sets, ("chosen_on", development)]:
                 backdoored, clean = counted(selected)
                 entry[split] = {
                     "detected": sum(1 for row in backdoored if row[score_key] > threshold),
@@ -667,7 +700,9 @@ def statistic_rows(rows: list[dict]) -> list[dict]:
                     "named": sum(1 for row in backdoored if row[name_key] == row["target"]),
                     "false_alarms": sum(1 for row in clean if row[score_key] > threshold), "n_clean": len(clean),
                 }  # fmt: skip
-            entry["development"]["separation"] = gap
+            entry["chosen_on"]["separation"] = gap
+            if choice_rows is None:
+                entry["development"]["separation"] = gap
             table.append(entry)
     selected = select_statistic(table)
     for entry in table:
@@ -687,7 +722,8 @@ def separation(backdoored: list[float], clean: list[float]) -> float:
 
 
 def select_statistic(table: list[dict]) -> dict | None:
-    """The rule that picks the verdict from ``statistic_rows``' entries using development numbers only: the largest
+    """The rule that picks the verdict from ``statistic_rows``' entries using the numbers of the set it was chosen on
+    (``chosen_on``: the development half, or ``--choose-from``'s models) only: the largest
     true-positive minus false-positive rate; ties to the most targets named, then to the widest ``separation`` of
     backdoored from never-poisoned scores, then to the verdict before the zoo (``PREVIOUS_DEFAULT``: ``winner``, 2.5),
     then to the order of ``VERDICT_STATISTICS`` (a library default threshold before one chosen on development).
@@ -698,7 +734,7 @@ def select_statistic(table: list[dict]) -> dict | None:
     case"). It changes no CLIP choice (no tie there)."""
 
     def key(entry: dict) -> tuple:
-        development = entry["development"]
+        development = entry.get("chosen_on", entry["development"])
         tpr = development["detected"] / max(development["n_backdoored"], 1)
         fpr = development["false_alarms"] / max(development["n_clean"], 1)
         default = (entry["statistic"], entry["threshold"]) == PREVIOUS_DEFAULT
@@ -711,8 +747,9 @@ def select_statistic(table: list[dict]) -> dict | None:
     return best
 
 
-def report(rows: list[dict], output: Path, prefix: str = "zoo") -> dict:
-    """Write ``PREFIX.csv``, ``PREFIX.md``, ``PREFIX.json`` and the plots; return the metrics per split."""
+def report(rows: list[dict], output: Path, prefix: str = "zoo", choice_rows: list[dict] | None = None) -> dict:
+    """Write ``PREFIX.csv``, ``PREFIX.md``, ``PREFIX.json`` and the plots; return the metrics per split.
+    ``choice_rows``: the models the verdict is chosen on instead of the development half (:func:`statistic_rows`)."""
     from clipclean.fileio import write_csv, write_json
 
     output.mkdir(parents=True, exist_ok=True)
@@ -727,7 +764,7 @@ def report(rows: list[dict], output: Path, prefix: str = "zoo") -> dict:
             chosen = [row for row in selected if row["attack"] in (attack, "none")]
             if any(row["attack"] == attack for row in chosen):
                 metrics[split][attack] = split_metrics(chosen)
-    statistics_table = statistic_rows(rows)
+    statistics_table = statistic_rows(rows, choice_rows)
     write_json(output / f"{prefix}.json", {"metrics": metrics, "verdict_statistics": statistics_table})
     (output / f"{prefix}.md").write_text(markdown(metrics, rows, statistics_table, prefix))
     _plots(rows, output, prefix)
@@ -761,7 +798,12 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
                 f"{100 * entry['worst_ca_drop']:.1f} | {winners or '-'} |"
             )
     shown = [split for split in SPLITS if split != "fresh" or any(row["split"] == "fresh" for row in rows)]
-    header = " | ".join(f"{split}: detected / named / false alarms" for split in shown)
+    if statistics_table and "chosen on --choose-from" in {entry["threshold_rule"] for entry in statistics_table}:
+        shown = ["chosen_on", *[split for split in SPLITS if any(row["split"] == split for row in rows)]]
+    header = " | ".join(
+        f"{split.replace('chosen_on', 'chosen on (--choose-from)')}: detected / named / false alarms"
+        for split in shown
+    )
     lines += ["", derived, f"| verdict statistic | threshold | {header} |", "|---|---|" + "---|" * len(shown)]
     for entry in statistics_table:
         cells = " | ".join(
@@ -869,7 +911,8 @@ def main(argv=None) -> dict:
     prefix = "zoo" if args.family == "clip" else f"zoo_{args.family}"
     prefix += "" if args.clean_name == "clean" else f"_{args.clean_name}"
     prefix = args.prefix or prefix
-    metrics = report(rows, output, prefix) if rows else {}
+    choice_rows = list(recorded_rows(args.choose_from).values()) if args.choose_from else None
+    metrics = report(rows, output, prefix, choice_rows) if rows else {}
     print((output / f"{prefix}.md").read_text() if rows else "nothing finished yet")
     return {"rows": rows, "metrics": metrics}
 

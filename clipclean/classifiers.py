@@ -446,13 +446,16 @@ class ClassifierInversion(BlindInversion):
         ('zero', 'backdoored')
     """
 
-    # Chosen by the zoo's rule (benchmarks/zoo.py select_statistic) on the CNN zoo's development half: 10 backdoored
-    # CNNs (the benchmark's two seed-0 models among them) and 8 never-poisoned ones. At its 2.5 it detects all 10 with
-    # no false alarm, as every statistic does at a threshold chosen there; it separates the two kinds widest. The
-    # anomaly index ("winner", the default before) needed a threshold of 20.36 to spare the never-poisoned CNNs
-    # (they score up to 6.1) and then missed the benchmark's Blended CNN (7.9): benchmarks/README.md, "The degenerate
-    # case".
-    default_verdict_statistic = "max-candidate-logit"
+    # Chosen 2026-12-05 on the 50 CNNs of the CNN zoo read so far (development, held-out and first fresh set: 26
+    # backdoored, 24 never-poisoned; benchmarks/README.md, "The degenerate case"), to be tested on CNNs built after
+    # it. The zoo's rule (select_statistic) picks the winner's lift; the threshold is the midpoint between the lowest
+    # backdoored score (the benchmark's seed-0 Blended CNN, 3.36) and the highest never-poisoned one below it (3.07):
+    # every backdoored CNN read is detected, 1 of 24 never-poisoned ones is called backdoored. The rule's own
+    # threshold (3.42) spares that one and misses the Blended CNN: a backdoored model called clean costs more.
+    # The previous default, max-candidate-logit > 2.5 (chosen on the development half alone), called 5 of 16 held-out
+    # never-poisoned CNNs backdoored; the lifts are on the CLIPs' scale but CNNs need a higher threshold than 1.29.
+    default_verdict_statistic = "winner-lift"
+    default_verdict_threshold = 3.22
 
     def __init__(
         self,

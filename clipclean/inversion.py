@@ -420,11 +420,25 @@ class BlindInversion:
     # The verdict statistic when the config names none: chosen on the development half of the CLIP zoo by the zoo's
     # fixed rule (benchmarks/README.md, "Model zoo"); an image classifier keeps its own (ClassifierInversion).
     default_verdict_statistic = "winner-or-max-or-search-lift"
+    # The threshold of the default statistic when the config gives none; ``None``: the statistic's own
+    # (DEFAULT_VERDICT_THRESHOLDS). An image classifier's scores live on another scale and have their own.
+    default_verdict_threshold: float | None = None
 
     @property
     def verdict_statistic(self) -> str:
         """The statistic the verdict scores: the config's, or this inverter's default."""
         return self.config.verdict_statistic or self.default_verdict_statistic
+
+    @property
+    def verdict_threshold(self) -> float:
+        """The score above which the verdict declares a backdoor: the config's ``anomaly_threshold`` when given;
+        else this inverter's ``default_verdict_threshold`` when it scores its default statistic; else the
+        statistic's default (:meth:`InversionConfig.threshold_for`)."""
+        own = self.default_verdict_threshold
+        if self.config.anomaly_threshold is None and own is not None:
+            if self.verdict_statistic == self.default_verdict_statistic:
+                return float(own)
+        return self.config.threshold_for(self.verdict_statistic)
 
     def __init__(
         self,
@@ -856,7 +870,7 @@ class BlindInversion:
             result.candidate_asr = asr
             result.search_trigger_asr = self.search_asr
             result.verdict_statistic = self.verdict_statistic
-            result.verdict_threshold = self.config.threshold_for(self.verdict_statistic)
+            result.verdict_threshold = self.verdict_threshold
             backdoored = index > result.verdict_threshold
             result.verdict = "backdoored" if backdoored else "no backdoor found"
             if backdoored and named != winner:

@@ -27,7 +27,7 @@ from clipclean.data import DIGIT_CLASSNAMES, load_classification_dataset
 from clipclean.defenses import DEFENSES, DefenseContext, build_defense
 from clipclean.defenses.objectives import ClassificationObjective
 from clipclean.evaluation import evaluate_zeroshot
-from clipclean.inversion import InversionConfig, build_inverter, cycle
+from clipclean.inversion import BlindInversion, InversionConfig, build_inverter, cycle
 from clipclean.models import unwrap
 from clipclean.poisoning import PoisonManifest, poison_classification_dataset
 from clipclean.triggers import PatchBlendTrigger, Trigger
@@ -207,11 +207,14 @@ def test_m_step_raises_the_expected_log_probability_and_keeps_the_budget():
     assert all(trigger.coverage() <= 0.02 + 1e-6 for trigger in inverter.population)
 
 
-def test_an_image_classifier_scores_the_largest_candidates_log_odds_and_the_config_still_wins():
+def test_an_image_classifier_has_its_own_verdict_threshold_and_the_config_still_wins():
     model = planted_classifier()
     default = ClassifierInversion(model, InversionConfig())
-    assert default.verdict_statistic == "max-candidate-logit"  # the CNN zoo's choice (benchmarks/README.md)
-    assert ClassifierInversion(model, InversionConfig(verdict_statistic="winner")).verdict_statistic == "winner"
+    assert default.verdict_statistic == "winner-lift" and default.verdict_threshold == 3.22  # the CNN zoo's choice
+    assert ClassifierInversion(model, InversionConfig(anomaly_threshold=3)).verdict_threshold == 3.0
+    other = ClassifierInversion(model, InversionConfig(verdict_statistic="winner-logit"))
+    assert other.verdict_threshold == InversionConfig().threshold_for("winner-logit")  # not the lift's CNN threshold
+    assert BlindInversion.default_verdict_threshold is None  # a CLIP keeps the statistic's own (1.29)
 
 
 def test_untargeted_inversion_and_verdict_on_the_planted_classifier():

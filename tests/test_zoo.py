@@ -361,3 +361,31 @@ def test_ties_on_the_development_half_go_to_the_statistic_that_separates_the_two
               "detected": 2, "named": 2, "separation": 0.1}}  # fmt: skip
     worse = {**wide, "development": {**development, "detected": 1, "separation": 9.0}}
     assert zoo.select_statistic([worse, better]) is better  # detection first, separation only breaks ties
+
+
+def test_the_verdict_can_be_chosen_on_an_earlier_zoo_and_every_split_is_then_a_test(tmp_path):
+    def row(name, split, attack, score):
+        scores = {score_key: score for score_key, _ in zoo.VERDICT_STATISTICS.values()}
+        named = {name_key: "three" for _, name_key in zoo.VERDICT_STATISTICS.values()}
+        return {**{column: None for column in zoo.COLUMNS}, **scores, **named, "name": name, "split": split,
+                "attack": attack, "target": "three" if attack != "none" else "", "poison_converged": True,
+                "anomaly_index": score, "verdict": "backdoored"}  # fmt: skip
+
+    earlier = [row("a", "development", "badnet", 6.0), row("b", "held-out", "badnet", 4.0),
+               row("c", "development", "none", 1.0), row("d", "held-out", "none", 3.0)]  # fmt: skip
+    new = [row("e", "fresh", "badnet", 3.4), row("f", "fresh", "none", 3.6)]
+    table = zoo.statistic_rows(new, earlier)
+    chosen = [entry for entry in table if entry["threshold_rule"] == "chosen on --choose-from"]
+    assert chosen and all(entry["threshold"] == 3.5 for entry in chosen)  # between 3.0 (clean) and 4.0 (backdoored)
+    assert all(entry["chosen_on"]["detected"] == 2 and entry["chosen_on"]["false_alarms"] == 0 for entry in chosen)
+    assert all(entry["fresh"]["detected"] == 0 and entry["fresh"]["false_alarms"] == 1 for entry in chosen)
+    assert sum(entry["selected"] for entry in table) == 1 and all("development" in entry for entry in table)
+    without = zoo.statistic_rows(earlier)  # the development half alone: 6.0 vs 1.0
+    assert {entry["threshold"] for entry in without if entry["threshold_rule"] == "chosen on development"} == {3.5}
+    text = zoo.markdown({}, new, table)
+    assert "chosen on (--choose-from): detected" in text and "fresh: detected" in text
+
+
+def test_the_zoo_reports_each_family_at_its_inverters_default_threshold():
+    assert zoo.default_threshold("winner-lift", "cnn") == 3.22 and zoo.default_threshold("winner-lift", "clip") == 1.29
+    assert zoo.default_threshold("winner", "cnn") == zoo.default_threshold("winner", "clip") == 2.5
