@@ -35,7 +35,10 @@ never-poisoned CNNs (seeds 0-15), split by the same rule; the benchmark's two se
 trigger toward "zero", ``BENCHMARK_DEVELOPMENT``) join its development half: 34 models, 18 of them development. Its
 fresh set is seeds 4-5 and never-poisoned seeds 16-23 (16 models). The classifier verdict's statistic is chosen by
 ``select_statistic`` on the development half; ties go to the statistic that separates backdoored from never-poisoned
-scores the most (``separation``).
+scores the most (``separation``). After the held-out and fresh CNNs had been read, the verdict was re-chosen on all 50
+(``--choose-from`` the zoo's CSV: every model of an earlier zoo becomes the set to choose on) and tested on a second
+fresh CNN set (seeds 6-7, never-poisoned 24-31, ``--zoo-dir ~/.cache/clipclean/zoo_cnn_fresh2 --prefix
+zoo_cnn_fresh2``), built after that choice.
 
 Every model lives in its own folder under ``--zoo-dir`` (outside the repository; default ``~/.cache/clipclean/zoo``):
 ``MODEL/poison`` (the recipe's output) and ``MODEL/clean`` (the cleaning; ``--clean-name NAME`` keeps a cleaning
