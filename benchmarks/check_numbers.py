@@ -19,7 +19,9 @@ numbers must be a value of one of them at the precision shown (a weaker check: a
 numbers no committed file holds is history: mark it ``<!-- history: DATE, commit, command -->`` above it, or date it
 in its text. A table of aggregates that a script computed from a committed file (counts, rates, intervals, ROC-AUC)
 is marked ``<!-- derived: FILE, by SCRIPT -->``: not checked cell by cell (the script is tested), not unsourced.
-Everything else with measured-looking numbers (a decimal point or a percent sign) is listed as unsourced.
+A block whose numbers are not measurements at all (defaults, sizes, definitions, arithmetic on them) says so with
+``<!-- settings -->``; a measured number must not sit in such a block. Everything else with measured-looking numbers
+(a decimal point or a percent sign) is listed as unsourced.
 
     python benchmarks/check_numbers.py              # exit 1 on a number that disagrees with its source
     python benchmarks/check_numbers.py --unsourced  # also list the unsourced tables and paragraphs
@@ -42,6 +44,7 @@ GENERATED_FROM = {"table": "results"}  # benchmarks/results/<md stem> -> <csv st
 SOURCE = re.compile(r"<!--\s*source:\s*(?P<body>.*?)\s*-->")
 HISTORY = re.compile(r"<!--\s*history:.*?-->")
 DERIVED = re.compile(r"<!--\s*derived:.*?-->")
+SETTINGS = re.compile(r"<!--\s*settings\s*-->")
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
 NUMBER = re.compile(r"(?<![\w.])(?:[-−](?=\d))?\d[\d,]*(?:\.\d+)?(?P<percent>\s?%)?")
 SCALES = (1, 100)
@@ -72,6 +75,7 @@ class Report:
     mismatches: list[str] = field(default_factory=list)
     unsourced: list[str] = field(default_factory=list)
     history: int = 0
+    settings: int = 0
 
 
 def numbers(text: str) -> list[tuple[float, int, bool]]:
@@ -282,6 +286,9 @@ def check(paths: list[Path]) -> Report:
             count = len(measured_numbers(text))
             if not count:
                 continue
+            if any(SETTINGS.search(comment) for comment in block.comments):
+                report.settings += count
+                continue
             marked = any(HISTORY.search(comment) or DERIVED.search(comment) for comment in block.comments)
             if marked or DATE.search(" ".join(block.lines)):
                 report.history += count
@@ -310,7 +317,7 @@ def main(argv: list[str] | None = None) -> Report:
         print(f"  MISMATCH {problem}")
     print(
         f"{len(report.unsourced)} tables and paragraphs with unsourced, undated numbers; {report.history} numbers "
-        "in dated or history-marked ones"
+        f"in dated or history-marked ones; {report.settings} in blocks of settings"
     )
     if args.unsourced or args.strict:
         for entry in report.unsourced:

@@ -50,6 +50,8 @@ def test_the_committed_docs_agree_with_their_sources():
     # the side-by-side, persistence and mechanisms tables of benchmarks/README.md, the generated results/*.md tables
     # and the README's paragraph are checked (their source comments are in place)
     assert report.tables_checked >= 7 and report.paragraphs_checked >= 1 and report.cells_checked > 900
+    # and no measured-looking number is left without a source, a date or a settings marker (--strict)
+    assert report.unsourced == []
 
 
 def test_a_flat_table_is_checked_cell_by_cell(tmp_path):
@@ -88,3 +90,13 @@ def test_a_derived_table_of_aggregates_is_neither_checked_nor_unsourced(tmp_path
     derived = check(tmp_path, f"<!-- derived: SOURCE, by a script -->\n{table}")
     assert derived.mismatches == [] and derived.unsourced == [] and derived.history == 2
     assert check(tmp_path, table).unsourced  # the same table without the mark is listed
+
+
+def test_a_block_of_settings_is_neither_checked_nor_unsourced(tmp_path):
+    text = "The budget starts at 0.4% of the image and grows to 3%.\n"
+    assert len(check(tmp_path, text).unsourced) == 1
+    settings = check(tmp_path, "<!-- settings -->\n" + text)
+    assert settings.unsourced == [] and settings.mismatches == [] and settings.settings == 2
+    # the marker covers the block below it only: the next paragraph is judged on its own
+    both = check(tmp_path, "<!-- settings -->\n" + text + "\nA run reached 91.3% ASR.\n")
+    assert len(both.unsourced) == 1 and "91.3" in both.unsourced[0]
