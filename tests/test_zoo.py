@@ -389,3 +389,20 @@ def test_the_verdict_can_be_chosen_on_an_earlier_zoo_and_every_split_is_then_a_t
 def test_the_zoo_reports_each_family_at_its_inverters_default_threshold():
     assert zoo.default_threshold("winner-lift", "cnn") == 3.22 and zoo.default_threshold("winner-lift", "clip") == 1.29
     assert zoo.default_threshold("winner", "cnn") == zoo.default_threshold("winner", "clip") == 2.5
+
+
+def test_the_poison_rate_reaches_backdoored_models_and_their_badclip_surrogate_stays_never_poisoned(
+    tmp_path, monkeypatch
+):
+    calls = []
+    monkeypatch.setattr(
+        zoo, "run_script", lambda script, arguments, output: calls.append((output.parent.name, arguments))
+    )
+    args = zoo.parse_args(["--poison-rate", "0.02"])
+    for model in zoo.zoo_models(["two"], [7], [40], ["badnet", "badclip"], fresh=True):
+        zoo.poison(model, tmp_path, args)
+    rates = {name: arguments[arguments.index("--poison-rate") + 1] if "--poison-rate" in arguments else None
+             for name, arguments in calls}  # fmt: skip
+    assert rates == {"badnet_two_s7_v0": "0.02", "none_s10": None, "badclip_two_s7_v0": "0.02", "none_s40": None}
+    assert all("--poison-count" in arguments for name, arguments in calls if name.startswith("none"))
+    assert zoo.parse_args([]).poison_rate is None  # the recipe's own default otherwise
