@@ -176,6 +176,37 @@ def _sources(block: Block) -> tuple[list[Path], dict[str, str]]:
     return [], {}
 
 
+def _resolve_keys(
+    possible: dict[int, set[str]], body: list[list[str]], rows: list[dict[str, str]], rename: dict[str, str]
+) -> dict[int, str]:
+    """One source column per key column of a table. Where several source columns hold every value a table column
+    shows (a "named" column whose classes also appear as another column's values), the one that agrees, row by row,
+    with the source rows picked by the unambiguous keys wins; a tie goes to the first by name."""
+    keys = {index: next(iter(common)) for index, common in possible.items() if len(common) == 1}
+
+    def shown(cells: list[str], index: int) -> str:
+        text = _clean(cells[index]).lower() if index < len(cells) else ""
+        return rename.get(text, text)
+
+    for index, common in possible.items():
+        if index in keys:
+            continue
+
+        def agreement(column: str, index: int = index) -> int:
+            count = 0
+            for cells in body:
+                value = shown(cells, index)
+                if value in ("", "-"):
+                    continue
+                constraint = {keys[i]: shown(cells, i) for i in keys if shown(cells, i) not in ("", "-")}
+                matched = [row for row in rows if all(row[c].strip().lower() == v for c, v in constraint.items())]
+                count += any(row[column].strip().lower() == value for row in matched)
+            return count
+
+        keys[index] = max(sorted(common), key=agreement)
+    return keys
+
+
 def check_table(block: Block, rows: list[dict[str, str]], rename: dict[str, str], report: Report) -> None:
     """Every number of a quoted table against its source rows (see the module docstring)."""
     header, body = _cells(block.lines[0]), [_cells(line) for line in block.lines[2:]]
@@ -191,14 +222,16 @@ def check_table(block: Block, rows: list[dict[str, str]], rename: dict[str, str]
         value = rename.get(_clean(text).lower(), _clean(text).lower())
         return {column for column, values in text_values.items() if value in values}
 
-    keys: dict[int, str] = {}  # table column -> source column: most cells name its values, the others no numbers
+    # table column -> source column: most cells name its values, the others no numbers
+    possible: dict[int, set[str]] = {}
     for index in range(len(header)):
         cells = [cells[index] for cells in body if index < len(cells)]
         candidates = [key_columns(cell) for cell in cells if key_columns(cell)]
         common = set.intersection(*candidates) if candidates else set()
         others = [cell for cell in cells if not key_columns(cell)]
         if common and 2 * len(candidates) >= len(cells) and not any(numbers(cell) for cell in others):
-            keys[index] = sorted(common)[0]
+            possible[index] = common
+    keys = _resolve_keys(possible, body, rows, rename)
     pivots: dict[int, tuple[str, str]] = {}  # table column -> (source column, value) named by its header
     for index, title in enumerate(header):
         if index in keys:

@@ -134,6 +134,7 @@ COLUMNS = (
     "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner", "inverted_trigger_asr",
     "search_trigger_asr", "winner_or_max_or_search_lift", "winner_or_max_or_search_lift_candidate", "ca_before",
     "ca_after", "asr_before", "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
+    "search_lift",
 )  # fmt: skip
 SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
 SUCCESS_CA_DROP = 0.02  # ... and clean accuracy drops by at most 2 points
@@ -446,7 +447,7 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "max_logit_candidate": None, "winner_lift": None, "max_lift": None, "max_lift_candidate": None,
         "winner_or_max_lift": None, "winner_or_max_lift_candidate": None,
         "search_trigger_asr": inversion.get("search_trigger_asr"), "winner_or_max_or_search_lift": None,
-        "winner_or_max_or_search_lift_candidate": None,
+        "winner_or_max_or_search_lift_candidate": None, "search_lift": None,
         "untargeted_winner": untargeted_winner(inversion),
         # the ASR of the trigger the cleaning inverted (toward its named target) on the evaluation set, before cleaning
         "inverted_trigger_asr": (cleaned.get("inverted_trigger_asr") or {}).get("before"),
@@ -525,7 +526,7 @@ def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) 
     The untargeted winner is the report's ``untargeted_winner``, else the recorded target unless the verdict named
     another class; when it is unknown (a verdict-named target in a report from before ``untargeted_winner``), the
     statistics that score the winner are ``None``."""
-    from clipclean.inversion import verdict_score
+    from clipclean.inversion import search_lift, verdict_score
 
     names = list(candidate_asr)
     rates = [candidate_asr[name] for name in names]
@@ -533,6 +534,9 @@ def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) 
     winner = names.index(named) if named in names else None
     columns = {}
     search_rate = inversion.get("search_trigger_asr")
+    # the search trigger's lift before its ln(K) handicap: with winner_lift and max_lift, every combined lift
+    # statistic at any handicap follows from the CSV (InversionConfig.lift_handicap)
+    columns["search_lift"] = None if search_rate is None or winner is None else search_lift(rates, search_rate)
     for statistic, (score_key, name_key) in VERDICT_STATISTICS.items():
         if winner is None and statistic.startswith("winner"):
             columns[score_key] = None

@@ -156,6 +156,11 @@ class InversionConfig:
             held-out set had been read; a second fresh set, built after the choice, is its test (benchmarks/
             README.md, "Model zoo"). ``"winner-or-max-lift"`` (2026-12-03) and ``"winner-lift"`` were the
             defaults before it.
+        lift_handicap: what the largest targeted lift and the search trigger's lift pay in the combined lift
+            statistics for being chosen after the fact among ``K`` candidates (:func:`verdict_score`); ``None``
+            (default): ``ln(K)``. An option under study: at a 2% poison rate the largest lift pointed at the true
+            target on three of four missed models and the ``ln(K)`` kept it under the threshold (benchmarks/README.md,
+            "A lower poison rate"); the default has not been re-chosen.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
@@ -185,6 +190,7 @@ class InversionConfig:
     verdict_steps: int = 150
     anomaly_threshold: float | None = None
     verdict_statistic: str | None = None
+    lift_handicap: float | None = None
     max_verdict_candidates: int = 20
     verdict_batch_size: int = 32
     micro_batch: int | None = None
@@ -202,6 +208,8 @@ class InversionConfig:
         self.mask_budgets = tuple(float(b) for b in self.mask_budgets)
         if self.patch_hypotheses < 1:
             raise ValueError("patch_hypotheses must be >= 1")
+        if self.lift_handicap is not None and self.lift_handicap < 0:
+            raise ValueError(f"lift_handicap must be >= 0 (or None for ln K), got {self.lift_handicap}")
         if self.hypothesis_init not in ("focused", "diffuse"):
             raise ValueError(f"hypothesis_init must be 'focused' or 'diffuse', got {self.hypothesis_init!r}")
         if self.kappa <= 0 or self.lr <= 0:
@@ -255,6 +263,7 @@ class InversionResult:
     untargeted_winner: str | None = None  # the untargeted search's target, kept when the verdict names another
     # the untargeted search's own trigger's ASR toward its winner, on the verdict's images (BlindInversion.verdict)
     search_trigger_asr: float | None = None
+    lift_handicap: float | None = None  # InversionConfig.lift_handicap (None: ln K)
 
     def report(self) -> dict:
         """JSON-ready summary (the ``inversion`` block of ``results.json``)."""
@@ -271,6 +280,7 @@ class InversionResult:
             "untargeted_winner": self.untargeted_winner,
             "candidate_asr": self.candidate_asr,
             "search_trigger_asr": self.search_trigger_asr,
+            "lift_handicap": self.lift_handicap,
             "named_by": self.named_by,
             "mask_budget": self.mask_budget,
             "trigger": self.trigger.describe(),
@@ -333,7 +343,11 @@ def anomaly_index(values: Sequence[float], position: int | None = None) -> tuple
 
 
 def verdict_score(
-    rates: Sequence[float], statistic: str, winner: int | None, search_rate: float | None = None
+    rates: Sequence[float],
+    statistic: str,
+    winner: int | None,
+    search_rate: float | None = None,
+    handicap: float | None = None,
 ) -> tuple[float, int]:
     """``(score, position)`` of the verdict ``statistic`` (one of :data:`VERDICT_STATISTICS`) over the candidates'
     targeted ASRs ``rates``; ``position`` is the scored candidate's: the untargeted ``winner`` for the ``"winner"``
@@ -356,21 +370,22 @@ def verdict_score(
       (a 3-pixel BadNet patch: 37% against 98%); the search picked its target after the fact among all ``K``
       candidates, hence the same handicap as the largest lift. Without ``search_rate`` it is
       ``"winner-or-max-lift"``.
+
+    ``handicap`` replaces ``ln(K)`` in the two combined statistics (``None``: ``ln(K)``; a smaller one trusts the
+    largest lift and the search's trigger more).
     """
     if statistic not in VERDICT_STATISTICS:
         raise ValueError(f"verdict statistic must be one of {VERDICT_STATISTICS}, got {statistic!r}")
     if statistic == "winner-or-max-or-search-lift":
-        best = verdict_score(rates, "winner-or-max-lift", winner)
+        best = verdict_score(rates, "winner-or-max-lift", winner, handicap=handicap)
         if search_rate is None or winner is None:
             return best
-        lifts = [_log_odds(rate) for rate in rates]
-        searched = _log_odds(search_rate) - float(torch.tensor(lifts, dtype=torch.float64).median())
-        handicapped = (searched - math.log(len(rates)), winner)
+        handicapped = (search_lift(rates, search_rate) - _handicap(rates, handicap), winner)
         return best if best[0] >= handicapped[0] else handicapped
     if statistic == "winner-or-max-lift":
         by_winner = verdict_score(rates, "winner-lift", winner)
         largest, position = verdict_score(rates, "max-candidate-lift", None)
-        handicapped = (largest - math.log(len(rates)), position)
+        handicapped = (largest - _handicap(rates, handicap), position)
         return by_winner if by_winner[0] >= handicapped[0] else handicapped
     values = [float(rate) for rate in rates]
     if statistic.endswith(("-logit", "-lift")):
@@ -381,6 +396,18 @@ def verdict_score(
         position = int(tensor.argmax()) if scored is None else scored
         return float(tensor[position] - tensor.median()), position
     return anomaly_index(values, scored)
+
+
+def search_lift(rates: Sequence[float], search_rate: float) -> float:
+    """The lift of the untargeted search's own trigger: the log-odds of its ASR ``search_rate`` toward the winner
+    minus the median of the candidates' targeted ``rates`` (as :func:`verdict_score`'s ``"-lift"``), unhandicapped."""
+    lifts = [_log_odds(rate) for rate in rates]
+    return _log_odds(search_rate) - float(torch.tensor(lifts, dtype=torch.float64).median())
+
+
+def _handicap(rates: Sequence[float], handicap: float | None) -> float:
+    """What a lift chosen after the fact among ``len(rates)`` candidates pays: ``handicap``, else ``ln(K)``."""
+    return math.log(len(rates)) if handicap is None else float(handicap)
 
 
 def _log_odds(rate: float) -> float:
@@ -827,7 +854,9 @@ class BlindInversion:
         rates, search_rate = rates[:-1], float(rates[-1])
         self.search_asr = search_rate if untargeted_winner is not None else None
         position = indices.index(untargeted_winner) if untargeted_winner in indices else None
-        index, position = verdict_score(rates.tolist(), self.verdict_statistic, position, self.search_asr)
+        index, position = verdict_score(
+            rates.tolist(), self.verdict_statistic, position, self.search_asr, self.config.lift_handicap
+        )
         asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
         return index, asr, indices[position]
 
@@ -871,6 +900,7 @@ class BlindInversion:
             result.search_trigger_asr = self.search_asr
             result.verdict_statistic = self.verdict_statistic
             result.verdict_threshold = self.verdict_threshold
+            result.lift_handicap = self.config.lift_handicap
             backdoored = index > result.verdict_threshold
             result.verdict = "backdoored" if backdoored else "no backdoor found"
             if backdoored and named != winner:

@@ -100,3 +100,23 @@ def test_a_block_of_settings_is_neither_checked_nor_unsourced(tmp_path):
     # the marker covers the block below it only: the next paragraph is judged on its own
     both = check(tmp_path, "<!-- settings -->\n" + text + "\nA run reached 91.3% ASR.\n")
     assert len(both.unsourced) == 1 and "91.3" in both.unsourced[0]
+
+
+def test_a_class_column_is_keyed_to_the_source_column_that_agrees_row_by_row(tmp_path):
+    # "named" shows classes that are also values of two other columns: only recovered_target agrees with each row
+    checker = load_script("benchmarks/check_numbers.py")
+    (tmp_path / "zoo.csv").write_text(
+        "name,max_candidate,recovered_target,untargeted_winner,score\n"
+        "m1,two,eight,eight,1.16\n"
+        "m2,two,two,two,3.44\n"
+        "m3,eight,six,six,1.52\n"
+    )
+    table = (
+        "| model | named | score |\n|---|---|---:|\n| m1 | eight | 1.16 |\n| m2 | two | 3.44 |\n| m3 | six | 1.52 |\n"
+    )
+    path = tmp_path / "doc.md"
+    path.write_text(f"<!-- source: {tmp_path / 'zoo.csv'} -->\n{table}")
+    report = checker.check([path])
+    assert report.mismatches == [] and report.cells_checked == 3
+    path.write_text(f"<!-- source: {tmp_path / 'zoo.csv'} -->\n{table.replace('| m1 | eight |', '| m1 | two |')}")
+    assert any("no row of the source" in problem for problem in checker.check([path]).mismatches)

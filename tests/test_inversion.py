@@ -14,6 +14,7 @@ from clipclean.inversion import (
     anomaly_index,
     cycle,
     micro_batch_layout,
+    search_lift,
     total_variation,
     verdict_score,
 )
@@ -115,6 +116,8 @@ def test_untargeted_inversion_recovers_planted_patch_and_target(planted):
     rates, winner = list(result.candidate_asr.values()), list(result.candidate_asr).index(TARGET)
     searched = verdict_score(rates, "winner-or-max-or-search-lift", winner, result.search_trigger_asr)
     assert searched[0] >= verdict_score(rates, "winner-or-max-lift", winner)[0]
+    # the report records the handicap its score paid (None: ln K, the default)
+    assert report["lift_handicap"] is None and result.anomaly_index == pytest.approx(searched[0])
 
 
 def test_inversion_localises_the_planted_patch_when_the_budget_admits_it(planted):
@@ -354,3 +357,26 @@ def test_the_search_lift_scores_the_winner_by_the_search_trigger_handicapped_by_
     assert verdict_score(rates, statistic, 3, 0.4) == plain
     assert verdict_score(rates, statistic, None, 0.98) == verdict_score(rates, "winner-or-max-lift", None)
     assert BlindInversion.default_verdict_statistic == statistic
+
+
+def test_the_lift_handicap_replaces_ln_k_in_both_combined_statistics():
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    # the 2% test set's blended_two_s8_v1: the search named "eight" (index 8), the targeted trigger toward the true
+    # target "two" reached the largest lift, and ln(10) kept it under the threshold
+    rates = [0.12, 0.2, 0.93, 0.25, 0.3, 0.22, 0.35, 0.4, 0.57, 0.18]
+    default = verdict_score(rates, "winner-or-max-lift", 8)
+    assert default == verdict_score(rates, "winner-or-max-lift", 8, handicap=math.log(10))
+    largest = logit(0.93) - sorted(logit(rate) for rate in rates)[4]
+    assert default == (pytest.approx(largest - math.log(10)), 2)
+    assert verdict_score(rates, "winner-or-max-lift", 8, handicap=1.0) == (pytest.approx(largest - 1.0), 2)
+    # the search term pays the same handicap
+    searched = verdict_score(rates, "winner-or-max-or-search-lift", 8, 0.99, 0.5)
+    assert searched == (pytest.approx(search_lift(rates, 0.99) - 0.5), 8)
+    assert search_lift(rates, 0.99) == pytest.approx(logit(0.99) - sorted(logit(rate) for rate in rates)[4])
+    # a right winner's own lift never pays it; the config carries it and refuses a negative one
+    assert verdict_score(rates, "winner-or-max-lift", 2, handicap=5.0) == verdict_score(rates, "winner-lift", 2)
+    assert InversionConfig().lift_handicap is None and InversionConfig(lift_handicap=1.5).lift_handicap == 1.5
+    with pytest.raises(ValueError, match="lift_handicap"):
+        InversionConfig(lift_handicap=-1.0)

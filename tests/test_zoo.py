@@ -225,6 +225,14 @@ def test_every_verdict_statistic_is_computed_from_the_recorded_candidate_asrs():
         expected[0],
         list(asr)[expected[1]],
     )
+    # the search trigger's unhandicapped lift, from which any lift_handicap's score follows
+    assert columns["search_lift"] is None and unknown["search_lift"] is None
+    from clipclean.inversion import search_lift
+
+    assert with_search["search_lift"] == search_lift(list(asr.values()), 0.9)
+    handicapped = verdict_score(list(asr.values()), "winner-or-max-or-search-lift", 4, 0.9, 1.0)[0]
+    recomputed = max(with_search["winner_lift"], with_search["max_lift"] - 1.0, with_search["search_lift"] - 1.0)
+    assert handicapped == pytest.approx(recomputed)
 
 
 def test_the_recorded_verdict_statistic_of_old_and_new_cleanings():

@@ -54,6 +54,7 @@ INVERSION_REPORT_KEYS = (
     "hijacked_fraction",
     "candidate_asr",
     "search_trigger_asr",
+    "lift_handicap",
     "named_by",
     "untargeted_winner",
     "mask_budget",

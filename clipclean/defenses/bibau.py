@@ -357,6 +357,7 @@ class BIBAU(Defense):
                 verdict_threshold=report.get("verdict_threshold"),
                 untargeted_winner=report.get("untargeted_winner"),
                 search_trigger_asr=report.get("search_trigger_asr"),
+                lift_handicap=report.get("lift_handicap"),
             )
 
 
