@@ -158,9 +158,8 @@ class InversionConfig:
             defaults before it.
         lift_handicap: what the largest targeted lift and the search trigger's lift pay in the combined lift
             statistics for being chosen after the fact among ``K`` candidates (:func:`verdict_score`); ``None``
-            (default): ``ln(K)``. An option under study: at a 2% poison rate the largest lift pointed at the true
-            target on three of four missed models and the ``ln(K)`` kept it under the threshold (benchmarks/README.md,
-            "A lower poison rate"); the default has not been re-chosen.
+            (default): ``ln(K)``. A smaller one was tried on development models (5% and 2% poisoned; benchmarks/
+            README.md, "A lower poison rate"): it detected no backdoor more and added false alarms.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
