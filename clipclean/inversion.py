@@ -140,22 +140,17 @@ class InversionConfig:
         verdict_statistic: what the verdict scores (:func:`verdict_score`); ``None`` (default): the inverter's
             default, ``"winner-or-max-or-search-lift"`` for a CLIP (:class:`BlindInversion`), ``"winner"`` for an
             image classifier.
-            ``"winner"``: the anomaly index of the untargeted winner's targeted ASR among all candidates' (the CLIP
-            default until the model zoo; on the seed-0 digits CLIPs never-poisoned 0.78-1.45, backdoored
-            2.91-7.26, but on the zoo's development half it called 2 of 6 never-poisoned models backdoored and
-            missed 7 of 17 backdoors); ``"max-candidate"``: the anomaly index of the largest targeted ASR, and when
-            it declares a backdoor the target is that candidate (with its targeted trigger), even if the untargeted
-            search named another class; ``"-logit"``: the same on the log-odds of the ASRs; ``"-lift"``: the
-            scored candidate's log-odds minus the median candidate's; ``"winner-or-max-lift"``: the winner's lift
-            or the largest lift minus ``ln(K)``, whichever is larger (and then that candidate is the target).
-            ``"winner-or-max-or-search-lift"``: that, or the untargeted search's own trigger's lift minus
-            ``ln(K)``, measured toward the winner on the verdict's images (:func:`verdict_score`).
-            ``"winner-or-max-or-search-lift"`` at 1.29 is the CLIP default since 2026-12-04: the zoo's rule, fixed
-            beforehand, picked it on a development half rebuilt at today's recipe (18 backdoored, 6 never-poisoned
-            digits CLIPs: 17 detected, no false alarm; ``"winner-or-max-lift"`` 16). It was added after the fresh
-            held-out set had been read; a second fresh set, built after the choice, is its test (benchmarks/
-            README.md, "Model zoo"). ``"winner-or-max-lift"`` (2026-12-03) and ``"winner-lift"`` were the
-            defaults before it.
+            ``"winner"``: the anomaly index of the untargeted winner's targeted ASR among all candidates' (dividing
+            by the candidates' spread, it scores a modest lead high on a model where every class is hard to reach);
+            ``"max-candidate"``: the anomaly index of the largest targeted ASR, and when it declares a backdoor the
+            target is that candidate (with its targeted trigger), even if the untargeted search named another class;
+            ``"-logit"``: the same on the log-odds of the ASRs; ``"-lift"``: the scored candidate's log-odds minus
+            the median candidate's; ``"winner-or-max-lift"``: the winner's lift or the largest lift minus ``ln(K)``,
+            whichever is larger (and then that candidate is the target); ``"winner-or-max-or-search-lift"``: that,
+            or the untargeted search's own trigger's lift minus ``ln(K)``, measured toward the winner on the
+            verdict's images (:func:`verdict_score`). The CLIP default, ``"winner-or-max-or-search-lift"`` at 1.29,
+            was chosen by a rule fixed beforehand on a development population of digits CLIPs and tested on models
+            built afterwards; how, and how it does: benchmarks/README.md, "Model zoo".
         lift_handicap: what the largest targeted lift and the search trigger's lift pay in the combined lift
             statistics for being chosen after the fact among ``K`` candidates (:func:`verdict_score`); ``None``
             (default): ``ln(K)``. A smaller one was tried on development models (5% and 2% poisoned; benchmarks/
