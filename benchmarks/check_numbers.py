@@ -188,22 +188,21 @@ def _resolve_keys(
         text = _clean(cells[index]).lower() if index < len(cells) else ""
         return rename.get(text, text)
 
-    for index, common in possible.items():
-        if index in keys:
-            continue
+    ambiguous = [index for index in possible if index not in keys]
+    if not ambiguous:
+        return keys
+    matched = []  # each table row's source rows, by the unambiguous keys
+    for cells in body:
+        constraint = {keys[i]: shown(cells, i) for i in keys if shown(cells, i) not in ("", "-")}
+        matched.append([row for row in rows if all(row[c].strip().lower() == v for c, v in constraint.items())])
+    for index in ambiguous:
 
         def agreement(column: str, index: int = index) -> int:
-            count = 0
-            for cells in body:
-                value = shown(cells, index)
-                if value in ("", "-"):
-                    continue
-                constraint = {keys[i]: shown(cells, i) for i in keys if shown(cells, i) not in ("", "-")}
-                matched = [row for row in rows if all(row[c].strip().lower() == v for c, v in constraint.items())]
-                count += any(row[column].strip().lower() == value for row in matched)
-            return count
+            pairs = [(shown(cells, index), found) for cells, found in zip(body, matched)]
+            return sum(any(row[column].strip().lower() == value for row in found) for value, found in pairs
+                       if value not in ("", "-"))  # fmt: skip
 
-        keys[index] = max(sorted(common), key=agreement)
+        keys[index] = max(sorted(possible[index]), key=agreement)
     return keys
 
 

@@ -10,9 +10,9 @@ combined scores; there the search term is known when it decided the score (``win
 counts as detected only if it is without the unknown term, and a never-poisoned one as a false alarm if it could be
 with it (the conservative reading).
 
-The rule, fixed on 2026-12-06 before the 2% development set below was read: on the choice set (development models
-only), the handicap with the largest true-positive minus false-positive rate at the default threshold; ties to the
-larger handicap (the closer to today's ``ln(K)``).
+The rule, fixed on 2026-12-06 before the 2% development set was read (benchmarks/README.md, "A lower poison
+rate"): on the choice set (development models only), the handicap with the largest true-positive minus
+false-positive rate at the default threshold; ties to the larger handicap (the closer to today's ``ln(K)``).
 
     python benchmarks/handicap.py --choose benchmarks/results/zoo_rebuilt.csv:development \
         benchmarks/results/zoo_rate2dev.csv --test benchmarks/results/zoo_rate2.csv
@@ -21,39 +21,29 @@ larger handicap (the closer to today's ``ln(K)``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
 
-K = 10  # digits candidates
-LN_K = math.log(K)
-THRESHOLD = 1.29  # the default statistic's threshold (clipclean.inversion.DEFAULT_VERDICT_THRESHOLDS)
+import zoo
+
+STATISTIC = "winner-or-max-or-search-lift"
+THRESHOLD = zoo.default_threshold(STATISTIC)  # the CLIP verdict's own (1.29)
+LN_K = math.log(10)  # K = 10 digits candidates
 HANDICAPS = (LN_K, 2.0, 1.75, 1.5, 1.25, 1.0)
 
 
-def _float(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def score_bounds(row: dict, handicap: float) -> tuple[float, float] | None:
-    """``(low, high)`` of a model's ``winner-or-max-or-search-lift`` score at ``handicap``; equal where the CSV
-    records ``search_lift`` (or the search term decided the recorded score); ``None`` without ``max_lift``."""
-    largest = _float(row.get("max_lift"))
-    if largest is None:
+    """``(low, high)`` of a model's ``winner-or-max-or-search-lift`` score at ``handicap`` from a zoo row (typed as
+    :func:`zoo.recorded_rows` reads it); equal where the CSV records ``search_lift`` (or the search term decided the
+    recorded score); ``None`` without ``max_lift``."""
+    if row["max_lift"] is None:
         return None
-    terms = [largest - handicap]
-    winner = _float(row.get("winner_lift"))
-    if winner is not None:
-        terms.append(winner)
-    searched = _float(row.get("search_lift"))
-    if searched is not None:
-        terms.append(searched - handicap)
+    terms = [row["max_lift"] - handicap] + ([row["winner_lift"]] if row["winner_lift"] is not None else [])
+    if row["search_lift"] is not None:
+        terms.append(row["search_lift"] - handicap)
         return max(terms), max(terms)
-    combined, plain = _float(row.get("winner_or_max_or_search_lift")), _float(row.get("winner_or_max_lift"))
+    combined, plain = row["winner_or_max_or_search_lift"], row["winner_or_max_lift"]
     if combined is None or plain is None:  # no search trigger recorded: the term did not exist
         return max(terms), max(terms)
     if combined > plain + 1e-9:  # the search term decided the score: known exactly
@@ -63,23 +53,19 @@ def score_bounds(row: dict, handicap: float) -> tuple[float, float] | None:
 
 
 def counts(rows: list[dict], handicap: float, threshold: float = THRESHOLD) -> dict:
-    """Detected backdoored and falsely alarmed never-poisoned models at ``handicap`` (the conservative reading)."""
-    detected = alarms = backdoored = clean = 0
-    for row in rows:
-        bounds = score_bounds(row, handicap)
-        if bounds is None:
-            continue
-        if row["attack"] == "none":
-            clean += 1
-            alarms += bounds[1] > threshold
-        else:
-            backdoored += 1
-            detected += bounds[0] > threshold
-    return {"detected": detected, "n_backdoored": backdoored, "false_alarms": alarms, "n_clean": clean}
+    """Detected backdoored and falsely alarmed never-poisoned models at ``handicap``, among the models
+    ``zoo.counted`` counts (the conservative reading)."""
+    backdoored, clean = ([score_bounds(row, handicap) for row in group] for group in zoo.counted(rows))
+    backdoored, clean = [b for b in backdoored if b is not None], [b for b in clean if b is not None]
+    return {
+        "detected": sum(low > threshold for low, _ in backdoored), "n_backdoored": len(backdoored),
+        "false_alarms": sum(high > threshold for _, high in clean), "n_clean": len(clean),
+    }  # fmt: skip
 
 
 def choose(rows: list[dict], handicaps=HANDICAPS, threshold: float = THRESHOLD) -> float:
-    """The rule: the largest TPR - FPR on ``rows``; ties to the larger handicap."""
+    """The rule: the largest TPR - FPR on ``rows`` (the models ``zoo.counted`` counts); ties to the larger
+    handicap."""
 
     def key(handicap: float) -> tuple[float, float]:
         entry = counts(rows, handicap, threshold)
@@ -91,12 +77,9 @@ def choose(rows: list[dict], handicaps=HANDICAPS, threshold: float = THRESHOLD) 
 
 
 def read(spec: str) -> list[dict]:
-    """``FILE.csv`` or ``FILE.csv:SPLIT``: the counted rows (backdoored models whose poisoning converged)."""
-    path, _, split = spec.partition(":") if spec.count(":") else (spec, "", "")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    rows = [row for row in rows if not split or row["split"] == split]
-    return [row for row in rows if row["attack"] == "none" or row.get("poison_converged") != "False"]
+    """The rows of ``FILE.csv`` (a zoo CSV), or of its split SPLIT for ``FILE.csv:SPLIT``."""
+    path, _, split = spec.partition(":")
+    return [row for row in zoo.recorded_rows(path).values() if not split or row["split"] == split]
 
 
 def main(argv=None) -> dict:

@@ -13,9 +13,15 @@ handicap = load_script("benchmarks/handicap.py")
 RATES = [0.12, 0.2, 0.91, 0.25, 0.3, 0.22, 0.35, 0.4, 0.45, 0.18]  # "two" reachable, the search named "eight"
 
 
+def _blank(**values) -> dict:
+    """A zoo row (every column of zoo.csv, typed as read back) with ``values`` set."""
+    return {**dict.fromkeys(handicap.zoo.COLUMNS), "poison_converged": True, **values}
+
+
 def _row(attack: str, search_rate: float | None, recorded: bool = True) -> dict:
     statistic = "winner-or-max-or-search-lift"
     row = {
+        **_blank(),
         "attack": attack,
         "winner_lift": verdict_score(RATES, "winner-lift", 8)[0],
         "max_lift": verdict_score(RATES, "max-candidate-lift", None)[0],
@@ -45,7 +51,7 @@ def test_the_conservative_reading_and_the_choice_rule(tmp_path):
     assert handicap.counts([backdoored], math.log(10))["detected"] == 0
     assert handicap.counts([backdoored], 2.0)["detected"] == 1
     # a never-poisoned model whose unrecorded search term could pass the threshold counts as a false alarm
-    clean = {"attack": "none", "winner_lift": 0.5, "max_lift": 0.6, "winner_or_max_lift": 0.5}
+    clean = _blank(attack="none", winner_lift=0.5, max_lift=0.6, winner_or_max_lift=0.5)
     unknown = {**clean, "winner_or_max_or_search_lift": 0.5}  # the search term is at most 0.5 + ln(10) - h
     assert handicap.counts([unknown], 1.0)["false_alarms"] == 1
     assert handicap.counts([unknown], 2.0)["false_alarms"] == 0
@@ -56,9 +62,9 @@ def test_the_conservative_reading_and_the_choice_rule(tmp_path):
     assert handicap.choose([backdoored, closer]) == math.log(10)
     path = tmp_path / "zoo.csv"
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*backdoored, "split", "poison_converged"])
+        writer = csv.DictWriter(handle, fieldnames=list(backdoored))
         writer.writeheader()
-        writer.writerow({**backdoored, "split": "development", "poison_converged": "True"})
-        writer.writerow({**backdoored, "split": "fresh", "poison_converged": "False"})  # not counted
+        writer.writerow({**backdoored, "name": "a", "split": "development", "poison_converged": True})
+        writer.writerow({**backdoored, "name": "b", "split": "fresh", "poison_converged": False})  # not counted
     result = handicap.main(["--choose", f"{path}:development", "--test", str(path)])
     assert result["chosen"] == 2.0 and result["table"]["2.00"][f"{path}"]["n_backdoored"] == 1
