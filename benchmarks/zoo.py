@@ -134,7 +134,7 @@ COLUMNS = (
     "winner_or_max_lift", "winner_or_max_lift_candidate", "untargeted_winner", "inverted_trigger_asr",
     "search_trigger_asr", "winner_or_max_or_search_lift", "winner_or_max_or_search_lift_candidate", "ca_before",
     "ca_after", "asr_before", "asr_after", "cleaned", "ra_asr", "reference_ra_asr", "poison_wall_s", "clean_wall_s",
-    "search_lift",
+    "search_lift", "confirmed_lift", "confirmed_candidate",
 )  # fmt: skip
 SUCCESS_ASR = 0.05  # cleaning succeeds when ASR after < 5% ...
 SUCCESS_CA_DROP = 0.02  # ... and clean accuracy drops by at most 2 points
@@ -203,7 +203,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--family", choices=sorted(FAMILIES), default="clip", help="CLIPs, or small CNN image classifiers"
     )
     parser.add_argument("--targets", nargs="+", default=None, help="default: the family's (FAMILIES)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="model seeds of backdoored models")
+    parser.add_argument(
+        "--seeds", nargs="*", type=int, default=None,
+        help="model seeds of backdoored models (none given: never-poisoned models only)",
+    )  # fmt: skip
     parser.add_argument("--clean-seeds", nargs="+", type=int, default=None, help="never-poisoned models' seeds")
     parser.add_argument("--attacks", nargs="+", default=None, choices=ATTACKS)
     parser.add_argument("--jobs", type=int, default=1, help="jobs run at once (one CPU thread each)")
@@ -448,7 +451,7 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
         "winner_or_max_lift": None, "winner_or_max_lift_candidate": None,
         "search_trigger_asr": inversion.get("search_trigger_asr"), "winner_or_max_or_search_lift": None,
         "winner_or_max_or_search_lift_candidate": None, "search_lift": None,
-        "untargeted_winner": untargeted_winner(inversion),
+        "untargeted_winner": untargeted_winner(inversion), **confirmed_columns(inversion),
         # the ASR of the trigger the cleaning inverted (toward its named target) on the evaluation set, before cleaning
         "inverted_trigger_asr": (cleaned.get("inverted_trigger_asr") or {}).get("before"),
         "cleaned": None, "ra_asr": None, "reference_ra_asr": None,
@@ -471,7 +474,7 @@ def row_of(model: ZooModel, zoo: Path, clean_name: str = "clean") -> dict | None
 # How recorded_rows reads each column of an earlier CSV back (every other column is a number; an empty cell is None)
 TEXT_COLUMNS = ("name", "split", "attack", "target", "verdict", "verdict_statistic", "recovered_target",
                 "max_candidate", "max_logit_candidate", "max_lift_candidate", "winner_or_max_lift_candidate",
-                "winner_or_max_or_search_lift_candidate", "untargeted_winner")  # fmt: skip
+                "winner_or_max_or_search_lift_candidate", "untargeted_winner", "confirmed_candidate")  # fmt: skip
 INTEGER_COLUMNS = ("seed", "variant")
 BOOLEAN_COLUMNS = ("poison_converged", "named_correctly", "cleaned")
 
@@ -548,6 +551,14 @@ def verdict_statistic_columns(candidate_asr: dict[str, float], inversion: dict) 
         if name_key not in COLUMNS_NAMED_BY_WINNER:
             columns[name_key] = names[position]
     return columns
+
+
+def confirmed_columns(inversion: dict) -> dict:
+    """The largest confirmed lift of the verdict's re-tested candidates and its candidate (``InversionConfig.
+    confirm_top``; ``None`` where nothing was re-tested)."""
+    lifts = inversion.get("confirmed_lifts") or {}
+    best = max(lifts, key=lifts.get) if lifts else None
+    return {"confirmed_lift": lifts.get(best), "confirmed_candidate": best}
 
 
 def untargeted_winner(inversion: dict) -> str | None:

@@ -555,12 +555,13 @@ class ClassifierInversion(BlindInversion):
             return [self.best_hypothesis()]
         return super().active_hypotheses()
 
-    def _targeted_triggers(self, indices, stream) -> list[Trigger]:
+    def _targeted_triggers(self, indices, stream, seed_offset: int = 0) -> list[Trigger]:
         """With one hypothesis per class the population already holds the targeted triggers (at the budget the
-        search ended at): the verdict measures them instead of optimising new ones."""
-        if self.class_hypotheses and self.config.verdict_budget is None:
+        search ended at): the verdict measures them instead of optimising new ones (a confirmation, with its
+        ``seed_offset``, still optimises new ones)."""
+        if self.class_hypotheses and self.config.verdict_budget is None and not seed_offset:
             return [self.population[k] for k in indices]
-        return super()._targeted_triggers(indices, stream)
+        return super()._targeted_triggers(indices, stream, seed_offset)
 
 
 register_inverter(ImageClassifier, ClassifierInversion)

@@ -94,6 +94,7 @@ VERDICT_STATISTICS = (
     "winner-or-max-lift",
     "winner-or-max-or-search-lift",
 )
+CONFIRM_SEED_OFFSET = 7919  # a confirmation's trigger initialisations: not the first verdict's (seed * 31 + k)
 LOGIT_EPSILON = 0.005  # log-odds statistics clip an ASR to [eps, 1 - eps] (about one image in 200) before log-odds
 # The threshold of each statistic when ``InversionConfig.anomaly_threshold`` is not given. The anomaly indices keep
 # Neural Cleanse's scale (2.5); the lifts are in log-odds units (benchmarks/README.md, "Model zoo").
@@ -155,6 +156,20 @@ class InversionConfig:
             statistics for being chosen after the fact among ``K`` candidates (:func:`verdict_score`); ``None``
             (default): ``ln(K)``. A smaller one was tried on development models (5% and 2% poisoned; benchmarks/
             README.md, "A lower poison rate"): it detected no backdoor more and added false alarms.
+        confirm_top: re-test this many candidates other than the untargeted winner, those with the largest
+            targeted ASRs, each with a fresh targeted inversion (another initialisation, the next batches) whose
+            ASR is measured on the next images; its *confirmed lift* (log-odds minus the first measurement's median
+            candidate) is scored like the winner's, without the ``ln(K)`` handicap, since the candidate was chosen
+            on other measurements (:meth:`BlindInversion.confirm`). 0 (default): no re-test. Tried at 1 on
+            development models (2% poisoned; benchmarks/README.md, "Ten more never-poisoned models"): it found
+            backdoors the default missed and added more false alarms, since a never-poisoned model's next-easiest
+            class reproduces too.
+        verdict_holdout: the fraction of images (chosen by a hash of their pixels, :func:`holdout_mask`, so the
+            same images whatever the batch order or process) the verdict's targeted inversions never fit and on
+            which alone their ASRs (and the search trigger's) are measured. 0 (default): fit and measured on the
+            same images, where a natural universal patch fitted to a small defender set can score as high as a
+            backdoor's trigger. (The untargeted search still fits every image.) Tried at 0.25 on the same
+            development models: at the threshold best for it, it cut false alarms but missed more backdoors.
         max_verdict_candidates: candidates tested by the verdict (the untargeted winner plus a seeded sample).
         micro_batch: at most this many triggered images per forward/backward pass in the M-step (also BI-BAU's
             re-fit and re-inversion, which are M-steps) and the verdict's targeted inversions: exact gradient
@@ -185,6 +200,8 @@ class InversionConfig:
     anomaly_threshold: float | None = None
     verdict_statistic: str | None = None
     lift_handicap: float | None = None
+    confirm_top: int = 0
+    verdict_holdout: float = 0.0
     max_verdict_candidates: int = 20
     verdict_batch_size: int = 32
     micro_batch: int | None = None
@@ -202,6 +219,10 @@ class InversionConfig:
         self.mask_budgets = tuple(float(b) for b in self.mask_budgets)
         if self.patch_hypotheses < 1:
             raise ValueError("patch_hypotheses must be >= 1")
+        if not 0 <= self.verdict_holdout < 1:
+            raise ValueError(f"verdict_holdout must be in [0, 1), got {self.verdict_holdout}")
+        if self.confirm_top < 0:
+            raise ValueError(f"confirm_top must be >= 0, got {self.confirm_top}")
         if self.lift_handicap is not None and self.lift_handicap < 0:
             raise ValueError(f"lift_handicap must be >= 0 (or None for ln K), got {self.lift_handicap}")
         if self.hypothesis_init not in ("focused", "diffuse"):
@@ -258,6 +279,7 @@ class InversionResult:
     # the untargeted search's own trigger's ASR toward its winner, on the verdict's images (BlindInversion.verdict)
     search_trigger_asr: float | None = None
     lift_handicap: float | None = None  # InversionConfig.lift_handicap (None: ln K)
+    confirmed_lifts: dict[str, float] = field(default_factory=dict)  # candidate -> confirmed lift (confirm_top)
 
     def report(self) -> dict:
         """JSON-ready summary (the ``inversion`` block of ``results.json``)."""
@@ -275,6 +297,7 @@ class InversionResult:
             "candidate_asr": self.candidate_asr,
             "search_trigger_asr": self.search_trigger_asr,
             "lift_handicap": self.lift_handicap,
+            "confirmed_lifts": self.confirmed_lifts,
             "named_by": self.named_by,
             "mask_budget": self.mask_budget,
             "trigger": self.trigger.describe(),
@@ -410,6 +433,30 @@ def _log_odds(rate: float) -> float:
     return math.log(clipped / (1 - clipped))
 
 
+HOLDOUT_MODULUS = 1_000_003  # a prime; holdout_mask hashes an image to [0, HOLDOUT_MODULUS)
+
+
+def holdout_mask(images: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``(B,)`` booleans: which of ``images`` ``(B, C, H, W)`` in [0, 1] are held out, about ``fraction`` of them.
+
+    The choice hashes each image's 8-bit pixel values (a fixed seeded linear hash modulo a prime), so an image is
+    held out or not whatever its batch, its position, the data order or the process that reads it."""
+    if fraction <= 0:
+        return torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+    pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.int64).flatten(1)
+    generator = torch.Generator().manual_seed(HOLDOUT_MODULUS)
+    weights = torch.randint(1, 2**20, (pixels.shape[1],), generator=generator).to(pixels.device)
+    hashed = (pixels * weights).sum(1) % HOLDOUT_MODULUS
+    return hashed < int(fraction * HOLDOUT_MODULUS)
+
+
+def _select(captions: Sequence[str] | torch.Tensor, keep: torch.Tensor) -> Sequence[str] | torch.Tensor:
+    """The captions (strings or token ids) of the kept images."""
+    if isinstance(captions, torch.Tensor):
+        return captions[keep.to(captions.device)]
+    return [caption for caption, kept in zip(captions, keep.tolist()) if kept]
+
+
 def micro_batch_layout(triggers: int, images: int, micro_batch: int) -> tuple[int, int]:
     """``(triggers per pass, images per pass)`` with at most ``micro_batch`` triggered images per pass and the fewest
     passes over ``triggers x images`` (ties: the most triggers per pass)."""
@@ -510,6 +557,7 @@ class BlindInversion:
         self.images_per_step: int | None = None  # M-step images per hypothesis and process (None: the whole batch)
         self.verdict_triggers: dict[int, Trigger] = {}  # candidate index -> its targeted trigger (last verdict)
         self.search_asr: float | None = None  # the search trigger's ASR toward the winner (last verdict)
+        self.confirmed_lifts: dict[int, float] = {}  # candidate index -> confirmed lift (last verdict, confirm_top)
         self.last_stats: EStepStats | None = None
         self.history: list[dict] = []
 
@@ -701,14 +749,22 @@ class BlindInversion:
         steps: int,
         description: str,
         max_images: int | None = None,
+        holdout: float = 0.0,
     ) -> torch.Tensor:
-        """``steps`` projected Adam ascent steps of ``triggers`` on ``Q`` with the model frozen."""
+        """``steps`` projected Adam ascent steps of ``triggers`` on ``Q`` with the model frozen (on the images that
+        :func:`holdout_mask` does not hold out at ``holdout``)."""
         requires_grad = [p.requires_grad for p in self.model.parameters()]
         self.model.requires_grad_(False)
         values = torch.zeros(len(triggers))
         try:
             for _ in tqdm(range(steps), desc=description, disable=not self.progress, leave=False):
                 images, captions = next(batches)
+                while holdout > 0:  # the held-out images only (the next batch if it held out every image)
+                    keep = ~holdout_mask(images, holdout)
+                    if keep.any():
+                        images, captions = images[keep], _select(captions, keep)
+                        break
+                    images, captions = next(batches)
                 images, captions = images[:max_images].to(self.device), captions[:max_images]
                 text = self._text_features(captions)
                 optimizer.zero_grad(set_to_none=True)
@@ -804,7 +860,10 @@ class BlindInversion:
         return stats
 
     def verdict(
-        self, batches: Iterable[tuple[torch.Tensor, Sequence[str]]], untargeted_winner: int | None
+        self,
+        batches: Iterable[tuple[torch.Tensor, Sequence[str]]],
+        untargeted_winner: int | None,
+        search_trigger: Trigger | None = None,
     ) -> tuple[float, dict[str, float], int]:
         """Targeted inversions toward the candidates at a small budget.
 
@@ -812,7 +871,11 @@ class BlindInversion:
         candidates' ASRs, with the untargeted winner as the scored candidate for the ``"winner"`` statistics (it is
         always among the tested candidates); without a winner, the score of the best candidate and that candidate.
         On the same images it also measures the untargeted search's own trigger (the best hypothesis) toward the
-        winner: ``self.search_asr`` (``None`` without a winner), which ``"winner-or-max-or-search-lift"`` scores.
+        winner: ``self.search_asr`` (``None`` without a winner), which ``"winner-or-max-or-search-lift"`` scores
+        (``search_trigger`` replaces the best hypothesis, for a verdict on a search run earlier; with neither, the
+        search term is left out).
+        With ``confirm_top`` > 0 the lift statistics also take the confirmed lifts of the re-tested candidates
+        (:meth:`confirm`; ``self.confirmed_lifts``): the score is the largest of the statistic's and theirs.
         """
         if self.candidate_embeddings is None:
             raise ValueError("the verdict needs candidate names and embeddings")
@@ -824,17 +887,47 @@ class BlindInversion:
             others = [k for k in torch.randperm(total, generator=generator).tolist() if k != untargeted_winner]
             indices = ([untargeted_winner] if untargeted_winner is not None else []) + others
             indices = sorted(indices[: self.config.max_verdict_candidates])
-        embeddings = self.candidate_embeddings.to(self.device).float()
         stream = cycle(batches)
         triggers = self._targeted_triggers(indices, stream)
         self.verdict_triggers = dict(zip(indices, triggers))
         # the last slot: the search's own trigger toward the winner (measured, never used without a winner)
-        measured = [*zip(triggers, indices), (self.population[self.best_hypothesis()], untargeted_winner)]
+        searched = search_trigger
+        if searched is None and self.last_stats is not None:
+            searched = self.population[self.best_hypothesis()]
+        toward = untargeted_winner if searched is not None else None
+        measured = [*zip(triggers, indices), (searched, toward)]
+        rates = self._targeted_asr(measured, stream)
+        rates, search_rate = rates[:-1], float(rates[-1])
+        self.search_asr = search_rate if toward is not None else None
+        position = indices.index(untargeted_winner) if untargeted_winner in indices else None
+        index, position = verdict_score(
+            rates.tolist(), self.verdict_statistic, position, self.search_asr, self.config.lift_handicap
+        )
+        scored = indices[position]
+        self.confirmed_lifts = {}
+        if self.verdict_statistic.endswith("-lift"):  # a lift, comparable with the other lifts
+            self.confirmed_lifts = self.confirm(indices, rates.tolist(), untargeted_winner, stream)
+        for k, lift in self.confirmed_lifts.items():
+            if lift > index:
+                index, scored = lift, k
+        asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
+        return index, asr, scored
+
+    def _targeted_asr(self, measured: Sequence[tuple[Trigger, int | None]], stream: Iterator) -> torch.Tensor:
+        """The ASR of each ``(trigger, candidate)`` toward its candidate on the next 4 batches of ``stream`` (with
+        ``verdict_holdout``, on the held-out images of the next ``ceil(4 / verdict_holdout)``), over the images not
+        already predicted as that candidate (all processes' images; 0 for a ``None`` candidate)."""
+        embeddings = self.candidate_embeddings.to(self.device).float()
         hits = torch.zeros(len(measured), device=self.device)
         totals = torch.zeros(len(measured), device=self.device)
+        holdout = self.config.verdict_holdout
         with torch.no_grad():
-            for _ in range(4):
+            for _ in range(math.ceil(4 / holdout) if holdout > 0 else 4):
                 images, _captions = next(stream)
+                if holdout > 0:
+                    images = images[holdout_mask(images, holdout)]
+                    if images.shape[0] == 0:
+                        continue
                 images = images.to(self.device)
                 clean_prediction = (self.model.encode_image(images).float() @ embeddings.T).argmax(-1)
                 for position, (trigger, k) in enumerate(measured):
@@ -844,27 +937,47 @@ class BlindInversion:
                     keep = clean_prediction != k
                     hits[position] += (prediction[keep] == k).float().sum()
                     totals[position] += keep.float().sum()
-        rates = self.reduce_fn(hits, "sum") / self.reduce_fn(totals, "sum").clamp_min(1)
-        rates, search_rate = rates[:-1], float(rates[-1])
-        self.search_asr = search_rate if untargeted_winner is not None else None
-        position = indices.index(untargeted_winner) if untargeted_winner in indices else None
-        index, position = verdict_score(
-            rates.tolist(), self.verdict_statistic, position, self.search_asr, self.config.lift_handicap
-        )
-        asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
-        return index, asr, indices[position]
+        return self.reduce_fn(hits, "sum") / self.reduce_fn(totals, "sum").clamp_min(1)
 
-    def _targeted_triggers(self, indices: Sequence[int], stream: Iterator) -> list[Trigger]:
-        """One trigger per candidate in ``indices``, each optimised toward its candidate at the verdict budget."""
+    def confirm(
+        self, indices: Sequence[int], rates: Sequence[float], winner: int | None, batches: Iterable
+    ) -> dict[int, float]:
+        """Confirmed lifts (candidate index -> lift) of the ``confirm_top`` candidates other than ``winner`` with
+        the largest first targeted ASRs ``rates`` (of the candidates ``indices``).
+
+        Each chosen candidate gets a fresh targeted inversion (a new initialisation, ``verdict_steps`` batches of
+        ``batches``, which the verdict passes on where it stopped) and its ASR on the 4 batches after those; the
+        confirmed lift is its log-odds minus the first measurement's median candidate's. The candidate was chosen
+        on the first measurement, and the confirmation redraws the trigger's initialisation, its batches and the
+        images it is measured on (they repeat only where the defender set is smaller than what the verdict
+        reads), so the confirmed lift is scored as the winner's is, without the ``ln(K)`` handicap. The confirmed
+        trigger replaces the candidate's in ``self.verdict_triggers``."""
+        stream = batches if isinstance(batches, Iterator) else cycle(batches)
+        order = sorted(range(len(indices)), key=lambda position: -rates[position])
+        chosen = [indices[position] for position in order if indices[position] != winner][: self.config.confirm_top]
+        if not chosen:
+            return {}
+        triggers = self._targeted_triggers(chosen, stream, seed_offset=CONFIRM_SEED_OFFSET)
+        confirmed = self._targeted_asr(list(zip(triggers, chosen)), stream).tolist()
+        median = float(torch.tensor([_log_odds(rate) for rate in rates], dtype=torch.float64).median())
+        self.verdict_triggers.update(zip(chosen, triggers))
+        return {k: _log_odds(rate) - median for k, rate in zip(chosen, confirmed)}
+
+    def _targeted_triggers(self, indices: Sequence[int], stream: Iterator, seed_offset: int = 0) -> list[Trigger]:
+        """One trigger per candidate in ``indices``, each optimised toward its candidate at the verdict budget
+        (initialisations seeded by the candidate, the config's seed and ``seed_offset``)."""
         budget = self.config.verdict_budget or self.mask_budget
         triggers = [
-            free_trigger(self.model.image_size, budget, self.config.seed * 31 + k, self._focus(0)).to(self.device)
+            free_trigger(self.model.image_size, budget, self.config.seed * 31 + k + seed_offset, self._focus(0)).to(
+                self.device
+            )
             for k in indices
         ]
         optimizer = torch.optim.Adam([p for trigger in triggers for p in trigger.parameters()], lr=self.config.lr)
         directions = self.candidate_embeddings.to(self.device).float()[list(indices)]
         steps, batch = self.config.verdict_steps, process_share(self.config.verdict_batch_size, self.world_size)
-        self._ascend(triggers, optimizer, directions, stream, steps, "verdict", max_images=batch)
+        holdout = self.config.verdict_holdout
+        self._ascend(triggers, optimizer, directions, stream, steps, "verdict", max_images=batch, holdout=holdout)
         return triggers
 
     def result(self, verdict_batches: Iterable | None = None) -> InversionResult:
@@ -895,6 +1008,7 @@ class BlindInversion:
             result.verdict_statistic = self.verdict_statistic
             result.verdict_threshold = self.verdict_threshold
             result.lift_handicap = self.config.lift_handicap
+            result.confirmed_lifts = {self.candidate_names[k]: lift for k, lift in self.confirmed_lifts.items()}
             backdoored = index > result.verdict_threshold
             result.verdict = "backdoored" if backdoored else "no backdoor found"
             if backdoored and named != winner:

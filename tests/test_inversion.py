@@ -380,3 +380,102 @@ def test_the_lift_handicap_replaces_ln_k_in_both_combined_statistics():
     assert InversionConfig().lift_handicap is None and InversionConfig(lift_handicap=1.5).lift_handicap == 1.5
     with pytest.raises(ValueError, match="lift_handicap"):
         InversionConfig(lift_handicap=-1.0)
+
+
+def test_the_confirmation_retests_the_largest_candidate_other_than_the_winner_without_the_handicap(planted):
+    def logit(p):
+        return math.log(p / (1 - p))
+
+    images, captions = clean_images(64)
+    names, embeddings = planted_candidates(planted)
+    config = InversionConfig(verdict_steps=30, verdict_budget=0.03, confirm_top=1)
+    inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
+    batches = [(images[:32], captions[:32]), (images[32:], captions[32:])]
+    target, wrong = names.index(TARGET), names.index("car")
+    # as on blended_two_s8_v1: the search named a wrong class; the true target had the largest first targeted ASR
+    rates = [0.6 if k == target else 0.3 if k == wrong else 0.1 for k in range(len(names))]
+    lifts = inverter.confirm(range(len(names)), rates, wrong, batches)
+    assert list(lifts) == [target]  # one candidate re-tested: the largest other than the winner
+    # a fresh trigger toward the planted target hijacks most images (an ASR over 75%): a lift over the first
+    # median (log-odds of 0.1) far above the threshold, and its trigger is the one kept for the candidate
+    assert lifts[target] > logit(0.75) - logit(0.1) > InversionConfig().threshold_for("winner-lift")
+    assert list(inverter.verdict_triggers) == [target]
+    # the winner is never re-tested: with the target as winner, the next largest candidate is, and a wrong one
+    # reaches a far smaller lift
+    toward_target = lifts[target]
+    lifts = inverter.confirm(range(len(names)), rates, target, batches)
+    assert list(lifts) == [wrong] and lifts[wrong] < toward_target - 1.5
+    assert inverter.confirm(range(len(names)), rates, target, batches) == lifts  # seeded: the same measurement
+    with pytest.raises(ValueError, match="confirm_top"):
+        InversionConfig(confirm_top=-1)
+
+
+def test_the_verdict_takes_a_confirmed_lift_only_when_it_is_larger_and_reports_it(planted):
+    images, captions = clean_images(64)
+    names, embeddings = planted_candidates(planted)
+    settings = dict(rounds=2, steps_per_round=20, mask_budgets=(0.03,), verdict_steps=30, batch_size=32)
+    plain = BlindInversion(
+        planted, InversionConfig(**settings), candidate_names=names, candidate_embeddings=embeddings
+    )
+    confirmed = BlindInversion(
+        planted, InversionConfig(**settings, confirm_top=1), candidate_names=names, candidate_embeddings=embeddings
+    )
+    first, second = plain.fit(images, captions), confirmed.fit(images, captions)
+    assert first.recovered_target == second.recovered_target == TARGET and first.confirmed_lifts == {}
+    # the search and the first measurement are the same; the confirmation re-tested one other candidate, whose
+    # confirmed lift stays below the winner's, so the score and the verdict are unchanged
+    assert second.candidate_asr == first.candidate_asr and second.anomaly_index == first.anomaly_index
+    [(name, lift)] = second.confirmed_lifts.items()
+    assert name != TARGET and lift < second.anomaly_index
+    assert second.report()["confirmed_lifts"] == {name: lift} and first.report()["confirmed_lifts"] == {}
+
+
+def test_the_holdout_mask_is_a_fixed_fraction_of_images_whatever_their_order():
+    from clipclean.inversion import holdout_mask
+
+    images = torch.rand(2000, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    held = holdout_mask(images, 0.25)
+    assert held.dtype == torch.bool and 0.22 < held.float().mean() < 0.28
+    order = torch.randperm(2000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(holdout_mask(images[order], 0.25), held[order])  # per image, not per position
+    assert torch.equal(holdout_mask(images[:7], 0.25), held[:7])  # nor per batch
+    assert not holdout_mask(images, 0.0).any()
+    assert (holdout_mask(images, 0.5) | ~held).all()  # a larger fraction holds out a superset
+    with pytest.raises(ValueError, match="verdict_holdout"):
+        InversionConfig(verdict_holdout=1.0)
+
+
+def test_a_verdict_with_a_holdout_fits_its_triggers_on_the_other_images_and_measures_on_the_held_out(planted):
+    from clipclean.inversion import holdout_mask
+
+    images, captions = clean_images(128)
+    names, embeddings = planted_candidates(planted)
+    config = InversionConfig(verdict_steps=6, verdict_budget=0.03, verdict_holdout=0.25)
+    inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
+    fitted, measured = [], []
+    objective = inverter._objective_backward
+
+    def spy_objective(triggers, batch, text, directions):
+        fitted.append(batch)
+        assert text.shape[0] == batch.shape[0]  # the captions were selected with their images
+        return objective(triggers, batch, text, directions)
+
+    encode = planted.encode_image
+
+    def spy_encode(batch):
+        measured.append(batch)
+        return encode(batch)
+
+    inverter._objective_backward = spy_objective
+    planted.encode_image = spy_encode
+    try:
+        batches = [(images[i : i + 32], captions[i : i + 32]) for i in range(0, 128, 32)]
+        inverter.verdict(batches, names.index(TARGET), search_trigger=true_trigger())
+    finally:
+        del planted.encode_image
+    assert len(fitted) == 6 and all(not holdout_mask(batch, 0.25).any() for batch in fitted)
+    # the clean passes of the measurement (the triggered ones change the pixels) see only held-out images: 16
+    # batches (ceil(4 / 0.25)) cycling over the 4, so each held-out image 4 times
+    clean_passes = [batch for batch in measured if batch.shape[0] and holdout_mask(batch, 0.25).all()]
+    assert sum(batch.shape[0] for batch in clean_passes) == 4 * int(holdout_mask(images, 0.25).sum())
+    assert inverter.search_asr > 0.9  # the true trigger, measured on held-out images

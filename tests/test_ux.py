@@ -260,3 +260,25 @@ def test_the_poison_rate_help_gives_each_attack_s_own_default():
         name: ATTACKS[name].config_class.default_poison_rate for name in list_attacks()
     }
     assert set(attack_defaults("default_poison_rate").values()) == {0.05}
+
+
+def test_a_negative_verdict_says_it_is_no_proof_and_names_the_easiest_candidate():
+    from clipclean.cli.clean_clip import _card_note
+    from clipclean.cli.common import negative_verdict_notes
+
+    # as on the 2% set's blended_two_s8_v1: the search named "eight", the targeted inversion reached "two" best
+    missed = {
+        "verdict": "no backdoor found",
+        "untargeted_winner": "eight",
+        "recovered_target": "eight",
+        "candidate_asr": {"two": 0.809, "nine": 0.48, "eight": 0.251},
+    }
+    proof, easiest = negative_verdict_notes(missed)
+    assert "not proof" in proof and "README.md" in proof
+    assert "'two' (80.9%)" in easiest and "'eight' (25.1%)" in easiest
+    # the search's winner was also the easiest candidate: only the caveat
+    assert len(negative_verdict_notes({**missed, "untargeted_winner": "two", "recovered_target": "two"})) == 1
+    # a positive verdict (or none) needs no caveat
+    assert negative_verdict_notes({**missed, "verdict": "backdoored"}) == [] == negative_verdict_notes({})
+    assert "not proof" in _card_note("bibau", "no backdoor found", unchanged=True)
+    assert "not proof" not in _card_note("bibau", "backdoored", unchanged=False)

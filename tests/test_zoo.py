@@ -414,3 +414,19 @@ def test_the_poison_rate_reaches_backdoored_models_and_their_badclip_surrogate_s
     assert rates == {"badnet_two_s7_v0": "0.02", "none_s10": None, "badclip_two_s7_v0": "0.02", "none_s40": None}
     assert all("--poison-count" in arguments for name, arguments in calls if name.startswith("none"))
     assert zoo.parse_args([]).poison_rate is None  # the recipe's own default otherwise
+
+
+def test_the_confirmed_lift_columns_take_the_largest_confirmed_lift():
+    assert zoo.confirmed_columns({"confirmed_lifts": {"two": 3.2, "nine": 0.4}}) == {
+        "confirmed_lift": 3.2,
+        "confirmed_candidate": "two",
+    }
+    nothing = {"confirmed_lift": None, "confirmed_candidate": None}
+    assert zoo.confirmed_columns({}) == nothing == zoo.confirmed_columns({"confirmed_lifts": {}})
+    assert {"confirmed_lift", "confirmed_candidate"} <= set(zoo.COLUMNS) and "confirmed_candidate" in zoo.TEXT_COLUMNS
+
+
+def test_no_backdoored_seeds_builds_never_poisoned_models_only():
+    args = zoo.parse_args(["--split", "fresh", "--seeds", "--clean-seeds", "50", "51"])
+    models = zoo.selected_models(args)
+    assert [model.name for model in models] == ["none_s50", "none_s51"] and all(m.split == "fresh" for m in models)

@@ -227,6 +227,11 @@ def _card_note(defense: str, verdict: str | None, unchanged: bool) -> str:
         return (
             f"Checked with clipclean's `{defense}` defense, which found nothing to remove (inversion verdict on the "
             f"source model: **{verdict}**): the weights are the source model's, unchanged."
+            + (
+                " That verdict is not proof that the model is clean: it misses some backdoors."
+                if verdict == "no backdoor found"
+                else ""
+            )
         )
     return f"Cleaned with clipclean's `{defense}` defense. Inversion verdict on the source model: **{verdict}**."
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from clipclean.cli.common import RunCheckpoints, print_table, stop_if_diverged
+from clipclean.cli.common import RunCheckpoints, negative_verdict_notes, print_table, stop_if_diverged
 from clipclean.errors import ClipcleanError
 from clipclean.evaluation import evaluate_zeroshot, resolve_target
 from clipclean.fileio import write_json
@@ -55,6 +55,7 @@ INVERSION_REPORT_KEYS = (
     "candidate_asr",
     "search_trigger_asr",
     "lift_handicap",
+    "confirmed_lifts",
     "named_by",
     "untargeted_winner",
     "mask_budget",
@@ -454,6 +455,8 @@ def print_summary(accelerator, results: dict, templates: str | None = None) -> N
             statistic = inversion.get("verdict_statistic") or "anomaly index"
             line += f"  {statistic}: {inversion['anomaly_index']:.2f} (threshold {inversion.get('verdict_threshold')})"
         print(line)
+        for note in negative_verdict_notes(inversion):
+            print(note)
 
 
 def templates_note(templates: str) -> str:

@@ -413,6 +413,29 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     return text
 
 
+def negative_verdict_notes(inversion: dict) -> list[str]:
+    """What a verdict of "no backdoor found" does not say, as lines to print under it (none for any other verdict):
+    that it is no proof, and which candidate the targeted inversions reached most easily when the untargeted
+    search named another (the misses on held-out models are mostly of that kind: README, "What the held-out
+    models say")."""
+    if inversion.get("verdict") != "no backdoor found":
+        return []
+    lines = [
+        '"no backdoor found" is not proof that the model is clean: the verdict misses some backdoors, more often at '
+        'low poison rates and with scores near the threshold (README.md, "What the held-out models say")'
+    ]
+    rates = inversion.get("candidate_asr") or {}
+    winner = inversion.get("untargeted_winner") or inversion.get("recovered_target")
+    if rates:
+        easiest = max(rates, key=rates.get)
+        if easiest != winner:
+            lines.append(
+                f"the largest targeted ASR was toward {easiest!r} ({100 * rates[easiest]:.1f}%), not the search's "
+                f"{winner!r} ({100 * rates.get(winner, 0.0):.1f}%); a backdoor toward {easiest!r} is not ruled out"
+            )
+    return lines
+
+
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 

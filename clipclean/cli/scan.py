@@ -93,7 +93,7 @@ def _default_output(model_name: str) -> Path:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from clipclean.cli.common import default_templates, parse_key_values
+    from clipclean.cli.common import default_templates, negative_verdict_notes, parse_key_values
     from clipclean.cli.smoke import smoke_config
     from clipclean.data import load_image_caption_dataset
     from clipclean.evaluation import zeroshot_classifier
@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"verdict score ({result.verdict_statistic}): {result.anomaly_index:.2f}  "
         f"(threshold {result.verdict_threshold})"
     )
+    for note in negative_verdict_notes(report):
+        print(note)
     _print_recorded(recorded, args.model, args.cache_dir)
     print(f"trigger: {output / 'trigger.png'}  report: {output / REPORT_FILENAME}")
     return report

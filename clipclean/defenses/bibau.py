@@ -358,6 +358,7 @@ class BIBAU(Defense):
                 untargeted_winner=report.get("untargeted_winner"),
                 search_trigger_asr=report.get("search_trigger_asr"),
                 lift_handicap=report.get("lift_handicap"),
+                confirmed_lifts=report.get("confirmed_lifts", {}),
             )
 
 

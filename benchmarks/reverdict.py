@@ -1,0 +1,184 @@
+"""The CLIP verdict again, under other settings, on model-zoo CLIPs that were already cleaned (a development tool).
+
+For every finished model of the given zoo folders (``benchmarks/zoo.py``) it reads what the cleaning recorded
+(``clean/inversion/report.json``: the untargeted search's winner and budget, every candidate's targeted ASR, the score;
+``clean/inversion/trigger``: the search's trigger) and runs the verdict alone, without the search, under
+``--set KEY=VALUE`` overrides of :class:`clipclean.inversion.InversionConfig`:
+
+* default: the whole verdict again (:meth:`BlindInversion.verdict`: a targeted inversion per candidate at the
+  recorded budget, their ASRs and the search trigger's), about a minute a model on one CPU thread, for instance
+  with ``--set verdict_holdout=0.25``;
+* ``--confirm-only``: only the confirmation (:meth:`BlindInversion.confirm`, ``confirm_top``) of the recorded
+  first measurement, about 15 s a model; the score is then ``max(recorded score, confirmed lift)``.
+
+The batches are the defender set's (``digits:defender``, 64 a batch, shuffled by the model's seed) as the recipe's
+loader deals them, but the verdict starts at the first batch where the recipe's starts after the search: a
+measurement of the same kind, not the recipe's bit for bit. ``recipes/clean_clip.py --defense-option
+inversion.KEY=VALUE`` runs the real one. Writes one CSV row per model (``COLUMNS``).
+
+    python benchmarks/reverdict.py --zoo-dir ~/.cache/clipclean/zoo_rate2 ~/.cache/clipclean/zoo_rate2dev \\
+        --set verdict_holdout=0.25 --output benchmarks/results/reverdict_holdout.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+INVERSION = Path("clean") / "inversion"
+COLUMNS = (
+    "name", "zoo", "attack", "poison_converged", "target", "untargeted_winner", "settings", "recorded_score",
+    "recorded_verdict", "score", "threshold", "verdict", "named", "candidate_asr", "search_trigger_asr",
+    "confirmed_lifts",
+)  # fmt: skip
+
+
+def reverdict(folder: Path, overrides: dict, confirm_only: bool = False) -> dict:
+    """The verdict of one finished zoo model (its folder holds ``poison/model`` and the recorded cleaning) under
+    ``overrides`` of the inversion config."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from clipclean.cli import clean_clip
+    from clipclean.inversion import InversionConfig, build_inverter
+    from clipclean.triggers import load_trigger
+
+    recorded = json.loads((folder / INVERSION / "report.json").read_text())["inversion"]
+    seed = int(re.search(r"_s(\d+)", folder.name).group(1))
+    args = clean_clip.parse_args(
+        ["--model", str(folder / "poison" / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test"]
+    )
+    inputs = clean_clip._load(args, "cpu")
+    inputs.model.eval()
+    names, classifier = clean_clip._candidates(inputs)
+    loader = DataLoader(
+        inputs.clean,
+        batch_size=64,
+        shuffle=True,
+        drop_last=len(inputs.clean) >= 128,
+        collate_fn=clean_clip._collate_fn(inputs),
+        generator=torch.Generator().manual_seed(seed),
+    )
+    config = InversionConfig(**{"seed": seed, "verdict_budget": recorded["mask_budget"], **overrides})
+    inverter = build_inverter(inputs.model, config, candidate_names=names, candidate_embeddings=classifier)
+    winner_name = recorded.get("untargeted_winner") or recorded["recovered_target"]
+    winner = names.index(winner_name)
+    threshold = config.threshold_for(inverter.verdict_statistic)
+    if confirm_only:
+        rates = [recorded["candidate_asr"][name] for name in names]
+        lifts = inverter.confirm(range(len(names)), rates, winner, loader)
+        score, named = recorded["anomaly_index"], recorded["recovered_target"]
+        for k, lift in lifts.items():
+            if lift > score:
+                score, named = lift, names[k]
+        asr, search_asr = recorded["candidate_asr"], recorded.get("search_trigger_asr")
+    else:
+        # the search's trigger as recorded (a verdict-named report saved the named candidate's trigger instead)
+        searched = recorded.get("named_by", "untargeted search") == "untargeted search"
+        trigger = load_trigger(folder / INVERSION / "trigger") if searched else None
+        score, asr, position = inverter.verdict(loader, winner, search_trigger=trigger)
+        named, search_asr = names[position], inverter.search_asr if searched else None
+        lifts = inverter.confirmed_lifts
+    target = None if folder.name.startswith("none_") else folder.name.split("_")[1]
+    poisoned = json.loads((folder / "poison" / "results.json").read_text()) if target else {}
+    return {
+        "name": folder.name, "zoo": folder.parent.name, "attack": folder.name.split("_")[0],
+        "poison_converged": poisoned.get("converged"), "target": target, "untargeted_winner": winner_name,
+        "settings": json.dumps(overrides, sort_keys=True), "recorded_score": round(recorded["anomaly_index"], 4),
+        "recorded_verdict": recorded["verdict"], "score": round(score, 4), "threshold": threshold,
+        "verdict": "backdoored" if score > threshold else "no backdoor found", "named": named,
+        "candidate_asr": json.dumps({name: round(rate, 4) for name, rate in asr.items()}),
+        "search_trigger_asr": search_asr,
+        "confirmed_lifts": json.dumps({names[k]: round(lift, 4) for k, lift in lifts.items()}),
+    }  # fmt: skip
+
+
+def summarize(paths: list[str]) -> dict:
+    """Detection on the rows of reverdict CSVs, recorded vs again: backdoored models counted as benchmarks/zoo.py
+    counts them (implanted ones), the recorded verdicts at their threshold, the new scores at the threshold
+    ``zoo.choose_threshold`` picks on these rows (the largest TPR - FPR) and at the recorded one; how far the scores
+    moved (the median and largest absolute change, the upper middle one for an even count) and which verdicts
+    changed at the recorded threshold."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import zoo
+
+    rows = []
+    for path in paths:
+        with open(path, newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    backdoored = [row for row in rows if row["attack"] != "none" and row["poison_converged"] != "False"]
+    clean = [row for row in rows if row["attack"] == "none"]
+
+    def counts(key: str, threshold: float | None) -> dict:
+        def called(row):
+            return float(row[key]) > (float(row["threshold"]) if threshold is None else threshold)
+
+        detected, alarms = sum(map(called, backdoored)), sum(map(called, clean))
+        youden = detected / max(len(backdoored), 1) - alarms / max(len(clean), 1)
+        return {"detected": detected, "false_alarms": alarms, "youden": round(youden, 4),
+                "missed": sorted(row["name"] for row in backdoored if not called(row)),
+                "alarms": sorted(row["name"] for row in clean if called(row))}  # fmt: skip
+
+    changes = sorted(abs(float(row["score"]) - float(row["recorded_score"])) for row in backdoored + clean)
+    flipped = [row["name"] for row in backdoored + clean if row["verdict"] != row["recorded_verdict"]]
+    scores = [float(row["score"]) for row in backdoored + clean]
+    chosen = zoo.choose_threshold(scores, [True] * len(backdoored) + [False] * len(clean))
+    return {
+        "backdoored": len(backdoored), "clean": len(clean), "settings": sorted({row["settings"] for row in rows}),
+        "recorded": counts("recorded_score", None), "again_at_recorded_threshold": counts("score", None),
+        "chosen_threshold": round(chosen, 4), "again_at_chosen_threshold": counts("score", chosen),
+        "score_change_median": round(changes[len(changes) // 2], 4), "score_change_max": round(changes[-1], 4),
+        "verdicts_changed": sorted(flipped),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> list[dict] | dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zoo-dir", nargs="+", help="zoo folders (benchmarks/zoo.py --zoo-dir)")
+    parser.add_argument("--summarize", nargs="+", metavar="CSV", help="no run: summarize these reverdict CSVs")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="InversionConfig overrides")
+    parser.add_argument("--confirm-only", action="store_true", help="only the confirmation of the recorded verdict")
+    parser.add_argument("--only", nargs="*", default=None, help="only these model names")
+    parser.add_argument("--output", required=True, help="the CSV to write")
+    args = parser.parse_args(argv)
+    if args.summarize:
+        summary = summarize(args.summarize)
+        Path(args.output).write_text(json.dumps(summary, indent=1) + "\n")
+        print(json.dumps(summary, indent=1))
+        return summary
+    if not args.zoo_dir:
+        parser.error("give --zoo-dir (or --summarize)")
+    import torch
+
+    from clipclean.cli.common import parse_key_values
+
+    torch.set_num_threads(1)
+    overrides = parse_key_values(args.set)
+    reports = [report for zoo in args.zoo_dir for report in Path(zoo).expanduser().glob(f"*/{INVERSION}/report.json")]
+    folders = sorted(report.parents[2] for report in reports)
+    if args.only is not None:
+        folders = [folder for folder in folders if folder.name in args.only]
+    if not folders:
+        raise SystemExit(f"no cleaned zoo model under {args.zoo_dir}")
+    rows = []
+    with open(args.output, "w", newline="") as handle:  # row by row: an interrupted run keeps its finished models
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for index, folder in enumerate(folders, 1):
+            row = reverdict(folder, overrides, args.confirm_only)
+            rows.append(row)
+            writer.writerow(row)
+            handle.flush()
+            print(
+                f"[{index}/{len(folders)}] {row['name']}: {row['recorded_score']:.2f} -> {row['score']:.2f}",
+                flush=True,
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
