@@ -40,30 +40,26 @@ COLUMNS = (
 def reverdict(folder: Path, overrides: dict, confirm_only: bool = False) -> dict:
     """The verdict of one finished zoo model (its folder holds ``poison/model`` and the recorded cleaning) under
     ``overrides`` of the inversion config."""
-    import torch
-    from torch.utils.data import DataLoader
-
     from clipclean.cli import clean_clip
-    from clipclean.inversion import InversionConfig, build_inverter
+    from clipclean.cli.cleaning import defender_loader
+    from clipclean.cli.common import resolve_batch_sizes
+    from clipclean.inversion import InversionConfig, build_inverter, take_confirmed
     from clipclean.triggers import load_trigger
 
     recorded = json.loads((folder / INVERSION / "report.json").read_text())["inversion"]
     seed = int(re.search(r"_s(\d+)", folder.name).group(1))
     args = clean_clip.parse_args(
         ["--model", str(folder / "poison" / "model"), "--clean-data", "digits:defender", "--eval-data", "digits:test"]
+        + ["--seed", str(seed)]
     )
-    inputs = clean_clip._load(args, "cpu")
+    job = clean_clip.cleaning_job()
+    inputs = job.load(args, "cpu")
     inputs.model.eval()
-    names, classifier = clean_clip._candidates(inputs)
-    loader = DataLoader(
-        inputs.clean,
-        batch_size=64,
-        shuffle=True,
-        drop_last=len(inputs.clean) >= 128,
-        collate_fn=clean_clip._collate_fn(inputs),
-        generator=torch.Generator().manual_seed(seed),
-    )
-    config = InversionConfig(**{"seed": seed, "verdict_budget": recorded["mask_budget"], **overrides})
+    names, classifier = job.candidates(inputs)
+    loader = defender_loader(inputs.clean, resolve_batch_sizes(args, 1), seed, job.collate_fn(inputs))
+    # the verdict's budget: the recorded search budget (scaled by a verdict_budget_scale override), unless overridden
+    budget = recorded["mask_budget"] * float(overrides.get("verdict_budget_scale", 1.0))
+    config = InversionConfig(**{"seed": seed, "verdict_budget": budget, **overrides})
     inverter = build_inverter(inputs.model, config, candidate_names=names, candidate_embeddings=classifier)
     winner_name = recorded.get("untargeted_winner") or recorded["recovered_target"]
     winner = names.index(winner_name)
@@ -71,10 +67,8 @@ def reverdict(folder: Path, overrides: dict, confirm_only: bool = False) -> dict
     if confirm_only:
         rates = [recorded["candidate_asr"][name] for name in names]
         lifts = inverter.confirm(range(len(names)), rates, winner, loader)
-        score, named = recorded["anomaly_index"], recorded["recovered_target"]
-        for k, lift in lifts.items():
-            if lift > score:
-                score, named = lift, names[k]
+        confirmed = {names[k]: lift for k, lift in lifts.items()}
+        score, named = take_confirmed(recorded["anomaly_index"], recorded["recovered_target"], confirmed)
         asr, search_asr = recorded["candidate_asr"], recorded.get("search_trigger_asr")
     else:
         # the search's trigger as recorded (a verdict-named report saved the named candidate's trigger instead)
@@ -110,8 +104,9 @@ def summarize(paths: list[str]) -> dict:
     for path in paths:
         with open(path, newline="") as handle:
             rows += list(csv.DictReader(handle))
-    backdoored = [row for row in rows if row["attack"] != "none" and row["poison_converged"] != "False"]
-    clean = [row for row in rows if row["attack"] == "none"]
+    for row in rows:  # the CSV's text cell back to what zoo.counted reads (True, False or None)
+        row["poison_converged"] = {"True": True, "False": False}.get(row["poison_converged"])
+    backdoored, clean = zoo.counted(rows)
 
     def counts(key: str, threshold: float | None) -> dict:
         def called(row):

@@ -831,7 +831,8 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
         f"{split.replace('chosen_on', 'chosen on (--choose-from)')}: detected / named / false alarms"
         for split in shown
     )
-    lines += ["", derived, f"| verdict statistic | threshold | {header} |", "|---|---|" + "---|" * len(shown)]
+    if statistics_table:  # none without models to choose a threshold on (a fresh set alone)
+        lines += ["", derived, f"| verdict statistic | threshold | {header} |", "|---|---|" + "---|" * len(shown)]
     for entry in statistics_table:
         cells = " | ".join(
             f"{e['detected']}/{e['n_backdoored']} / {e['named']}/{e['n_backdoored']} / "

@@ -559,7 +559,8 @@ class ClassifierInversion(BlindInversion):
         """With one hypothesis per class the population already holds the targeted triggers (at the budget the
         search ended at): the verdict measures them instead of optimising new ones (a confirmation, with its
         ``seed_offset``, still optimises new ones)."""
-        if self.class_hypotheses and self.config.verdict_budget is None and not seed_offset:
+        at_search_budget = self.config.verdict_budget is None and self.config.verdict_budget_scale == 1
+        if self.class_hypotheses and at_search_budget and not seed_offset:
             return [self.population[k] for k in indices]
         return super()._targeted_triggers(indices, stream, seed_offset)
 

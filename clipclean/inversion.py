@@ -49,6 +49,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,11 @@ class InversionConfig:
             8/255 additive hypothesis is a universal adversarial perturbation that names a wrong target).
         verdict_budget, verdict_steps: budget and steps of the per-candidate targeted inversions; the budget
             defaults to the one the untargeted search ended at (the smallest that collapsed the embeddings).
+        verdict_budget_scale: without ``verdict_budget``, the verdict's budget is this fraction of the one the
+            search ended at (default 1). A smaller one asks which class a trigger smaller than the search's
+            reaches: an implanted trigger may still, a natural universal patch less so. At 0.5 it was tried on
+            the 2% development models and not adopted: no false alarm, but two backdoors missed more
+            (benchmarks/README.md, "A smaller verdict budget and fewer verdict steps").
         verdict_batch_size: images per step and per candidate in the verdict's targeted inversions, over all
             processes (each takes its :func:`process_share`; at most the batch it is fed).
         anomaly_threshold: the verdict statistic's score above which a backdoor is declared; ``None`` (default):
@@ -196,6 +202,7 @@ class InversionConfig:
     hypothesis_init: str = "focused"
     additive_eps: float = 0.0
     verdict_budget: float | None = None
+    verdict_budget_scale: float = 1.0
     verdict_steps: int = 150
     anomaly_threshold: float | None = None
     verdict_statistic: str | None = None
@@ -221,6 +228,8 @@ class InversionConfig:
             raise ValueError("patch_hypotheses must be >= 1")
         if not 0 <= self.verdict_holdout < 1:
             raise ValueError(f"verdict_holdout must be in [0, 1), got {self.verdict_holdout}")
+        if not 0 < self.verdict_budget_scale <= 1:
+            raise ValueError(f"verdict_budget_scale must be in (0, 1], got {self.verdict_budget_scale}")
         if self.confirm_top < 0:
             raise ValueError(f"confirm_top must be >= 0, got {self.confirm_top}")
         if self.lift_handicap is not None and self.lift_handicap < 0:
@@ -409,22 +418,36 @@ def verdict_score(
         values = [_log_odds(rate) for rate in values]
     scored = winner if statistic.startswith("winner") else None
     if statistic.endswith("-lift"):
-        tensor = torch.tensor(values, dtype=torch.float64)
-        position = int(tensor.argmax()) if scored is None else scored
-        return float(tensor[position] - tensor.median()), position
+        position = max(range(len(values)), key=values.__getitem__) if scored is None else scored
+        return values[position] - _median_log_odds(rates), position
     return anomaly_index(values, scored)
 
 
 def search_lift(rates: Sequence[float], search_rate: float) -> float:
     """The lift of the untargeted search's own trigger: the log-odds of its ASR ``search_rate`` toward the winner
     minus the median of the candidates' targeted ``rates`` (as :func:`verdict_score`'s ``"-lift"``), unhandicapped."""
-    lifts = [_log_odds(rate) for rate in rates]
-    return _log_odds(search_rate) - float(torch.tensor(lifts, dtype=torch.float64).median())
+    return _log_odds(search_rate) - _median_log_odds(rates)
 
 
 def _handicap(rates: Sequence[float], handicap: float | None) -> float:
     """What a lift chosen after the fact among ``len(rates)`` candidates pays: ``handicap``, else ``ln(K)``."""
     return math.log(len(rates)) if handicap is None else float(handicap)
+
+
+def _median_log_odds(rates: Sequence[float]) -> float:
+    """The median of the rates' log-odds (the lower middle one for an even count, as :func:`anomaly_index`): the
+    baseline every lift is measured from."""
+    return float(torch.tensor([_log_odds(rate) for rate in rates], dtype=torch.float64).median())
+
+
+def take_confirmed(score: float, scored, confirmed: dict) -> tuple[float, Any]:
+    """``(score, scored)`` after the confirmed lifts ``confirmed`` (candidate -> lift): the largest of ``score`` and
+    the lifts, with the candidate it belongs to (``scored`` where no lift is larger); the verdict's rule for
+    ``confirm_top``."""
+    for candidate, lift in confirmed.items():
+        if lift > score:
+            score, scored = lift, candidate
+    return score, scored
 
 
 def _log_odds(rate: float) -> float:
@@ -907,9 +930,7 @@ class BlindInversion:
         self.confirmed_lifts = {}
         if self.verdict_statistic.endswith("-lift"):  # a lift, comparable with the other lifts
             self.confirmed_lifts = self.confirm(indices, rates.tolist(), untargeted_winner, stream)
-        for k, lift in self.confirmed_lifts.items():
-            if lift > index:
-                index, scored = lift, k
+        index, scored = take_confirmed(index, scored, self.confirmed_lifts)
         asr = {self.candidate_names[k]: float(rate) for k, rate in zip(indices, rates)}
         return index, asr, scored
 
@@ -959,14 +980,14 @@ class BlindInversion:
             return {}
         triggers = self._targeted_triggers(chosen, stream, seed_offset=CONFIRM_SEED_OFFSET)
         confirmed = self._targeted_asr(list(zip(triggers, chosen)), stream).tolist()
-        median = float(torch.tensor([_log_odds(rate) for rate in rates], dtype=torch.float64).median())
+        median = _median_log_odds(rates)
         self.verdict_triggers.update(zip(chosen, triggers))
         return {k: _log_odds(rate) - median for k, rate in zip(chosen, confirmed)}
 
     def _targeted_triggers(self, indices: Sequence[int], stream: Iterator, seed_offset: int = 0) -> list[Trigger]:
         """One trigger per candidate in ``indices``, each optimised toward its candidate at the verdict budget
         (initialisations seeded by the candidate, the config's seed and ``seed_offset``)."""
-        budget = self.config.verdict_budget or self.mask_budget
+        budget = self.config.verdict_budget or self.mask_budget * self.config.verdict_budget_scale
         triggers = [
             free_trigger(self.model.image_size, budget, self.config.seed * 31 + k + seed_offset, self._focus(0)).to(
                 self.device

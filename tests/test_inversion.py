@@ -430,6 +430,32 @@ def test_the_verdict_takes_a_confirmed_lift_only_when_it_is_larger_and_reports_i
     assert second.report()["confirmed_lifts"] == {name: lift} and first.report()["confirmed_lifts"] == {}
 
 
+def test_the_verdict_budget_scale_shrinks_the_verdicts_triggers_only(planted):
+    from clipclean.inversion import take_confirmed
+
+    images, captions = clean_images(32)
+    names, embeddings = planted_candidates(planted)
+    budgets = {}
+    for scale in (1.0, 0.5):
+        config = InversionConfig(verdict_steps=2, mask_budgets=(0.03,), verdict_budget_scale=scale)
+        inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
+        triggers = inverter._targeted_triggers([0, 1], cycle([(images, captions)]))
+        budgets[scale] = {trigger.mask_budget for trigger in triggers}
+        assert inverter.mask_budget == 0.03  # the search's budget is untouched
+    assert budgets == {1.0: {0.03}, 0.5: {0.015}}
+    # an explicit verdict_budget wins over the scale
+    config = InversionConfig(verdict_steps=2, verdict_budget=0.02, verdict_budget_scale=0.5)
+    inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
+    assert {t.mask_budget for t in inverter._targeted_triggers([0], cycle([(images, captions)]))} == {0.02}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="verdict_budget_scale"):
+            InversionConfig(verdict_budget_scale=bad)
+    # the confirmation rule: a confirmed lift replaces the score (and the name) only when it is larger
+    assert take_confirmed(1.0, "two", {"eight": 0.5}) == (1.0, "two")
+    assert take_confirmed(1.0, "two", {"eight": 1.5, "nine": 1.2}) == (1.5, "eight")
+    assert take_confirmed(1.0, "two", {}) == (1.0, "two")
+
+
 def test_the_holdout_mask_is_a_fixed_fraction_of_images_whatever_their_order():
     from clipclean.inversion import holdout_mask
 

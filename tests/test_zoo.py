@@ -392,6 +392,8 @@ def test_the_verdict_can_be_chosen_on_an_earlier_zoo_and_every_split_is_then_a_t
     assert {entry["threshold"] for entry in without if entry["threshold_rule"] == "chosen on development"} == {3.5}
     text = zoo.markdown({}, new, table)
     assert "chosen on (--choose-from): detected" in text and "fresh: detected" in text
+    alone = zoo.markdown({}, new, zoo.statistic_rows(new))  # nothing to choose a threshold on: no empty table
+    assert zoo.statistic_rows(new) == [] and "| verdict statistic |" not in alone and "| e | fresh |" in alone
 
 
 def test_the_zoo_reports_each_family_at_its_inverters_default_threshold():

@@ -42,7 +42,7 @@ from clipclean.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from clipclean.cli.cleaning import CleaningInputs
+    from clipclean.cli.cleaning import CleaningInputs, CleaningJob
 
 logger = logging.getLogger("clean_clip")
 
@@ -141,10 +141,18 @@ def _collate_fn(inputs: CleaningInputs):
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from clipclean.cli.cleaning import CleaningJob, run_cleaning
+    from clipclean.cli.cleaning import run_cleaning
+
+    return run_cleaning(args, cleaning_job())
+
+
+def cleaning_job() -> CleaningJob:
+    """What this recipe adds to :func:`~clipclean.cli.cleaning.run_cleaning`: how it loads a CLIP and its data, names
+    the candidates, batches the pairs and writes its outputs (also used by ``benchmarks/reverdict.py``)."""
+    from clipclean.cli.cleaning import CleaningJob
     from clipclean.training import clamp_logit_scale_
 
-    job = CleaningJob(
+    return CleaningJob(
         name="clean_clip",
         clean_data_description="the defender's clean image-caption set",
         outputs=OUTPUTS,
@@ -156,7 +164,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         after_step=clamp_logit_scale_,
         complete_eval=_complete_eval,
     )
-    return run_cleaning(args, job)
 
 
 def _complete_eval(args, accelerator, inputs: CleaningInputs, trigger, target) -> dict:

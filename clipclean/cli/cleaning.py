@@ -518,6 +518,27 @@ class CleaningJob:
     complete_eval: Callable[..., dict | None] | None = None
 
 
+def defender_loader(clean, batch, seed: int, collate_fn: Callable, workers: int = 0):
+    """The defender's training batches of a cleaning run (``clean``: its dataset; ``batch``: the run's
+    :class:`~clipclean.cli.common.BatchSizes`), shuffled by ``seed``: what :func:`run_cleaning` trains on and what
+    ``benchmarks/reverdict.py`` re-measures a verdict on.
+
+    Batches are per process; ``accelerator.prepare`` deals them to the processes in turn, so one optimisation step
+    takes ``batch.global_batch_size`` pairs. The last partial batch is dropped when the set holds two global batches
+    or more (judged on the global batch, so 1 and N processes at equal global batch take the same steps)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        clean,
+        batch_size=batch.per_process,
+        shuffle=True,
+        drop_last=len(clean) >= 2 * batch.global_batch_size,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def load_eval_data(args: argparse.Namespace, image_size: tuple[int, int]):
     """The ``--eval-data`` classification set (``--classnames``, ``--skip-bad``) at ``image_size``; ``None``
     without ``--eval-data``."""
@@ -579,18 +600,7 @@ def run_cleaning(args: argparse.Namespace, job: CleaningJob) -> dict[str, Any]:
     candidate_names, classifier = job.candidates(inputs)
 
     eval_loader = DataLoader(eval_data, batch_size=256, shuffle=False) if eval_data is not None else None
-    # Per-process batches; accelerator.prepare deals them to the processes in turn, so one optimisation step takes
-    # batch.global_batch_size pairs. The last partial batch is dropped when the set holds two global batches or more
-    # (judged on the global batch, so 1 and N processes at equal global batch take the same steps).
-    train_loader = DataLoader(
-        clean,
-        batch_size=batch.per_process,
-        shuffle=True,
-        drop_last=len(clean) >= 2 * batch.global_batch_size,
-        num_workers=args.workers,
-        collate_fn=job.collate_fn(inputs),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    train_loader = defender_loader(clean, batch, args.seed, job.collate_fn(inputs), workers=args.workers)
 
     # 2. evaluate before
     evaluate = before = None
