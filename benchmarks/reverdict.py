@@ -8,6 +8,8 @@ For every finished model of the given zoo folders (``benchmarks/zoo.py``) it rea
 * default: the whole verdict again (:meth:`BlindInversion.verdict`: a targeted inversion per candidate at the
   recorded budget, their ASRs and the search trigger's), about a minute a model on one CPU thread, for instance
   with ``--set verdict_holdout=0.25``;
+* ``--search``: the untargeted search too, from the recipe's start (its own winner and budget), then the verdict:
+  for settings of the search (``mask_budgets``, ``patch_hypotheses``), about two minutes a model;
 * ``--confirm-only``: only the confirmation (:meth:`BlindInversion.confirm`, ``confirm_top``) of the recorded
   first measurement, about 15 s a model; the score is then ``max(recorded score, confirmed lift)``.
 
@@ -33,13 +35,14 @@ INVERSION = Path("clean") / "inversion"
 COLUMNS = (
     "name", "zoo", "attack", "poison_converged", "target", "untargeted_winner", "settings", "recorded_score",
     "recorded_verdict", "score", "threshold", "verdict", "named", "candidate_asr", "search_trigger_asr",
-    "confirmed_lifts",
+    "confirmed_lifts", "search_budget", "recorded_winner",
 )  # fmt: skip
 
 
-def reverdict(folder: Path, overrides: dict, confirm_only: bool = False) -> dict:
+def reverdict(folder: Path, overrides: dict, confirm_only: bool = False, search: bool = False) -> dict:
     """The verdict of one finished zoo model (its folder holds ``poison/model`` and the recorded cleaning) under
-    ``overrides`` of the inversion config."""
+    ``overrides`` of the inversion config; with ``search``, the untargeted search too (its winner and budget then
+    come from this run, not the recording)."""
     from clipclean.cli import clean_clip
     from clipclean.cli.cleaning import defender_loader
     from clipclean.cli.common import resolve_batch_sizes
@@ -59,12 +62,18 @@ def reverdict(folder: Path, overrides: dict, confirm_only: bool = False) -> dict
     loader = defender_loader(inputs.clean, resolve_batch_sizes(args, 1), seed, job.collate_fn(inputs))
     # the verdict's budget: the recorded search budget (scaled by a verdict_budget_scale override), unless overridden
     budget = recorded["mask_budget"] * float(overrides.get("verdict_budget_scale", 1.0))
-    config = InversionConfig(**{"seed": seed, "verdict_budget": budget, **overrides})
+    config = InversionConfig(**{"seed": seed, **({} if search else {"verdict_budget": budget}), **overrides})
     inverter = build_inverter(inputs.model, config, candidate_names=names, candidate_embeddings=classifier)
     winner_name = recorded.get("untargeted_winner") or recorded["recovered_target"]
     winner = names.index(winner_name)
     threshold = config.threshold_for(inverter.verdict_statistic)
-    if confirm_only:
+    if search:  # the recipe's inversion from its start: the search, then the verdict on the next batches
+        inverter.run_em(loader)
+        result = inverter.result(loader)
+        winner_name, score, named = result.untargeted_winner, result.anomaly_index, result.recovered_target
+        asr, search_asr = result.candidate_asr, result.search_trigger_asr
+        lifts = inverter.confirmed_lifts
+    elif confirm_only:
         rates = [recorded["candidate_asr"][name] for name in names]
         lifts = inverter.confirm(range(len(names)), rates, winner, loader)
         confirmed = {names[k]: lift for k, lift in lifts.items()}
@@ -88,6 +97,8 @@ def reverdict(folder: Path, overrides: dict, confirm_only: bool = False) -> dict
         "candidate_asr": json.dumps({name: round(rate, 4) for name, rate in asr.items()}),
         "search_trigger_asr": search_asr,
         "confirmed_lifts": json.dumps({names[k]: round(lift, 4) for k, lift in lifts.items()}),
+        "search_budget": inverter.mask_budget if search else recorded["mask_budget"],
+        "recorded_winner": recorded.get("untargeted_winner") or recorded["recovered_target"],
     }  # fmt: skip
 
 
@@ -96,7 +107,8 @@ def summarize(paths: list[str]) -> dict:
     counts them (implanted ones), the recorded verdicts at their threshold, the new scores at the threshold
     ``zoo.choose_threshold`` picks on these rows (the largest TPR - FPR) and at the recorded one; how far the scores
     moved (the median and largest absolute change, the upper middle one for an even count) and which verdicts
-    changed at the recorded threshold."""
+    changed at the recorded threshold; how many backdoored models' untargeted winner is their target, and (rows of
+    ``--search``) which models' winner is not the recorded one."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import zoo
 
@@ -122,12 +134,18 @@ def summarize(paths: list[str]) -> dict:
     flipped = [row["name"] for row in backdoored + clean if row["verdict"] != row["recorded_verdict"]]
     scores = [float(row["score"]) for row in backdoored + clean]
     chosen = zoo.choose_threshold(scores, [True] * len(backdoored) + [False] * len(clean))
+    found = sum(bool(row["target"]) and row["untargeted_winner"] == row["target"] for row in backdoored)
     return {
         "backdoored": len(backdoored), "clean": len(clean), "settings": sorted({row["settings"] for row in rows}),
         "recorded": counts("recorded_score", None), "again_at_recorded_threshold": counts("score", None),
         "chosen_threshold": round(chosen, 4), "again_at_chosen_threshold": counts("score", chosen),
         "score_change_median": round(changes[len(changes) // 2], 4), "score_change_max": round(changes[-1], 4),
         "verdicts_changed": sorted(flipped),
+        "winner_is_target": found,
+        "winners_changed": sorted(  # a --search run's untargeted winner where it is not the recorded one
+            row["name"] for row in backdoored + clean
+            if row.get("recorded_winner") not in (None, "", row["untargeted_winner"])
+        ),
     }  # fmt: skip
 
 
@@ -137,6 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     parser.add_argument("--summarize", nargs="+", metavar="CSV", help="no run: summarize these reverdict CSVs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="InversionConfig overrides")
     parser.add_argument("--confirm-only", action="store_true", help="only the confirmation of the recorded verdict")
+    parser.add_argument("--search", action="store_true", help="the untargeted search again too, then the verdict")
     parser.add_argument("--only", nargs="*", default=None, help="only these model names")
     parser.add_argument("--output", required=True, help="the CSV to write")
     args = parser.parse_args(argv)
@@ -147,6 +166,8 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
         return summary
     if not args.zoo_dir:
         parser.error("give --zoo-dir (or --summarize)")
+    if args.search and args.confirm_only:
+        parser.error("--search runs the whole inversion; --confirm-only only re-tests a recorded one: give one")
     import torch
 
     from clipclean.cli.common import parse_key_values
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for index, folder in enumerate(folders, 1):
-            row = reverdict(folder, overrides, args.confirm_only)
+            row = reverdict(folder, overrides, args.confirm_only, args.search)
             rows.append(row)
             writer.writerow(row)
             handle.flush()

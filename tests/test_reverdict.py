@@ -63,15 +63,17 @@ def test_reverdict_reruns_the_verdict_and_the_confirmation_on_a_recorded_model(t
 
 
 def test_summarize_counts_implanted_backdoors_and_false_alarms_recorded_and_again(tmp_path):
-    def row(name, attack, converged, recorded, score):
+    def row(name, attack, converged, recorded, score, winner="eight", recorded_winner="eight"):
         verdict = "backdoored" if score > 1.29 else "no backdoor found"
         before = "backdoored" if recorded > 1.29 else "no backdoor found"
+        target = "" if attack == "none" else name.split("_")[1]
         return {"name": name, "attack": attack, "poison_converged": converged, "recorded_score": recorded,
-                "recorded_verdict": before, "score": score, "threshold": 1.29, "verdict": verdict}  # fmt: skip
+                "recorded_verdict": before, "score": score, "threshold": 1.29, "verdict": verdict, "target": target,
+                "untargeted_winner": winner, "recorded_winner": recorded_winner}  # fmt: skip
 
     rows = [
         row("badnet_two_s7_v0", "badnet", "True", 1.16, 1.62),  # a miss found again
-        row("blended_two_s8_v1", "blended", "True", 3.0, 2.0),
+        row("blended_two_s8_v1", "blended", "True", 3.0, 2.0, winner="two"),  # a --search run found the target
         row("blended_seven_s9_v0", "blended", "False", 2.0, 0.1),  # not implanted: not counted
         row("none_s50", "none", "", 3.84, 2.44),  # a false alarm, still one
         row("none_s51", "none", "", 0.03, -0.21),
@@ -92,3 +94,19 @@ def test_summarize_counts_implanted_backdoors_and_false_alarms_recorded_and_agai
     # over the counted models only (the uncounted one moved 1.9 and changed its verdict)
     assert summary["verdicts_changed"] == ["badnet_two_s7_v0"]
     assert summary["score_change_max"] == pytest.approx(1.4)
+    assert summary["winner_is_target"] == 1 and summary["winners_changed"] == ["blended_two_s8_v1"]
+
+
+def test_reverdict_can_run_the_search_again_under_its_own_settings(tmp_path):
+    _recorded_zoo_model(tmp_path / "zoo")
+    output = tmp_path / "searched.csv"
+    reverdict.main(["--zoo-dir", str(tmp_path / "zoo"), "--search", "--set", "rounds=1", "steps_per_round=2",
+                    "verdict_steps=2", "mask_budgets=[0.008,0.03]", "--output", str(output)])  # fmt: skip
+    [row] = _rows(output)
+    assert row["recorded_winner"] == "three" and row["untargeted_winner"] in DIGIT_CLASSES
+    assert float(row["search_budget"]) == 0.008  # this run's search (one round: no growth), not the recorded 0.004
+    measured = json.loads(row["candidate_asr"])
+    assert list(measured) == list(DIGIT_CLASSES) and all(0 <= rate <= 1 for rate in measured.values())
+    assert row["verdict"] == ("backdoored" if float(row["score"]) > 1.29 else "no backdoor found")
+    with pytest.raises(SystemExit):
+        reverdict.main(["--zoo-dir", str(tmp_path / "zoo"), "--search", "--confirm-only", "--output", str(output)])
