@@ -64,7 +64,7 @@ def reverdict(folder: Path, overrides: dict, confirm_only: bool = False, search:
     budget = recorded["mask_budget"] * float(overrides.get("verdict_budget_scale", 1.0))
     config = InversionConfig(**{"seed": seed, **({} if search else {"verdict_budget": budget}), **overrides})
     inverter = build_inverter(inputs.model, config, candidate_names=names, candidate_embeddings=classifier)
-    winner_name = recorded.get("untargeted_winner") or recorded["recovered_target"]
+    winner_name = recorded_winner = recorded.get("untargeted_winner") or recorded["recovered_target"]
     winner = names.index(winner_name)
     threshold = config.threshold_for(inverter.verdict_statistic)
     if search:  # the recipe's inversion from its start: the search, then the verdict on the next batches
@@ -98,7 +98,7 @@ def reverdict(folder: Path, overrides: dict, confirm_only: bool = False, search:
         "search_trigger_asr": search_asr,
         "confirmed_lifts": json.dumps({names[k]: round(lift, 4) for k, lift in lifts.items()}),
         "search_budget": inverter.mask_budget if search else recorded["mask_budget"],
-        "recorded_winner": recorded.get("untargeted_winner") or recorded["recovered_target"],
+        "recorded_winner": recorded_winner,
     }  # fmt: skip
 
 
@@ -134,14 +134,13 @@ def summarize(paths: list[str]) -> dict:
     flipped = [row["name"] for row in backdoored + clean if row["verdict"] != row["recorded_verdict"]]
     scores = [float(row["score"]) for row in backdoored + clean]
     chosen = zoo.choose_threshold(scores, [True] * len(backdoored) + [False] * len(clean))
-    found = sum(bool(row["target"]) and row["untargeted_winner"] == row["target"] for row in backdoored)
     return {
         "backdoored": len(backdoored), "clean": len(clean), "settings": sorted({row["settings"] for row in rows}),
         "recorded": counts("recorded_score", None), "again_at_recorded_threshold": counts("score", None),
         "chosen_threshold": round(chosen, 4), "again_at_chosen_threshold": counts("score", chosen),
         "score_change_median": round(changes[len(changes) // 2], 4), "score_change_max": round(changes[-1], 4),
         "verdicts_changed": sorted(flipped),
-        "winner_is_target": found,
+        "winner_is_target": sum(row["untargeted_winner"] == row["target"] for row in backdoored),
         "winners_changed": sorted(  # a --search run's untargeted winner where it is not the recorded one
             row["name"] for row in backdoored + clean
             if row.get("recorded_winner") not in (None, "", row["untargeted_winner"])

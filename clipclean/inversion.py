@@ -422,7 +422,7 @@ def verdict_score(
     scored = winner if statistic.startswith("winner") else None
     if statistic.endswith("-lift"):
         position = max(range(len(values)), key=values.__getitem__) if scored is None else scored
-        return values[position] - _median_log_odds(rates), position
+        return values[position] - _lower_median(values), position
     return anomaly_index(values, scored)
 
 
@@ -437,10 +437,14 @@ def _handicap(rates: Sequence[float], handicap: float | None) -> float:
     return math.log(len(rates)) if handicap is None else float(handicap)
 
 
+def _lower_median(values: Sequence[float]) -> float:
+    """The median, the lower middle one for an even count (as :func:`anomaly_index`)."""
+    return float(torch.tensor(values, dtype=torch.float64).median())
+
+
 def _median_log_odds(rates: Sequence[float]) -> float:
-    """The median of the rates' log-odds (the lower middle one for an even count, as :func:`anomaly_index`): the
-    baseline every lift is measured from."""
-    return float(torch.tensor([_log_odds(rate) for rate in rates], dtype=torch.float64).median())
+    """The median of the rates' log-odds: the baseline every lift is measured from."""
+    return _lower_median([_log_odds(rate) for rate in rates])
 
 
 def take_confirmed(score: float, scored, confirmed: dict) -> tuple[float, Any]:
