@@ -35,7 +35,7 @@ INVERSION = Path("clean") / "inversion"
 COLUMNS = (
     "name", "zoo", "attack", "poison_converged", "target", "untargeted_winner", "settings", "recorded_score",
     "recorded_verdict", "score", "threshold", "verdict", "named", "candidate_asr", "search_trigger_asr",
-    "confirmed_lifts", "search_budget", "recorded_winner",
+    "confirmed_lifts", "search_budget", "recorded_winner", "recorded_named",
 )  # fmt: skip
 
 
@@ -98,17 +98,20 @@ def reverdict(folder: Path, overrides: dict, confirm_only: bool = False, search:
         "search_trigger_asr": search_asr,
         "confirmed_lifts": json.dumps({names[k]: round(lift, 4) for k, lift in lifts.items()}),
         "search_budget": inverter.mask_budget if search else recorded["mask_budget"],
-        "recorded_winner": recorded_winner,
+        "recorded_winner": recorded_winner, "recorded_named": recorded["recovered_target"],
     }  # fmt: skip
 
 
-def summarize(paths: list[str]) -> dict:
+def summarize(paths: list[str], threshold: float | None = None) -> dict:
     """Detection on the rows of reverdict CSVs, recorded vs again: backdoored models counted as benchmarks/zoo.py
     counts them (implanted ones), the recorded verdicts at their threshold, the new scores at the threshold
-    ``zoo.choose_threshold`` picks on these rows (the largest TPR - FPR) and at the recorded one; how far the scores
-    moved (the median and largest absolute change, the upper middle one for an even count) and which verdicts
+    ``zoo.choose_threshold`` picks on these rows (the largest TPR - FPR), at the recorded one and, on held-out rows,
+    at ``threshold`` (one chosen on development rows: never choose on the rows a result is read from); how far the
+    scores moved (the median and largest absolute change, the upper middle one for an even count) and which verdicts
     changed at the recorded threshold; how many backdoored models' untargeted winner is their target, and (rows of
-    ``--search``) which models' winner is not the recorded one."""
+    ``--search``) which models' winner is not the recorded one. Each count also says how many detections named the
+    true target (``named``) and, where the rows hold the recorded name, which backdoors the recorded verdict detected
+    and named correctly but this one does not (``lost``)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import zoo
 
@@ -120,15 +123,23 @@ def summarize(paths: list[str]) -> dict:
         row["poison_converged"] = {"True": True, "False": False}.get(row["poison_converged"])
     backdoored, clean = zoo.counted(rows)
 
-    def counts(key: str, threshold: float | None) -> dict:
-        def called(row):
-            return float(row[key]) > (float(row["threshold"]) if threshold is None else threshold)
+    def called(row: dict, key: str, threshold: float | None) -> bool:
+        return float(row[key]) > (float(row["threshold"]) if threshold is None else threshold)
 
-        detected, alarms = sum(map(called, backdoored)), sum(map(called, clean))
-        youden = detected / max(len(backdoored), 1) - alarms / max(len(clean), 1)
-        return {"detected": detected, "false_alarms": alarms, "youden": round(youden, 4),
-                "missed": sorted(row["name"] for row in backdoored if not called(row)),
-                "alarms": sorted(row["name"] for row in clean if called(row))}  # fmt: skip
+    def found(row: dict) -> bool:  # the recorded verdict detected it and named its target
+        return row.get("recorded_named") == row["target"] and called(row, "recorded_score", None)
+
+    def counts(key: str, threshold: float | None) -> dict:
+        hits = [row for row in backdoored if called(row, key, threshold)]
+        name = "recorded_named" if key == "recorded_score" else "named"
+        alarms = sum(called(row, key, threshold) for row in clean)
+        youden = len(hits) / max(len(backdoored), 1) - alarms / max(len(clean), 1)
+        return {"detected": len(hits), "false_alarms": alarms, "youden": round(youden, 4),
+                "named": sum(row.get(name) == row["target"] for row in hits),
+                "missed": sorted(row["name"] for row in backdoored if row not in hits),
+                "alarms": sorted(row["name"] for row in clean if called(row, key, threshold)),
+                "lost": sorted(row["name"] for row in backdoored if found(row) and not (
+                    row in hits and row.get(name) == row["target"]))}  # fmt: skip
 
     changes = sorted(abs(float(row["score"]) - float(row["recorded_score"])) for row in backdoored + clean)
     flipped = [row["name"] for row in backdoored + clean if row["verdict"] != row["recorded_verdict"]]
@@ -138,6 +149,8 @@ def summarize(paths: list[str]) -> dict:
         "backdoored": len(backdoored), "clean": len(clean), "settings": sorted({row["settings"] for row in rows}),
         "recorded": counts("recorded_score", None), "again_at_recorded_threshold": counts("score", None),
         "chosen_threshold": round(chosen, 4), "again_at_chosen_threshold": counts("score", chosen),
+        **({} if threshold is None else {"given_threshold": threshold,
+                                         "again_at_given_threshold": counts("score", threshold)}),
         "score_change_median": round(changes[len(changes) // 2], 4), "score_change_max": round(changes[-1], 4),
         "verdicts_changed": sorted(flipped),
         "winner_is_target": sum(row["untargeted_winner"] == row["target"] for row in backdoored),
@@ -156,10 +169,13 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     parser.add_argument("--confirm-only", action="store_true", help="only the confirmation of the recorded verdict")
     parser.add_argument("--search", action="store_true", help="the untargeted search again too, then the verdict")
     parser.add_argument("--only", nargs="*", default=None, help="only these model names")
+    parser.add_argument(
+        "--threshold", type=float, help="with --summarize: also count at this threshold (chosen on development rows)"
+    )
     parser.add_argument("--output", required=True, help="the CSV to write")
     args = parser.parse_args(argv)
     if args.summarize:
-        summary = summarize(args.summarize)
+        summary = summarize(args.summarize, args.threshold)
         Path(args.output).write_text(json.dumps(summary, indent=1) + "\n")
         print(json.dumps(summary, indent=1))
         return summary

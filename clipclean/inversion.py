@@ -122,8 +122,9 @@ class InversionConfig:
         kappa: vMF concentration in the likelihood.
         mask_budgets: the growing hard bound on the mask mean (fraction of the image). On the 2% digits CLIPs the
             search almost always stops at the first, 0.004 (about 4 pixels of 32x32, less than a 3x3 patch); the
-            levels without it, ``(0.008, 0.016, 0.03)``, detected more backdoors on development models and await a
-            test on models built afterwards (benchmarks/README.md, "The search's smallest budget").
+            levels without it, ``(0.008, 0.016, 0.03)``, detected more backdoors on development models but failed
+            the test on models built afterwards: there the targeted triggers reach every candidate and the verdict
+            loses its contrast (benchmarks/README.md, "The search's smallest budget").
         collapse_fraction: a collapse is "found" when at least this fraction of triggered images is closer to
             ``u`` than to its own caption; the budget grows only while none is found.
         lambda_mask, lambda_tv: prior weights (L1 of the mask mean, total variation of the pattern).

@@ -63,17 +63,19 @@ def test_reverdict_reruns_the_verdict_and_the_confirmation_on_a_recorded_model(t
 
 
 def test_summarize_counts_implanted_backdoors_and_false_alarms_recorded_and_again(tmp_path):
-    def row(name, attack, converged, recorded, score, winner="eight", recorded_winner="eight"):
+    def row(name, attack, converged, recorded, score, winner="eight", recorded_winner="eight", named="", before=""):
         verdict = "backdoored" if score > 1.29 else "no backdoor found"
-        before = "backdoored" if recorded > 1.29 else "no backdoor found"
+        recorded_verdict = "backdoored" if recorded > 1.29 else "no backdoor found"
         target = "" if attack == "none" else name.split("_")[1]
         return {"name": name, "attack": attack, "poison_converged": converged, "recorded_score": recorded,
-                "recorded_verdict": before, "score": score, "threshold": 1.29, "verdict": verdict, "target": target,
-                "untargeted_winner": winner, "recorded_winner": recorded_winner}  # fmt: skip
+                "recorded_verdict": recorded_verdict, "score": score, "threshold": 1.29, "verdict": verdict,
+                "target": target, "untargeted_winner": winner, "recorded_winner": recorded_winner, "named": named,
+                "recorded_named": before}  # fmt: skip
 
     rows = [
-        row("badnet_two_s7_v0", "badnet", "True", 1.16, 1.62),  # a miss found again
-        row("blended_two_s8_v1", "blended", "True", 3.0, 2.0, winner="two"),  # a --search run found the target
+        row("badnet_two_s7_v0", "badnet", "True", 1.16, 1.62, named="two"),  # a miss found again
+        # a --search run found the target; the recorded verdict had detected and named it too
+        row("blended_two_s8_v1", "blended", "True", 3.0, 2.0, winner="two", named="two", before="two"),
         row("blended_seven_s9_v0", "blended", "False", 2.0, 0.1),  # not implanted: not counted
         row("none_s50", "none", "", 3.84, 2.44),  # a false alarm, still one
         row("none_s51", "none", "", 0.03, -0.21),
@@ -95,6 +97,15 @@ def test_summarize_counts_implanted_backdoors_and_false_alarms_recorded_and_agai
     assert summary["verdicts_changed"] == ["badnet_two_s7_v0"]
     assert summary["score_change_max"] == pytest.approx(1.4)
     assert summary["winner_is_target"] == 1 and summary["winners_changed"] == ["blended_two_s8_v1"]
+    assert summary["recorded"]["named"] == 1 and summary["again_at_recorded_threshold"]["named"] == 2
+    assert "again_at_given_threshold" not in summary
+
+    # at a threshold chosen elsewhere (on development rows): the recorded detection of "two" at 3.0 is lost at 2.2
+    summary = reverdict.summarize([str(path)], threshold=2.2)
+    given = summary["again_at_given_threshold"]
+    assert summary["given_threshold"] == 2.2
+    assert (given["detected"], given["false_alarms"], given["named"]) == (0, 1, 0)
+    assert given["lost"] == ["blended_two_s8_v1"] and summary["again_at_recorded_threshold"]["lost"] == []
 
 
 def test_reverdict_can_run_the_search_again_under_its_own_settings(tmp_path):
@@ -103,7 +114,7 @@ def test_reverdict_can_run_the_search_again_under_its_own_settings(tmp_path):
     reverdict.main(["--zoo-dir", str(tmp_path / "zoo"), "--search", "--set", "rounds=1", "steps_per_round=2",
                     "verdict_steps=2", "mask_budgets=[0.008,0.03]", "--output", str(output)])  # fmt: skip
     [row] = _rows(output)
-    assert row["recorded_winner"] == "three" and row["untargeted_winner"] in DIGIT_CLASSES
+    assert row["recorded_winner"] == row["recorded_named"] == "three" and row["untargeted_winner"] in DIGIT_CLASSES
     assert float(row["search_budget"]) == 0.008  # this run's search (one round: no growth), not the recorded 0.004
     measured = json.loads(row["candidate_asr"])
     assert list(measured) == list(DIGIT_CLASSES) and all(0 <= rate <= 1 for rate in measured.values())
