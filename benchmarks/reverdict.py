@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import re
 import sys
@@ -60,9 +61,9 @@ def reverdict(folder: Path, overrides: dict, confirm_only: bool = False, search:
     inputs.model.eval()
     names, classifier = job.candidates(inputs)
     loader = defender_loader(inputs.clean, resolve_batch_sizes(args, 1), seed, job.collate_fn(inputs))
-    # the verdict's budget: the recorded search budget (scaled by a verdict_budget_scale override), unless overridden
-    budget = recorded["mask_budget"] * float(overrides.get("verdict_budget_scale", 1.0))
-    config = InversionConfig(**{"seed": seed, **({} if search else {"verdict_budget": budget}), **overrides})
+    config = InversionConfig(**{"seed": seed, **overrides})
+    if not search:  # the verdict's budget as the recipe's would be after a search that ended at the recorded one
+        config = dataclasses.replace(config, verdict_budget=config.verdict_budget_for(recorded["mask_budget"]))
     inverter = build_inverter(inputs.model, config, candidate_names=names, candidate_embeddings=classifier)
     winner_name = recorded_winner = recorded.get("untargeted_winner") or recorded["recovered_target"]
     winner = names.index(winner_name)

@@ -256,6 +256,11 @@ class InversionConfig:
             return float(self.anomaly_threshold)
         return DEFAULT_VERDICT_THRESHOLDS[statistic]
 
+    def verdict_budget_for(self, search_budget: float) -> float:
+        """The budget of the verdict's targeted triggers when the untargeted search ended at ``search_budget``:
+        ``verdict_budget`` when given, else ``verdict_budget_scale`` times ``search_budget``."""
+        return self.verdict_budget or search_budget * self.verdict_budget_scale
+
 
 @dataclass
 class EStepStats:
@@ -995,7 +1000,7 @@ class BlindInversion:
     def _targeted_triggers(self, indices: Sequence[int], stream: Iterator, seed_offset: int = 0) -> list[Trigger]:
         """One trigger per candidate in ``indices``, each optimised toward its candidate at the verdict budget
         (initialisations seeded by the candidate, the config's seed and ``seed_offset``)."""
-        budget = self.config.verdict_budget or self.mask_budget * self.config.verdict_budget_scale
+        budget = self.config.verdict_budget_for(self.mask_budget)
         triggers = [
             free_trigger(self.model.image_size, budget, self.config.seed * 31 + k + seed_offset, self._focus(0)).to(
                 self.device

@@ -447,6 +447,8 @@ def test_the_verdict_budget_scale_shrinks_the_verdicts_triggers_only(planted):
     config = InversionConfig(verdict_steps=2, verdict_budget=0.02, verdict_budget_scale=0.5)
     inverter = BlindInversion(planted, config, candidate_names=names, candidate_embeddings=embeddings)
     assert {t.mask_budget for t in inverter._targeted_triggers([0], cycle([(images, captions)]))} == {0.02}
+    assert config.verdict_budget_for(0.03) == 0.02  # what benchmarks/reverdict.py asks of a recorded search budget
+    assert InversionConfig(verdict_budget_scale=0.5).verdict_budget_for(0.016) == 0.008
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="verdict_budget_scale"):
             InversionConfig(verdict_budget_scale=bad)
