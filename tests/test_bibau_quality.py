@@ -4,6 +4,11 @@ Done-means of the BI-BAU issue: for each attack, the untargeted run names the tr
 after unlearning the true trigger's ASR is < 10% with clean accuracy within 3 points of the backdoored model; on a
 never-poisoned model it says "no backdoor found" and changes clean accuracy by < 2 points. The models are the
 shared ``digits_clips`` of conftest.py (recipe defaults, seed 0); benchmarks/README.md has the same runs.
+
+Known failure, left failing on purpose (2026-12-07): the BadCLIP case. On that 2% model (ASR 97.5%) the search names
+"eight", the targeted inversion toward "zero" reaches 86.8% but the score is 0.73 (threshold 1.29), so the verdict
+says "no backdoor found" and nothing is unlearned: a backdoored model called clean, the miss the zoo's 2% sets
+measure (README.md, "What the held-out models say"). It passes when the verdict finds this backdoor.
 """
 
 import pytest
