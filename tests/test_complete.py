@@ -1,4 +1,11 @@
-"""Tests of complete unlearning: the retuning attack's data and config, re-inversion, the results block."""
+"""Tests of complete unlearning: the retuning attack's data and config, re-inversion, the results block.
+
+Known failures, left failing (2026-12-07, slow tests, on seed-0 2% models retrained on another machine, which acts like
+another model seed): ``test_default_bibau_removal_is_persistent[badclip]`` (the verdict calls the model clean, nothing
+is unlearned), ``[blended]`` (mean RA-ASR 35.6% against the reference's 16.8% + 10 points),
+``test_retuning_attack_and_reinversion_separate_backdoored_from_never_poisoned`` (the re-inversion names "four") and
+``test_default_bibau_relearns_slower_than_functional_unlearning`` (2.2% against 16.5%: no 30-point gap).
+"""
 
 import pytest
 import torch
