@@ -131,16 +131,15 @@ def summarize(paths: list[str], threshold: float | None = None) -> dict:
         return row.get("recorded_named") == row["target"] and called(row, "recorded_score", None)
 
     def counts(key: str, threshold: float | None) -> dict:
-        hits = [row for row in backdoored if called(row, key, threshold)]
+        hits = {row["name"] for row in backdoored if called(row, key, threshold)}
+        alarms = sorted(row["name"] for row in clean if called(row, key, threshold))
         name = "recorded_named" if key == "recorded_score" else "named"
-        alarms = sum(called(row, key, threshold) for row in clean)
-        youden = len(hits) / max(len(backdoored), 1) - alarms / max(len(clean), 1)
-        return {"detected": len(hits), "false_alarms": alarms, "youden": round(youden, 4),
-                "named": sum(row.get(name) == row["target"] for row in hits),
-                "missed": sorted(row["name"] for row in backdoored if row not in hits),
-                "alarms": sorted(row["name"] for row in clean if called(row, key, threshold)),
-                "lost": sorted(row["name"] for row in backdoored if found(row) and not (
-                    row in hits and row.get(name) == row["target"]))}  # fmt: skip
+        right = {row["name"] for row in backdoored if row["name"] in hits and row.get(name) == row["target"]}
+        youden = len(hits) / max(len(backdoored), 1) - len(alarms) / max(len(clean), 1)
+        return {"detected": len(hits), "false_alarms": len(alarms), "youden": round(youden, 4), "named": len(right),
+                "missed": sorted(row["name"] for row in backdoored if row["name"] not in hits), "alarms": alarms,
+                "lost": sorted(row["name"] for row in backdoored if found(row) and row["name"] not in right),
+                }  # fmt: skip
 
     changes = sorted(abs(float(row["score"]) - float(row["recorded_score"])) for row in backdoored + clean)
     flipped = [row["name"] for row in backdoored + clean if row["verdict"] != row["recorded_verdict"]]
