@@ -4,7 +4,6 @@ model folder or results.json left behind."""
 
 import io
 import json
-import logging
 import os
 import subprocess
 import tarfile
@@ -56,13 +55,6 @@ def assets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def recipes():
     return {"recipes/clean_clip": clean_clip, "recipes/poison_clip": poison_clip, "eval": zeroshot_imagenet}
-
-
-@pytest.fixture(autouse=True)
-def _log_to_this_tests_streams():
-    """The recipes' ``logging.basicConfig(force=True)`` binds the root handler to the stderr of the test that ran
-    them, closed once it ends; start each test with a handler on the current stream."""
-    logging.basicConfig(level=logging.WARNING, force=True)
 
 
 def write_csv(path, rows, header=("filepath", "caption")):

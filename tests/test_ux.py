@@ -16,7 +16,7 @@ from conftest import ROOT
 from PIL import Image
 
 from clipclean.cli import catalogue, clean_clip, complete_unlearning, poison_classifier, poison_clip, zeroshot_imagenet
-from clipclean.cli.common import RunCheckpoints, TrainingProgress, make_accelerator
+from clipclean.cli.common import RunCheckpoints, TrainingProgress, make_accelerator, setup_logging
 from clipclean.cli.main import build_parser
 from clipclean.hub import card_title, save_pretrained
 from clipclean.models import load_clip
@@ -282,3 +282,19 @@ def test_a_negative_verdict_says_it_is_no_proof_and_names_the_easiest_candidate(
     assert negative_verdict_notes({**missed, "verdict": "backdoored"}) == [] == negative_verdict_notes({})
     assert "not proof" in _card_note("bibau", "no backdoor found", unchanged=True)
     assert "not proof" not in _card_note("bibau", "backdoored", unchanged=False)
+
+
+def test_log_records_go_to_the_current_stderr(monkeypatch):
+    """A job run in-process sets up logging once; a caller that swaps and closes ``sys.stderr`` afterwards (pytest's
+    capture, a notebook) still gets every later record, and no "I/O operation on closed file" error."""
+    import io
+
+    setup_logging()
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logging.getLogger("clipclean.test_ux").warning("first record")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("clipclean.test_ux").warning("second record")
+    assert "second record" in second.getvalue()
+    assert "WARNING clipclean.test_ux" in second.getvalue()

@@ -385,10 +385,33 @@ def make_accelerator(args: argparse.Namespace):
     return accelerator
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted, not to the stream of the moment
+    it was made: a job run in-process (tests, notebooks) would otherwise leave the root logger bound to a stream that
+    its caller replaces and closes, and every later record would end in "ValueError: I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.setStream; the stream is always the current stderr
+        pass
+
+
 def setup_logging(accelerator=None, script_logger: str | None = None) -> None:
-    """INFO from clipclean (and the script's own logger) on the main process; warnings only from libraries."""
+    """INFO from clipclean (and the script's own logger) on the main process; warnings only from libraries; records
+    go to the current ``sys.stderr`` (:class:`CurrentStderrHandler`)."""
     level = logging.INFO if accelerator is None or accelerator.is_main_process else logging.WARNING
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[CurrentStderrHandler()],
+        force=True,
+    )
     for name in ("clipclean", "clean_clip", "poison_clip", "zeroshot_imagenet", script_logger):
         if name:
             logging.getLogger(name).setLevel(level)
