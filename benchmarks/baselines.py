@@ -15,6 +15,19 @@ ties broken by the smaller mean of ``ASR after + max(CA drop, 0)``. Held-out mod
 
     python benchmarks/baselines.py --jobs 2                          # tune on the zoo's development half
     python benchmarks/baselines.py --report-only                     # the choice from the runs that finished
+
+Then, on a held-out set, every defense cleans every model through ``benchmarks/zoo.py`` (a cleaning folder per
+defense; ``--flags DEFENSE`` prints the equal-budget ``clean_clip.py`` flags at the chosen rate), and ``--compare``
+puts the sets' zoo CSVs side by side: cleaning success (the zoo's rule) with a 95% Wilson interval, mean ASR after
+and mean clean-accuracy drop with 95% t intervals (over the implanted backdoored models), and the mean drop on the
+never-poisoned models:
+
+    for D in finetune cleanclip ibau age baerase; do
+        python benchmarks/zoo.py --jobs 2 $SET --clean-name clean_$D \\
+            --clean-args "$(python benchmarks/baselines.py --flags $D)"
+    done
+    python benchmarks/baselines.py --compare bibau=benchmarks/results/PREFIX.csv \\
+        finetune=benchmarks/results/PREFIX_clean_finetune.csv ... --output benchmarks/results/defenses_PREFIX
 """
 
 from __future__ import annotations
@@ -76,7 +89,111 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clean-args", default="", help="extra clean_clip.py flags for every run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one CPU thread each)")
     parser.add_argument("--report-only", action="store_true", help="no training: the choice from finished runs")
+    parser.add_argument(
+        "--flags", metavar="DEFENSE", choices=BASELINES, default=None,
+        help="print DEFENSE's clean_clip.py flags at the equal budget and the rate chosen in --chosen, and exit",
+    )  # fmt: skip
+    parser.add_argument("--chosen", default=f"benchmarks/results/{CHOSEN_FILENAME}", help="the tuning's file")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="NAME=CSV", default=None,
+        help="compare the defenses' cleanings of one set (zoo CSVs, one per defense) and exit; --output: the "
+        "tables' path without suffix",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def flags(defense: str, chosen_path: str | Path, total_epochs: int | None = None) -> list[str]:
+    """``clean_clip.py`` flags for ``defense`` at the equal budget and the learning rate the tuning chose (its
+    default when the tuning did not run it)."""
+    return ["--defense", defense, *equal_budget(defense, total_epochs, load_chosen(Path(chosen_path)).get(defense))]
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean and its two-sided t interval (``low == high == mean`` for one value)."""
+    from scipy import stats
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def compare_defenses(named_rows: dict[str, dict[str, dict]]) -> dict:
+    """Per defense (``{name: rows by model}``, rows as ``zoo.recorded_rows`` reads them): over its implanted
+    backdoored models (``zoo.counted``) the successes (``cleaned``) with a Wilson interval, per attack, and the mean
+    ASR after and clean-accuracy drop with t intervals; over its never-poisoned models the mean clean-accuracy
+    drop. Every defense must have cleaned the same models (a paired comparison)."""
+    names = {name: sorted(rows) for name, rows in named_rows.items()}
+    first = next(iter(names.values()))
+    for name, models in names.items():
+        if models != first:
+            raise ValueError(f"{name} cleaned other models than the first defense: {sorted(set(models) ^ set(first))}")
+    summary = {}
+    for name, rows in named_rows.items():
+        backdoored, clean = zoo.counted(list(rows.values()))
+        successes = sum(bool(row["cleaned"]) for row in backdoored)
+        low, high = zoo.wilson_interval(successes, len(backdoored))
+        drops = [row["ca_before"] - row["ca_after"] for row in backdoored]
+        summary[name] = {
+            "backdoored": len(backdoored),
+            "cleaned": successes,
+            "cleaned_interval": [low, high],
+            "cleaned_by_attack": {
+                attack: [
+                    sum(bool(r["cleaned"]) for r in backdoored if r["attack"] == attack),
+                    sum(r["attack"] == attack for r in backdoored),
+                ]
+                for attack in zoo.ATTACKS
+            },  # fmt: skip
+            "asr_after": mean_interval([row["asr_after"] for row in backdoored]),
+            "ca_drop": mean_interval(drops),
+            "never_poisoned": len(clean),
+            "never_poisoned_ca_drop": mean_interval([row["ca_before"] - row["ca_after"] for row in clean])
+            if clean
+            else None,
+            "models": [row["name"] for row in backdoored],
+        }
+    return summary
+
+
+def compare_markdown(summary: dict) -> str:
+    def pct(triple) -> str:
+        return "-" if triple is None else f"{100 * triple[0]:.1f} ({100 * triple[1]:.1f} to {100 * triple[2]:.1f})"
+
+    lines = [
+        "| defense | cleaned (ASR < 5%, CA drop <= 2) | by attack (BadNet / Blended / BadCLIP) "
+        "| ASR % after, mean (95% CI) | CA drop, points, mean (95% CI) | never-poisoned: CA drop, points |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in summary.items():
+        low, high = entry["cleaned_interval"]
+        by_attack = " / ".join(f"{done}/{total}" for done, total in entry["cleaned_by_attack"].values())
+        lines.append(
+            f"| {name} | {entry['cleaned']}/{entry['backdoored']} ({100 * low:.0f}-{100 * high:.0f}%) | {by_attack} "
+            f"| {pct(entry['asr_after'])} | {pct(entry['ca_drop'])} | {pct(entry['never_poisoned_ca_drop'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def compare(pairs: list[str], output: str | Path) -> dict:
+    """``--compare``: read ``NAME=CSV`` pairs, write ``OUTPUT.json`` and ``OUTPUT.md``, print the table."""
+    named_rows = {}
+    for pair in pairs:
+        name, separator, path = pair.partition("=")
+        if not separator or not name or not path:
+            raise SystemExit(f"--compare takes NAME=CSV pairs, got {pair!r}")
+        named_rows[name] = zoo.recorded_rows(path)
+    summary = compare_defenses(named_rows)
+    from clipclean.fileio import write_json
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output.with_suffix(".json"), {"files": dict(pair.split("=", 1) for pair in pairs), **summary})
+    table = compare_markdown(summary)
+    output.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(table, end="")
+    return summary
 
 
 def development_models(zoo_dir: Path, per_attack: int, targets=None, seeds=None):
@@ -170,5 +287,15 @@ def tune(args: argparse.Namespace) -> dict:
     return summary
 
 
+def main(argv=None):
+    args = parse_args(argv)
+    if args.flags:
+        print(" ".join(flags(args.flags, args.chosen, args.total_epochs)))
+        return None
+    if args.compare:
+        return compare(args.compare, args.output)
+    return tune(args)
+
+
 if __name__ == "__main__":
-    tune(parse_args(sys.argv[1:]))
+    main(sys.argv[1:])

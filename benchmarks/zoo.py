@@ -848,7 +848,7 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
     for row in rows:
         lines.append(
             f"| {row['name']} | {row['split']} | {_pct(row['ca_poisoned'])}/{_pct(row['asr_poisoned'])} | "
-            f"{row['verdict']} ({row['anomaly_index']:.2f}) | {row['recovered_target']} | {_pct(row['asr_after'])} | "
+            f"{_verdict_cell(row)} | {row['recovered_target'] or '-'} | {_pct(row['asr_after'])} | "
             f"{_pct(row['ca_before'])} -> {_pct(row['ca_after'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -857,6 +857,13 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
 def _not_implanted(entry: dict) -> str:
     missed = entry["poison_not_converged"]
     return f" (+{missed} the attack did not implant, not counted)" if missed else ""
+
+
+def _verdict_cell(row: dict) -> str:
+    """``verdict (score)``; ``-`` for a cleaning that gives none (a baseline defense)."""
+    if row["verdict"] is None:
+        return "-"
+    return row["verdict"] if row["anomaly_index"] is None else f"{row['verdict']} ({row['anomaly_index']:.2f})"
 
 
 def _pct(value) -> str:
@@ -873,17 +880,22 @@ def _plots(rows: list[dict], output: Path, prefix: str) -> None:
     except ImportError:  # matplotlib is a dev extra
         return
     figure, axis = plt.subplots(figsize=(4.5, 4))
+    curves = 0
     for split in SPLITS:
         selected = [row for row in sum(counted(rows), []) if row["split"] == split and default_score(row) is not None]
         labels = [row["attack"] != "none" for row in selected]
         if len(set(labels)) == 2:
             fpr, tpr, _ = roc_curve(labels, [default_score(row) for row in selected])
             axis.plot(fpr, tpr, label=split)
-    axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    axis.set(xlabel="false positive rate", ylabel="true positive rate", title="verdict score ROC (default statistic)")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(output / f"{prefix}_roc.png", dpi=120)
+            curves += 1
+    if curves:  # none for a cleaning without a verdict (a baseline defense)
+        axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+        axis.set(
+            xlabel="false positive rate", ylabel="true positive rate", title="verdict score ROC (default statistic)"
+        )
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(output / f"{prefix}_roc.png", dpi=120)
     plt.close(figure)
     figure, axis = plt.subplots(figsize=(6, 3.5))
     present = [split for split in SPLITS if any(row["split"] == split for row in rows)]

@@ -156,6 +156,31 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
         used = json.loads((tmp_path / "zoo" / run["model"] / "baselines" / f"finetune_lr{run['lr']:g}" /
                            "results.json").read_text())["config"]  # fmt: skip
         assert used["defense"]["lr"] == run["lr"] and used["defense"]["epochs"] == 1
+    # a baseline cleans the same zoo at the chosen rate, in its own cleaning folder; --compare: side by side
+    from baselines import compare, flags
+
+    finetune = flags("finetune", tmp_path / "report" / "baseline_lr.json", total_epochs=1)
+    assert finetune == [
+        "--defense",
+        "finetune",
+        "--rounds",
+        "1",
+        "--epochs",
+        "1",
+        "--lr",
+        f"{tuning['chosen']['finetune']:g}",
+    ]
+    zoo.main([*arguments[:-1], f"{tiny} {' '.join(finetune)}", "--clean-name", "clean_finetune"])
+    used = json.loads((tmp_path / "zoo" / "badnet_three_s0_v0" / "clean_finetune" / "results.json").read_text())
+    assert used["defense"] == "finetune" and used["config"]["defense"]["epochs"] == 1
+    report = tmp_path / "report"
+    compared = compare([f"bibau={report / 'zoo.csv'}", f"finetune={report / 'zoo_clean_finetune.csv'}"],
+                       report / "defenses")  # fmt: skip
+    assert set(compared) == {"bibau", "finetune"} and compared["finetune"]["backdoored"] == 1
+    assert compared["bibau"]["cleaned"] == int(bool(backdoored["cleaned"]))
+    assert (report / "defenses.md").read_text().count("| finetune |") == 1
+    assert not (report / "zoo_clean_finetune_roc.png").exists()  # a baseline gives no verdict score to plot
+    assert json.loads((report / "defenses.json").read_text())["files"]["finetune"].endswith("zoo_clean_finetune.csv")
 
 
 @pytest.mark.slow
@@ -432,3 +457,37 @@ def test_no_backdoored_seeds_builds_never_poisoned_models_only():
     args = zoo.parse_args(["--split", "fresh", "--seeds", "--clean-seeds", "50", "51"])
     models = zoo.selected_models(args)
     assert [model.name for model in models] == ["none_s50", "none_s51"] and all(m.split == "fresh" for m in models)
+
+
+def test_defenses_are_compared_on_the_same_models_with_intervals():
+    from baselines import compare_defenses, mean_interval
+
+    def row(name, attack, cleaned=None, asr_after=0.0, drop=0.0, converged=True):
+        return {
+            "name": name,
+            "attack": attack,
+            "cleaned": cleaned,
+            "asr_after": asr_after,
+            "ca_before": 0.95,
+            "ca_after": 0.95 - drop,
+            "poison_converged": converged,
+        }
+
+    bibau = {"a": row("a", "badnet", True, 0.01), "b": row("b", "blended", True, 0.0, 0.01),
+             "c": row("c", "badclip", False, 0.9), "d": row("d", "badnet", False, 0.02, converged=False),
+             "n": row("n", "none", drop=0.0)}  # fmt: skip
+    finetune = {"a": row("a", "badnet", False, 0.6), "b": row("b", "blended", True, 0.03),
+                "c": row("c", "badclip", False, 0.8), "d": row("d", "badnet", False, 0.02, converged=False),
+                "n": row("n", "none", drop=0.01)}  # fmt: skip
+    summary = compare_defenses({"bibau": bibau, "finetune": finetune})
+    assert summary["bibau"]["backdoored"] == 3  # the model the attack did not implant is not counted
+    assert summary["bibau"]["cleaned"] == 2 and summary["finetune"]["cleaned"] == 1
+    assert summary["bibau"]["cleaned_by_attack"] == {"badnet": [1, 1], "blended": [1, 1], "badclip": [0, 1]}
+    assert summary["finetune"]["asr_after"][0] == pytest.approx((0.6 + 0.03 + 0.8) / 3)
+    low, high = summary["bibau"]["cleaned_interval"]
+    assert 0 < low < 2 / 3 < high < 1
+    assert summary["finetune"]["never_poisoned_ca_drop"][0] == pytest.approx(0.01)
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and low == pytest.approx(2.0 - 4.303 * 1 / 3**0.5, abs=1e-3) and high == pytest.approx(4 - low)
+    with pytest.raises(ValueError, match="other models"):
+        compare_defenses({"bibau": bibau, "finetune": {k: v for k, v in finetune.items() if k != "a"}})
