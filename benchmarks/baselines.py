@@ -19,11 +19,11 @@ ties broken by the smaller mean of ``ASR after + max(CA drop, 0)``. Held-out mod
 Then, on a held-out set, every defense cleans every model through ``benchmarks/zoo.py`` (a cleaning folder per
 defense; ``--flags DEFENSE`` prints the equal-budget ``clean_clip.py`` flags at the chosen rate), and ``--compare``
 puts the sets' zoo CSVs side by side: cleaning success (the zoo's rule) with a 95% Wilson interval, mean ASR after
-and mean clean-accuracy drop with 95% t intervals (over the implanted backdoored models), and the mean drop on the
-never-poisoned models:
+and mean clean-accuracy drop with 95% bootstrap intervals (over the implanted backdoored models), and the mean drop
+on the never-poisoned models:
 
     for D in finetune cleanclip ibau age baerase; do
-        python benchmarks/zoo.py --jobs 2 $SET --clean-name clean_$D \\
+        python benchmarks/zoo.py --jobs 2 $SET --clean-name clean_$D --prefix PREFIX_clean_$D \\
             --clean-args "$(python benchmarks/baselines.py --flags $D)"
     done
     python benchmarks/baselines.py --compare bibau=benchmarks/results/PREFIX.csv \\
@@ -108,22 +108,29 @@ def flags(defense: str, chosen_path: str | Path, total_epochs: int | None = None
     return ["--defense", defense, *equal_budget(defense, total_epochs, load_chosen(Path(chosen_path)).get(defense))]
 
 
-def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean and its two-sided t interval (``low == high == mean`` for one value)."""
-    from scipy import stats
+def mean_interval(
+    values: list[float], confidence: float = 0.95, resamples: int = 10_000
+) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean and its percentile bootstrap interval (``resamples`` draws, seeded, so a
+    report regenerates to the digit). A bootstrap rather than a t interval: ASRs after cleaning pile up at 0 with a
+    few large values, and a t interval would reach below 0."""
+    import numpy as np
 
-    mean = statistics.fmean(values)
-    if len(values) < 2:
+    array = np.asarray(values, dtype=float)
+    mean = float(array.mean())
+    if len(array) < 2:
         return mean, mean, mean
-    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    draws = np.random.default_rng(0).choice(array, size=(resamples, len(array)), replace=True).mean(axis=1)
+    low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return mean, float(low), float(high)
 
 
 def compare_defenses(named_rows: dict[str, dict[str, dict]]) -> dict:
     """Per defense (``{name: rows by model}``, rows as ``zoo.recorded_rows`` reads them): over its implanted
-    backdoored models (``zoo.counted``) the successes (``cleaned``) with a Wilson interval, per attack, and the mean
-    ASR after and clean-accuracy drop with t intervals; over its never-poisoned models the mean clean-accuracy
-    drop. Every defense must have cleaned the same models (a paired comparison)."""
+    backdoored models (``zoo.counted``) the successes (``cleaned``) with a Wilson interval, per attack, the models
+    left under 5% ASR whatever the clean-accuracy cost (``asr_removed``), and the mean ASR after and clean-accuracy
+    drop with bootstrap intervals; over its never-poisoned models the mean clean-accuracy drop. Every defense must
+    have cleaned the same models (a paired comparison)."""
     names = {name: sorted(rows) for name, rows in named_rows.items()}
     first = next(iter(names.values()))
     for name, models in names.items():
@@ -146,6 +153,7 @@ def compare_defenses(named_rows: dict[str, dict[str, dict]]) -> dict:
                 ]
                 for attack in zoo.ATTACKS
             },  # fmt: skip
+            "asr_removed": sum(row["asr_after"] < zoo.SUCCESS_ASR for row in backdoored),
             "asr_after": mean_interval([row["asr_after"] for row in backdoored]),
             "ca_drop": mean_interval(drops),
             "never_poisoned": len(clean),
@@ -162,16 +170,17 @@ def compare_markdown(summary: dict) -> str:
         return "-" if triple is None else f"{100 * triple[0]:.1f} ({100 * triple[1]:.1f} to {100 * triple[2]:.1f})"
 
     lines = [
-        "| defense | cleaned (ASR < 5%, CA drop <= 2) | by attack (BadNet / Blended / BadCLIP) "
+        "| defense | cleaned (ASR < 5%, CA drop <= 2) | by attack (BadNet / Blended / BadCLIP) | ASR < 5% "
         "| ASR % after, mean (95% CI) | CA drop, points, mean (95% CI) | never-poisoned: CA drop, points |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, entry in summary.items():
         low, high = entry["cleaned_interval"]
         by_attack = " / ".join(f"{done}/{total}" for done, total in entry["cleaned_by_attack"].values())
         lines.append(
             f"| {name} | {entry['cleaned']}/{entry['backdoored']} ({100 * low:.0f}-{100 * high:.0f}%) | {by_attack} "
-            f"| {pct(entry['asr_after'])} | {pct(entry['ca_drop'])} | {pct(entry['never_poisoned_ca_drop'])} |"
+            f"| {entry['asr_removed']}/{entry['backdoored']} | {pct(entry['asr_after'])} | {pct(entry['ca_drop'])} "
+            f"| {pct(entry['never_poisoned_ca_drop'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -191,7 +200,8 @@ def compare(pairs: list[str], output: str | Path) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output.with_suffix(".json"), {"files": dict(pair.split("=", 1) for pair in pairs), **summary})
     table = compare_markdown(summary)
-    output.with_suffix(".md").write_text(table, encoding="utf-8")
+    marker = f"<!-- derived: {output.with_suffix('.json').as_posix()}, by benchmarks/baselines.py -->\n"
+    output.with_suffix(".md").write_text(marker + table, encoding="utf-8")
     print(table, end="")
     return summary
 

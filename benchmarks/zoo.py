@@ -813,16 +813,21 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
         "cleaning success | CA drop median / worst (points) | untargeted winner on clean models |",
         "|---|---|---:|---|---|---|---|---|---|",
     ]
+    verdicts = any(row["verdict"] is not None for row in rows)  # none from a baseline defense's cleaning
     for split, by_group in metrics.items():
         for group, entry in by_group.items():
             winners = ", ".join(f"{name} {count}" for name, count in sorted(entry["clean_winner"].items()))
+            detection = (
+                f"{entry['roc_auc']:.3f} | {_format_rate(entry['true_positive'])} | "
+                f"{_format_rate(entry['false_positive'])} | {_format_rate(entry['target_named'])}"
+                if verdicts
+                else "- | - | - | -"
+            )
             lines.append(
                 f"| {split} | {group}: {entry['n_backdoored']} backdoored + {entry['n_clean']} clean"
-                f"{_not_implanted(entry)} | "
-                f"{entry['roc_auc']:.3f} | {_format_rate(entry['true_positive'])} | "
-                f"{_format_rate(entry['false_positive'])} | {_format_rate(entry['target_named'])} | "
+                f"{_not_implanted(entry)} | {detection} | "
                 f"{_format_rate(entry['cleaning_success'])} | {100 * entry['median_ca_drop']:.1f} / "
-                f"{100 * entry['worst_ca_drop']:.1f} | {winners or '-'} |"
+                f"{100 * entry['worst_ca_drop']:.1f} | {(winners if verdicts else '') or '-'} |"
             )
     shown = [split for split in SPLITS if split != "fresh" or any(row["split"] == "fresh" for row in rows)]
     if statistics_table and "chosen on --choose-from" in {entry["threshold_rule"] for entry in statistics_table}:
@@ -851,7 +856,37 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
             f"{_verdict_cell(row)} | {row['recovered_target'] or '-'} | {_pct(row['asr_after'])} | "
             f"{_pct(row['ca_before'])} -> {_pct(row['ca_after'])} |"
         )
+    lines += persistence_lines(rows, derived)
     return "\n".join(lines) + "\n"
+
+
+def persistence_lines(rows: list[dict], derived: str = "") -> list[str]:
+    """The retuning attack's table (the models with ``ra_asr``; none without ``--persistence``): mean RA-ASR over
+    three retuning seeds, the same-seed never-poisoned model's, their difference and the persistence criterion
+    (``clipclean.complete.PERSISTENCE_MARGIN`` points at most)."""
+    from clipclean.complete import PERSISTENCE_MARGIN
+
+    retuned = [row for row in rows if row["ra_asr"] is not None and row["reference_ra_asr"] is not None]
+    if not retuned:
+        return []
+    lines = [
+        "",
+        f"Retuning attack, three retuning seeds; persistent: RA-ASR at most {100 * PERSISTENCE_MARGIN:.0f} points "
+        "above the same-seed never-poisoned model's.",
+        "",
+        derived,
+        "| model | verdict | cleaned (bar) | ASR % after | RA-ASR % | reference RA-ASR % | difference (points) "
+        "| persistent |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for row in retuned:
+        difference = row["ra_asr"] - row["reference_ra_asr"]
+        lines.append(
+            f"| {row['name']} | {row['verdict'] or '-'} | {row['cleaned']} | {_pct(row['asr_after'])} | "
+            f"{_pct(row['ra_asr'])} | {_pct(row['reference_ra_asr'])} | {100 * difference:+.1f} | "
+            f"{difference <= PERSISTENCE_MARGIN} |"
+        )
+    return lines
 
 
 def _not_implanted(entry: dict) -> str:

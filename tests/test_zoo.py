@@ -180,6 +180,11 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
     assert compared["bibau"]["cleaned"] == int(bool(backdoored["cleaned"]))
     assert (report / "defenses.md").read_text().count("| finetune |") == 1
     assert not (report / "zoo_clean_finetune_roc.png").exists()  # a baseline gives no verdict score to plot
+    # ... nor detection numbers: its report leaves those cells empty rather than counting 0 detections
+    assert (
+        "| development | all: 1 backdoored + 1 clean | - | - | - | - |"
+        in (report / "zoo_clean_finetune.md").read_text()
+    )
     assert json.loads((report / "defenses.json").read_text())["files"]["finetune"].endswith("zoo_clean_finetune.csv")
 
 
@@ -363,6 +368,23 @@ def test_the_retuning_attack_runs_on_held_out_models_of_each_attack_and_target_w
     assert len(zoo.persistence_models(models, tmp_path, 2)) == 3 * (2 + 2 + 1 + 1) - 1
 
 
+def test_the_report_lists_the_retuned_models_against_the_persistence_criterion():
+    base = {"verdict": "backdoored", "cleaned": True, "asr_after": 0.003}
+    rows = [
+        {**base, "name": "within", "ra_asr": 0.14, "reference_ra_asr": 0.05},
+        {**base, "name": "outside", "ra_asr": 0.16, "reference_ra_asr": 0.05},
+        {**base, "name": "not_retuned", "ra_asr": None, "reference_ra_asr": None},
+    ]
+    lines = zoo.persistence_lines(rows, "<!-- derived -->")
+    table = [line for line in lines if line.startswith("| within") or line.startswith("| outside")]
+    assert table == [
+        "| within | backdoored | True | 0.3 | 14.0 | 5.0 | +9.0 | True |",
+        "| outside | backdoored | True | 0.3 | 16.0 | 5.0 | +11.0 | False |",
+    ]
+    assert "10 points" in "".join(lines) and not any("not_retuned" in line for line in lines)
+    assert zoo.persistence_lines(rows[2:]) == []
+
+
 poisoning = load_script("benchmarks/poisoning.py")
 
 
@@ -482,12 +504,15 @@ def test_defenses_are_compared_on_the_same_models_with_intervals():
     summary = compare_defenses({"bibau": bibau, "finetune": finetune})
     assert summary["bibau"]["backdoored"] == 3  # the model the attack did not implant is not counted
     assert summary["bibau"]["cleaned"] == 2 and summary["finetune"]["cleaned"] == 1
+    assert summary["bibau"]["asr_removed"] == 2 and summary["finetune"]["asr_removed"] == 1
     assert summary["bibau"]["cleaned_by_attack"] == {"badnet": [1, 1], "blended": [1, 1], "badclip": [0, 1]}
     assert summary["finetune"]["asr_after"][0] == pytest.approx((0.6 + 0.03 + 0.8) / 3)
     low, high = summary["bibau"]["cleaned_interval"]
     assert 0 < low < 2 / 3 < high < 1
     assert summary["finetune"]["never_poisoned_ca_drop"][0] == pytest.approx(0.01)
-    mean, low, high = mean_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and low == pytest.approx(2.0 - 4.303 * 1 / 3**0.5, abs=1e-3) and high == pytest.approx(4 - low)
+    mean, low, high = mean_interval([0.0, 0.0, 0.0, 0.0, 0.9])  # skewed: the interval stays within the values
+    assert mean == pytest.approx(0.18) and low == 0.0 and 0.18 < high <= 0.9
+    assert mean_interval([0.0, 0.0, 0.0, 0.0, 0.9]) == (mean, low, high)  # seeded: the same numbers again
+    assert mean_interval([0.5]) == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="other models"):
         compare_defenses({"bibau": bibau, "finetune": {k: v for k, v in finetune.items() if k != "a"}})
