@@ -2,8 +2,6 @@
 latest``: the resumed run reports the same numbers as an uninterrupted one, on one process and on two (slow)."""
 
 import json
-import os
-import signal
 import subprocess
 import time
 
@@ -28,8 +26,23 @@ def _arguments(setup, output):
     ]  # fmt: skip
 
 
+def _kill_9(pid: int) -> None:
+    """SIGKILL the launcher ``pid`` and every process under it, all found before any is killed. Not ``os.killpg``:
+    torch's elastic agent (under ``accelerate launch --multi_gpu``) starts each worker in a session of its own, so a
+    kill of the launcher's process group leaves the workers running, and they finish the run and delete its
+    checkpoints."""
+    import psutil
+
+    launcher = psutil.Process(pid)
+    for process in [launcher, *launcher.children(recursive=True)]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def _run(setup, output, processes, *extra, kill_when=None):
-    """Run the recipe; with ``kill_when(output) -> bool``, SIGKILL its whole process group as soon as it holds.
+    """Run the recipe; with ``kill_when(output) -> bool``, SIGKILL it and all its processes as soon as it holds.
     Returns whether the run was killed."""
     command, env = script_command("recipes/clean_clip.py", *_arguments(setup, output), *extra, processes=processes)
     process = subprocess.Popen(
@@ -38,12 +51,12 @@ def _run(setup, output, processes, *extra, kill_when=None):
     deadline = time.time() + 900
     while process.poll() is None and time.time() < deadline:
         if kill_when is not None and kill_when(output):
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill_9(process.pid)
             process.wait()
             return True
         time.sleep(0.005)
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+        _kill_9(process.pid)
         pytest.fail("the recipe did not finish in 15 minutes")
     assert process.returncode == 0, process.stderr.read().decode()[-4000:]
     return False
@@ -81,6 +94,7 @@ def test_kill_9_then_resume_latest_reports_the_uninterrupted_numbers(setup, tmp_
     for point, kill_when in (("first", _first_checkpoint_complete), ("second", _second_checkpoint_started)):
         output = tmp_path / point
         assert _run(setup, output, processes, kill_when=kill_when), f"the run finished before the {point} kill"
+        time.sleep(2)  # no process of the killed run is left to write anything
         assert not (output / "results.json").exists() and not (output / "cleaned").exists()
         _run(setup, output, processes, "--resume_from_checkpoint", "latest")
         assert _numbers(output) == expected, point

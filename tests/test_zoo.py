@@ -190,7 +190,11 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_a_small_zoo_with_default_budgets(tmp_path):
-    """Three backdoored models (one per attack) and two never-poisoned ones, default recipes."""
+    """Three backdoored models (one per attack) and two never-poisoned ones, default recipes.
+
+    Known miss, left failing (2026-12-07, on a machine whose float differences retrain the models like another seed):
+    the default verdict called the seed-1 BadNet model clean (ASR 91.5%, target "three" named, score 0.63 under the
+    threshold 1.29). The zoo's held-out sets count such misses (benchmarks/README.md); no threshold was moved."""
     arguments = ["--zoo-dir", str(tmp_path / "zoo"), "--output", str(tmp_path / "report"), "--targets", "three",
                  "--seeds", "1", "--clean-seeds", "1", "4", "--jobs", "2"]  # fmt: skip
     result = zoo.main(arguments)
