@@ -139,6 +139,8 @@ def compare_defenses(named_rows: dict[str, dict[str, dict]]) -> dict:
     summary = {}
     for name, rows in named_rows.items():
         backdoored, clean = zoo.counted(list(rows.values()))
+        if not backdoored:
+            raise ValueError(f"{name}: no implanted backdoored model to compare on")
         successes = sum(bool(row["cleaned"]) for row in backdoored)
         low, high = zoo.wilson_interval(successes, len(backdoored))
         drops = [row["ca_before"] - row["ca_after"] for row in backdoored]
@@ -152,7 +154,7 @@ def compare_defenses(named_rows: dict[str, dict[str, dict]]) -> dict:
                     sum(r["attack"] == attack for r in backdoored),
                 ]
                 for attack in zoo.ATTACKS
-            },  # fmt: skip
+            },
             "asr_removed": sum(row["asr_after"] < zoo.SUCCESS_ASR for row in backdoored),
             "asr_after": mean_interval([row["asr_after"] for row in backdoored]),
             "ca_drop": mean_interval(drops),
@@ -198,7 +200,7 @@ def compare(pairs: list[str], output: str | Path) -> dict:
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output.with_suffix(".json"), {"files": dict(pair.split("=", 1) for pair in pairs), **summary})
+    write_json(output.with_suffix(".json"), {"files": dict(pair.split("=", 1) for pair in pairs), "defenses": summary})
     table = compare_markdown(summary)
     marker = f"<!-- derived: {output.with_suffix('.json').as_posix()}, by benchmarks/baselines.py -->\n"
     output.with_suffix(".md").write_text(marker + table, encoding="utf-8")

@@ -518,5 +518,7 @@ def test_defenses_are_compared_on_the_same_models_with_intervals():
     assert mean == pytest.approx(0.18) and low == 0.0 and 0.18 < high <= 0.9
     assert mean_interval([0.0, 0.0, 0.0, 0.0, 0.9]) == (mean, low, high)  # seeded: the same numbers again
     assert mean_interval([0.5]) == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match="no implanted backdoored model"):
+        compare_defenses({"bibau": {"n": bibau["n"]}})
     with pytest.raises(ValueError, match="other models"):
         compare_defenses({"bibau": bibau, "finetune": {k: v for k, v in finetune.items() if k != "a"}})
