@@ -817,6 +817,7 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
     for split, by_group in metrics.items():
         for group, entry in by_group.items():
             winners = ", ".join(f"{name} {count}" for name, count in sorted(entry["clean_winner"].items()))
+            winners = winners if verdicts else ""  # a cleaning without a search names no winner
             detection = (
                 f"{entry['roc_auc']:.3f} | {_format_rate(entry['true_positive'])} | "
                 f"{_format_rate(entry['false_positive'])} | {_format_rate(entry['target_named'])}"
@@ -827,7 +828,7 @@ def markdown(metrics: dict, rows: list[dict], statistics_table: list[dict], pref
                 f"| {split} | {group}: {entry['n_backdoored']} backdoored + {entry['n_clean']} clean"
                 f"{_not_implanted(entry)} | {detection} | "
                 f"{_format_rate(entry['cleaning_success'])} | {100 * entry['median_ca_drop']:.1f} / "
-                f"{100 * entry['worst_ca_drop']:.1f} | {(winners if verdicts else '') or '-'} |"
+                f"{100 * entry['worst_ca_drop']:.1f} | {winners or '-'} |"
             )
     shown = [split for split in SPLITS if split != "fresh" or any(row["split"] == "fresh" for row in rows)]
     if statistics_table and "chosen on --choose-from" in {entry["threshold_rule"] for entry in statistics_table}:

@@ -27,18 +27,21 @@ def _arguments(setup, output):
 
 
 def _kill_9(pid: int) -> None:
-    """SIGKILL the launcher ``pid`` and every process under it, all found before any is killed. Not ``os.killpg``:
-    torch's elastic agent (under ``accelerate launch --multi_gpu``) starts each worker in a session of its own, so a
-    kill of the launcher's process group leaves the workers running, and they finish the run and delete its
-    checkpoints."""
+    """SIGKILL the launcher ``pid`` and every process under it, all found before any is killed, and wait until none
+    is left to write anything. Not ``os.killpg``: torch's elastic agent (under ``accelerate launch --multi_gpu``)
+    starts each worker in a session of its own, so a kill of the launcher's process group leaves the workers running,
+    and they finish the run and delete its checkpoints."""
     import psutil
 
     launcher = psutil.Process(pid)
-    for process in [launcher, *launcher.children(recursive=True)]:
+    processes = [launcher, *launcher.children(recursive=True)]
+    for process in processes:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
+    _, alive = psutil.wait_procs(processes, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
 
 
 def _run(setup, output, processes, *extra, kill_when=None):
@@ -94,7 +97,6 @@ def test_kill_9_then_resume_latest_reports_the_uninterrupted_numbers(setup, tmp_
     for point, kill_when in (("first", _first_checkpoint_complete), ("second", _second_checkpoint_started)):
         output = tmp_path / point
         assert _run(setup, output, processes, kill_when=kill_when), f"the run finished before the {point} kill"
-        time.sleep(2)  # no process of the killed run is left to write anything
         assert not (output / "results.json").exists() and not (output / "cleaned").exists()
         _run(setup, output, processes, "--resume_from_checkpoint", "latest")
         assert _numbers(output) == expected, point
