@@ -15,6 +15,9 @@ ties broken by the smaller mean of ``ASR after + max(CA drop, 0)``. Held-out mod
 
     python benchmarks/baselines.py --jobs 2                          # tune on the zoo's development half
     python benchmarks/baselines.py --report-only                     # the choice from the runs that finished
+    python benchmarks/baselines.py --jobs 2 --lrs 3e-3 1e-2 --extend   # widen the recorded grid (same models)
+    python benchmarks/baselines.py --jobs 2 --defenses cleanclip --tag noflip \\
+        --clean-args "--set flip_probability=0" --prefix baseline_lr_noflip  # a variant: baseline_lr_noflip.{json,csv}
 
 Then, on a held-out set, every defense cleans every model through ``benchmarks/zoo.py`` (a cleaning folder per
 defense; ``--flags DEFENSE`` prints the equal-budget ``clean_clip.py`` flags at the chosen rate), and ``--compare``
@@ -28,6 +31,10 @@ on the never-poisoned models:
     done
     python benchmarks/baselines.py --compare bibau=benchmarks/results/PREFIX.csv \\
         finetune=benchmarks/results/PREFIX_clean_finetune.csv ... --output benchmarks/results/defenses_PREFIX
+
+A defense cleaned again at other cleaning seeds (``zoo.py --clean-name clean_seed1 --clean-args "--seed 1"``) is
+compared over all its cleanings with ``NAME=CSV1,CSV2,...``: each model's numbers are averaged over its seeds, the
+intervals are over models (a model's seeds are not independent draws), and the per-seed counts and means are listed.
 """
 
 from __future__ import annotations
@@ -78,6 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--zoo-dir", default=str(Path.home() / ".cache" / "clipclean" / "zoo"))
     parser.add_argument("--output", default="benchmarks/results")
+    parser.add_argument(
+        "--prefix", default=Path(CHOSEN_FILENAME).stem,
+        help="the tuning's files: OUTPUT/PREFIX.json (the choice; --chosen reads it, and run.py the default one) "
+        "and OUTPUT/PREFIX.csv (every run)",
+    )  # fmt: skip
     parser.add_argument("--targets", nargs="+", default=None, help="the zoo's (default: zoo.py's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="the zoo's backdoored model seeds")
     parser.add_argument("--defenses", nargs="+", default=list(BASELINES), choices=BASELINES)
@@ -87,8 +99,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--total-epochs", type=int, default=None, help="the budget (default: BI-BAU's rounds x epochs)"
     )
     parser.add_argument("--clean-args", default="", help="extra clean_clip.py flags for every run")
+    parser.add_argument(
+        "--tag", default="",
+        help="a name for a tuning with other --clean-args (its runs' folders are DEFENSE_TAG_lrLR; the file records "
+        "the flags, and --flags prints them)",
+    )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one CPU thread each)")
     parser.add_argument("--report-only", action="store_true", help="no training: the choice from finished runs")
+    parser.add_argument(
+        "--extend", action="store_true",
+        help="widen an earlier tuning: keep the runs recorded in OUTPUT/PREFIX.json (same models) for the grid "
+        "points not run now, and choose over the union",
+    )  # fmt: skip
     parser.add_argument(
         "--flags", metavar="DEFENSE", choices=BASELINES, default=None,
         help="print DEFENSE's clean_clip.py flags at the equal budget and the rate chosen in --chosen, and exit",
@@ -96,16 +118,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chosen", default=f"benchmarks/results/{CHOSEN_FILENAME}", help="the tuning's file")
     parser.add_argument(
         "--compare", nargs="+", metavar="NAME=CSV", default=None,
-        help="compare the defenses' cleanings of one set (zoo CSVs, one per defense) and exit; --output: the "
-        "tables' path without suffix",
+        help="compare the defenses' cleanings of one set (zoo CSVs, one per defense; NAME=CSV1,CSV2,...: the "
+        "same defense's cleanings at several cleaning seeds) and exit; --output: the tables' path without suffix",
     )  # fmt: skip
     return parser.parse_args(argv)
 
 
 def flags(defense: str, chosen_path: str | Path, total_epochs: int | None = None) -> list[str]:
     """``clean_clip.py`` flags for ``defense`` at the equal budget and the learning rate the tuning chose (its
-    default when the tuning did not run it)."""
-    return ["--defense", defense, *equal_budget(defense, total_epochs, load_chosen(Path(chosen_path)).get(defense))]
+    default when the tuning did not run it), plus the ``--clean-args`` of a tuning run with ``--tag``."""
+    path = Path(chosen_path)
+    tuning = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"chosen": {}}
+    lr = tuning["chosen"].get(defense)
+    return ["--defense", defense, *equal_budget(defense, total_epochs, lr), *tuning.get("clean_args", "").split()]
 
 
 def mean_interval(
@@ -125,53 +150,97 @@ def mean_interval(
     return mean, float(low), float(high)
 
 
-def compare_defenses(named_rows: dict[str, dict[str, dict]]) -> dict:
-    """Per defense (``{name: rows by model}``, rows as ``zoo.recorded_rows`` reads them): over its implanted
-    backdoored models (``zoo.counted``) the successes (``cleaned``) with a Wilson interval, per attack, the models
-    left under 5% ASR whatever the clean-accuracy cost (``asr_removed``), and the mean ASR after and clean-accuracy
-    drop with bootstrap intervals; over its never-poisoned models the mean clean-accuracy drop. Every defense must
-    have cleaned the same models (a paired comparison)."""
-    names = {name: sorted(rows) for name, rows in named_rows.items()}
-    first = next(iter(names.values()))
-    for name, models in names.items():
-        if models != first:
-            raise ValueError(f"{name} cleaned other models than the first defense: {sorted(set(models) ^ set(first))}")
+def _asr_after(row: dict) -> float:
+    return row["asr_after"]
+
+
+def _ca_drop(row: dict) -> float:
+    return row["ca_before"] - row["ca_after"]
+
+
+def _per_model(seeds: list[dict[str, dict]], models: list[str], value) -> list[float]:
+    """Each model's ``value`` averaged over its cleaning seeds."""
+    return [statistics.mean(value(seed[model]) for seed in seeds) for model in models]
+
+
+def _seed_spread(seeds: list[dict[str, dict]], models: list[str], value) -> list[float]:
+    """The lowest and highest per-seed mean of ``value`` over ``models``."""
+    means = [statistics.mean(value(seed[model]) for model in models) for seed in seeds]
+    return [min(means), max(means)]
+
+
+def compare_defenses(named_rows: dict[str, dict[str, dict] | list[dict[str, dict]]]) -> dict:
+    """Per defense (``{name: rows by model}``, rows as ``zoo.recorded_rows`` reads them, or ``{name: [rows by model,
+    ...]}``, one mapping per cleaning seed): over its implanted backdoored models (``zoo.counted``) the successes
+    (``cleaned``, over every cleaning), per attack, the cleanings left under 5% ASR whatever the clean-accuracy cost
+    (``asr_removed``), and the mean ASR after and clean-accuracy drop with bootstrap intervals; over its never-poisoned
+    models the mean clean-accuracy drop. With one cleaning per model the successes' interval is Wilson's over the
+    models; with several cleaning seeds each model's numbers are first averaged over its seeds and every interval is
+    over models (the seeds of one model are not independent draws), and ``cleaned_per_seed`` and ``seed_spread`` (the
+    lowest and highest per-seed mean) show what the cleaning seed alone moves. Every defense and every seed must have
+    cleaned the same models (a paired comparison)."""
+    runs = {name: rows if isinstance(rows, list) else [rows] for name, rows in named_rows.items()}
+    first = sorted(next(iter(runs.values()))[0])
+    for name, seeds in runs.items():
+        for rows in seeds:
+            if sorted(rows) != first:
+                changed = sorted(set(rows) ^ set(first))
+                raise ValueError(f"{name} cleaned other models than the first defense: {changed}")
     summary = {}
-    for name, rows in named_rows.items():
-        backdoored, clean = zoo.counted(list(rows.values()))
+    for name, seeds in runs.items():
+        backdoored, clean = zoo.counted(list(seeds[0].values()))
         if not backdoored:
             raise ValueError(f"{name}: no implanted backdoored model to compare on")
-        successes = sum(bool(row["cleaned"]) for row in backdoored)
-        low, high = zoo.wilson_interval(successes, len(backdoored))
-        drops = [row["ca_before"] - row["ca_after"] for row in backdoored]
+        models = [row["name"] for row in backdoored]
+        cleanings = [seed[model] for seed in seeds for model in models]
+        successes = sum(bool(row["cleaned"]) for row in cleanings)
+        if len(seeds) == 1:
+            low, high = zoo.wilson_interval(successes, len(backdoored))
+        else:
+            _, low, high = mean_interval(_per_model(seeds, models, lambda row: float(bool(row["cleaned"]))))
+        clean_models = [row["name"] for row in clean]
         summary[name] = {
             "backdoored": len(backdoored),
             "cleaned": successes,
             "cleaned_interval": [low, high],
             "cleaned_by_attack": {
                 attack: [
-                    sum(bool(r["cleaned"]) for r in backdoored if r["attack"] == attack),
-                    sum(r["attack"] == attack for r in backdoored),
+                    sum(bool(row["cleaned"]) for row in cleanings if row["attack"] == attack),
+                    sum(row["attack"] == attack for row in cleanings),
                 ]
                 for attack in zoo.ATTACKS
             },
-            "asr_removed": sum(row["asr_after"] < zoo.SUCCESS_ASR for row in backdoored),
-            "asr_after": mean_interval([row["asr_after"] for row in backdoored]),
-            "ca_drop": mean_interval(drops),
+            "asr_removed": sum(row["asr_after"] < zoo.SUCCESS_ASR for row in cleanings),
+            "asr_after": mean_interval(_per_model(seeds, models, _asr_after)),
+            "ca_drop": mean_interval(_per_model(seeds, models, _ca_drop)),
             "never_poisoned": len(clean),
-            "never_poisoned_ca_drop": mean_interval([row["ca_before"] - row["ca_after"] for row in clean])
-            if clean
-            else None,
-            "models": [row["name"] for row in backdoored],
+            "never_poisoned_ca_drop": mean_interval(_per_model(seeds, clean_models, _ca_drop)) if clean else None,
+            "models": models,
         }
+        if len(seeds) > 1:
+            summary[name].update({
+                "seeds": len(seeds),
+                "cleanings": len(cleanings),
+                "cleaned_per_seed": [sum(bool(seed[model]["cleaned"]) for model in models) for seed in seeds],
+                "seed_spread": {"asr_after": _seed_spread(seeds, models, _asr_after),
+                                "ca_drop": _seed_spread(seeds, models, _ca_drop)},
+            })  # fmt: skip
     return summary
 
 
-def compare_markdown(summary: dict) -> str:
+def _range(pair: list[float]) -> str:
+    return f"{100 * pair[0]:.1f}-{100 * pair[1]:.1f}"
+
+
+def compare_markdown(summary: dict, marker: str = "") -> str:
+    """The comparison's table (and, with cleaning seeds, a paragraph on their spread), each block after ``marker``
+    (a line naming where the numbers come from, or nothing)."""
+
     def pct(triple) -> str:
         return "-" if triple is None else f"{100 * triple[0]:.1f} ({100 * triple[1]:.1f} to {100 * triple[2]:.1f})"
 
     lines = [
+        *([marker] if marker else []),
         "| defense | cleaned (ASR < 5%, CA drop <= 2) | by attack (BadNet / Blended / BadCLIP) | ASR < 5% "
         "| ASR % after, mean (95% CI) | CA drop, points, mean (95% CI) | never-poisoned: CA drop, points |",
         "|---|---|---|---|---|---|---|",
@@ -179,32 +248,51 @@ def compare_markdown(summary: dict) -> str:
     for name, entry in summary.items():
         low, high = entry["cleaned_interval"]
         by_attack = " / ".join(f"{done}/{total}" for done, total in entry["cleaned_by_attack"].values())
+        cleanings = entry.get("cleanings", entry["backdoored"])
+        cleaned = f"{entry['cleaned']}/{cleanings} ({100 * low:.0f}-{100 * high:.0f}%)"
+        if "seeds" in entry:
+            per_seed = ", ".join(str(count) for count in entry["cleaned_per_seed"])
+            cleaned = (
+                f"{entry['cleaned']}/{cleanings} cleanings ({entry['seeds']} seeds x {entry['backdoored']} models; "
+                f"per seed {per_seed}; {100 * entry['cleaned'] / cleanings:.0f}%, 95% CI over models "
+                f"{100 * low:.0f}-{100 * high:.0f}%)"
+            )
         lines.append(
-            f"| {name} | {entry['cleaned']}/{entry['backdoored']} ({100 * low:.0f}-{100 * high:.0f}%) | {by_attack} "
-            f"| {entry['asr_removed']}/{entry['backdoored']} | {pct(entry['asr_after'])} | {pct(entry['ca_drop'])} "
-            f"| {pct(entry['never_poisoned_ca_drop'])} |"
+            f"| {name} | {cleaned} | {by_attack} | {entry['asr_removed']}/{cleanings} | {pct(entry['asr_after'])} "
+            f"| {pct(entry['ca_drop'])} | {pct(entry['never_poisoned_ca_drop'])} |"
         )
+    seeded = {name: entry["seed_spread"] for name, entry in summary.items() if "seeds" in entry}
+    if seeded:
+        ranges = "; ".join(
+            f"{name} {_range(spread['asr_after'])} / {_range(spread['ca_drop'])}" for name, spread in seeded.items()
+        )
+        lines += [
+            "",
+            *([marker] if marker else []),
+            "With several cleaning seeds, each model's numbers are averaged over its seeds and the intervals are over "
+            f"models; the per-seed means of ASR % after / CA drop (points) range over: {ranges}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def compare(pairs: list[str], output: str | Path) -> dict:
-    """``--compare``: read ``NAME=CSV`` pairs, write ``OUTPUT.json`` and ``OUTPUT.md``, print the table."""
+    """``--compare``: read ``NAME=CSV[,CSV...]`` pairs, write ``OUTPUT.json`` and ``OUTPUT.md``, print the table."""
     named_rows = {}
     for pair in pairs:
         name, separator, path = pair.partition("=")
         if not separator or not name or not path:
             raise SystemExit(f"--compare takes NAME=CSV pairs, got {pair!r}")
-        named_rows[name] = zoo.recorded_rows(path)
+        paths = path.split(",")  # several CSVs: the same defense's cleanings of the same models at other seeds
+        named_rows[name] = zoo.recorded_rows(paths[0]) if len(paths) == 1 else [zoo.recorded_rows(p) for p in paths]
     summary = compare_defenses(named_rows)
     from clipclean.fileio import write_json
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output.with_suffix(".json"), {"files": dict(pair.split("=", 1) for pair in pairs), "defenses": summary})
-    table = compare_markdown(summary)
-    marker = f"<!-- derived: {output.with_suffix('.json').as_posix()}, by benchmarks/baselines.py -->\n"
-    output.with_suffix(".md").write_text(marker + table, encoding="utf-8")
-    print(table, end="")
+    marker = f"<!-- derived: {output.with_suffix('.json').as_posix()}, by benchmarks/baselines.py -->"
+    output.with_suffix(".md").write_text(compare_markdown(summary, marker), encoding="utf-8")
+    print(compare_markdown(summary), end="")
     return summary
 
 
@@ -223,8 +311,8 @@ def development_models(zoo_dir: Path, per_attack: int, targets=None, seeds=None)
     return chosen
 
 
-def run_folder(zoo_dir: Path, model: zoo.ZooModel, defense: str, lr: float) -> Path:
-    return zoo_dir / model.name / "baselines" / f"{defense}_lr{lr:g}"
+def run_folder(zoo_dir: Path, model: zoo.ZooModel, defense: str, lr: float, tag: str = "") -> Path:
+    return zoo_dir / model.name / "baselines" / (f"{defense}_{tag}_lr{lr:g}" if tag else f"{defense}_lr{lr:g}")
 
 
 def outcome(results: dict) -> dict:
@@ -252,17 +340,46 @@ def choose(runs: list[dict]) -> float:
     return min(by_lr, key=key)
 
 
+def extended(path: Path, runs: list[dict], models: list[str], lrs: list[float]) -> tuple[list[dict], list[float]]:
+    """``--extend``: the runs recorded in ``path`` (an earlier tuning on the same ``models``) that ``runs`` does not
+    redo, plus ``runs``; and the union of the grids."""
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if sorted(earlier["models"]) != sorted(models):
+        raise SystemExit(f"--extend: {path} tuned on {earlier['models']}, not on {models}")
+    redone = {(run["model"], run["defense"], run["lr"]) for run in runs}
+    kept = [run for run in earlier["runs"] if (run["model"], run["defense"], run["lr"]) not in redone]
+    return kept + runs, sorted(set(earlier["lrs"]) | set(lrs))
+
+
+RUN_COLUMNS = ("model", "attack", "defense", "lr", "asr_after", "ca_drop", "cleaned", "wall_time_s")
+
+
+def write_runs_csv(path: Path, runs: list[dict]) -> None:
+    """Every run of a tuning, one row each (the JSON's ``runs``; a CSV so the docs' quoted numbers are checked)."""
+    from clipclean.fileio import write_csv
+
+    ordered = sorted(runs, key=lambda run: (BASELINES.index(run["defense"]), run["lr"], run["model"]))
+    write_csv(path, [{column: run.get(column) for column in RUN_COLUMNS} for run in ordered], RUN_COLUMNS)
+
+
+def tuning_path(args: argparse.Namespace) -> Path:
+    return Path(args.output) / f"{args.prefix}.json"
+
+
 def tune(args: argparse.Namespace) -> dict:
     zoo_dir = Path(args.zoo_dir).expanduser()
     models = development_models(zoo_dir, args.models, args.targets, args.seeds)
     if not models:
-        raise SystemExit(f"no finished development model in {zoo_dir}: run benchmarks/zoo.py first")
+        raise SystemExit(
+            f"no finished development model in {zoo_dir}: build them first with benchmarks/zoo.py (--no-clean: the "
+            "models only)"
+        )
     jobs = [(model, defense, lr) for defense in args.defenses for lr in args.lrs for model in models]
 
     def run(job) -> dict | None:
         model, defense, lr = job
         poisoned = zoo_dir / model.name / "poison"
-        folder = run_folder(zoo_dir, model, defense, lr)
+        folder = run_folder(zoo_dir, model, defense, lr, args.tag)
         if args.report_only and not (folder / "results.json").is_file():
             return None
         arguments = ["--model", str(poisoned / "model"), "--clean-data", "digits:defender", "--eval-data",
@@ -275,24 +392,27 @@ def tune(args: argparse.Namespace) -> dict:
     started = time.time()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         runs = [run for run in pool.map(run, jobs) if run is not None]
-    chosen = {
-        defense: choose([run for run in runs if run["defense"] == defense])
-        for defense in args.defenses
-        if any(run["defense"] == defense for run in runs)
-    }
+    lrs = list(args.lrs)
+    if args.extend:
+        runs, lrs = extended(tuning_path(args), runs, [model.name for model in models], lrs)
+    tuned = [defense for defense in BASELINES if any(run["defense"] == defense for run in runs)]
+    chosen = {defense: choose([run for run in runs if run["defense"] == defense]) for defense in tuned}
     summary = {
-        "budget": {defense: equal_budget(defense, args.total_epochs) for defense in args.defenses},
-        "lrs": list(args.lrs),
+        "budget": {defense: equal_budget(defense, args.total_epochs) for defense in tuned},
+        "lrs": lrs,
         "models": [model.name for model in models],
         "runs": runs,
         "chosen": chosen,
         "wall_time_s": time.time() - started,
     }
+    if args.tag:  # a variant of the defenses: --flags gives its flags too
+        summary.update({"tag": args.tag, "clean_args": args.clean_args})
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     from clipclean.fileio import write_json
 
-    write_json(output / CHOSEN_FILENAME, summary)
+    write_json(tuning_path(args), summary)
+    write_runs_csv(tuning_path(args).with_suffix(".csv"), runs)
     for defense, lr in chosen.items():
         mine = [run for run in runs if run["defense"] == defense and run["lr"] == lr]
         print(f"{defense}: lr {lr:g} ({sum(run['cleaned'] for run in mine)}/{len(mine)} cleaned)")

@@ -235,6 +235,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--persistence-targets", nargs="+", default=None, help="only these targets' models (default: every target)"
     )
     parser.add_argument("--persistence-args", default="", help="extra eval/complete_unlearning.py flags")
+    parser.add_argument(
+        "--no-clean", action="store_true",
+        help="build (poison) the models and stop: for benchmarks/baselines.py's tuning, which needs the models only",
+    )  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="no training: tables from finished jobs")
     parser.add_argument(
         "--prefix", default=None,
@@ -409,7 +413,8 @@ def build(models: list[ZooModel], zoo: Path, args: argparse.Namespace) -> None:
     def job(model: ZooModel) -> str:
         try:
             poison(model, zoo, args)
-            clean(model, zoo, args)
+            if not args.no_clean:
+                clean(model, zoo, args)
         except subprocess.CalledProcessError as error:
             return f"{model.name} FAILED (exit {error.returncode}; see {zoo / model.name}/*/results.json.log)"
         return model.name

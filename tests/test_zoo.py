@@ -152,6 +152,7 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
     assert tuning["models"] == ["badnet_three_s0_v0"] and len(tuning["runs"]) == 2
     assert tuning["chosen"]["finetune"] in (1e-5, 1e-3)
     assert json.loads((tmp_path / "report" / "baseline_lr.json").read_text())["chosen"] == tuning["chosen"]
+    assert len((tmp_path / "report" / "baseline_lr.csv").read_text().splitlines()) == 1 + len(tuning["runs"])
     for run in tuning["runs"]:
         used = json.loads((tmp_path / "zoo" / run["model"] / "baselines" / f"finetune_lr{run['lr']:g}" /
                            "results.json").read_text())["config"]  # fmt: skip
@@ -323,6 +324,36 @@ def test_baseline_tuning_uses_development_models_only(tmp_path):
     assert len(development_models(tmp_path, per_attack=1)) == len(zoo.ATTACKS)
 
 
+def test_a_widened_learning_rate_grid_keeps_the_earlier_runs_of_the_same_models(tmp_path):
+    from baselines import CHOSEN_FILENAME, choose, extended
+
+    def run(lr, cleaned, asr, model="m"):
+        return {"model": model, "attack": "badnet", "defense": "ibau", "lr": lr, "asr_after": asr, "ca_drop": 0.0,
+                "cleaned": cleaned}  # fmt: skip
+
+    earlier = {"models": ["m"], "lrs": [1e-4, 1e-3], "runs": [run(1e-4, False, 0.5), run(1e-3, False, 0.2)]}
+    (tmp_path / CHOSEN_FILENAME).write_text(json.dumps(earlier))
+    now = [run(3e-3, True, 0.01), run(1e-3, False, 0.3)]
+    runs, lrs = extended(tmp_path / CHOSEN_FILENAME, now, ["m"], [3e-3, 1e-3])
+    assert lrs == [1e-4, 1e-3, 3e-3]
+    assert sorted((r["lr"], r["asr_after"]) for r in runs) == [(1e-4, 0.5), (1e-3, 0.3), (3e-3, 0.01)]  # redone wins
+    assert choose(runs) == 3e-3
+    with pytest.raises(SystemExit, match="tuned on"):
+        extended(tmp_path / CHOSEN_FILENAME, [], ["other"], [3e-3])
+
+    # a tuning with other flags (--tag): its folders are apart, and --flags prints the flags it ran with
+    from baselines import flags, run_folder
+
+    tagged = tmp_path / "tagged.json"
+    tagged.write_text(
+        json.dumps({"chosen": {"cleanclip": 3e-4}, "tag": "noflip", "clean_args": "--set flip_probability=0"})
+    )
+    assert flags("cleanclip", tagged)[-4:] == ["--lr", "0.0003", "--set", "flip_probability=0"]
+    model = zoo.zoo_models()[0]
+    assert run_folder(tmp_path, model, "cleanclip", 3e-4, "noflip").name == "cleanclip_noflip_lr0.0003"
+    assert run_folder(tmp_path, model, "cleanclip", 3e-4).name == "cleanclip_lr0.0003"
+
+
 def test_a_model_the_attack_did_not_implant_is_not_counted_as_backdoored():
     def row(name, attack, converged, index, verdict):
         return {"name": name, "split": "held-out", "attack": attack, "target": "three", "poison_converged": converged,
@@ -486,7 +517,7 @@ def test_no_backdoored_seeds_builds_never_poisoned_models_only():
 
 
 def test_defenses_are_compared_on_the_same_models_with_intervals():
-    from baselines import compare_defenses, mean_interval
+    from baselines import compare_defenses, compare_markdown, mean_interval
 
     def row(name, attack, cleaned=None, asr_after=0.0, drop=0.0, converged=True):
         return {
@@ -522,3 +553,40 @@ def test_defenses_are_compared_on_the_same_models_with_intervals():
         compare_defenses({"bibau": {"n": bibau["n"]}})
     with pytest.raises(ValueError, match="other models"):
         compare_defenses({"bibau": bibau, "finetune": {k: v for k, v in finetune.items() if k != "a"}})
+
+    # cleaning seeds: a list of runs per defense; numbers averaged per model, intervals over models
+    reseeded = dict(bibau, a=row("a", "badnet", False, 0.3), n=row("n", "none", drop=0.02))
+    summary = compare_defenses({"bibau": [bibau, reseeded], "finetune": finetune})
+    seeded = summary["bibau"]
+    assert seeded["seeds"] == 2 and seeded["cleanings"] == 6 and seeded["cleaned"] == 3
+    assert seeded["cleaned_per_seed"] == [2, 1] and seeded["cleaned_by_attack"]["badnet"] == [1, 2]
+    assert seeded["asr_removed"] == 3
+    assert seeded["asr_after"][0] == pytest.approx(((0.01 + 0.3) / 2 + 0.0 + 0.9) / 3)
+    assert seeded["seed_spread"]["asr_after"] == pytest.approx([(0.01 + 0.9) / 3, (0.3 + 0.9) / 3])
+    assert seeded["never_poisoned_ca_drop"][0] == pytest.approx(0.01)
+    low, high = seeded["cleaned_interval"]  # per-model success fractions 0.5, 1, 0
+    assert low == 0.0 and 0.5 <= high <= 1.0
+    assert "seeds" not in summary["finetune"]
+    assert "3/6 cleanings (2 seeds x 3 models; per seed 2, 1" in compare_markdown(summary)
+    with pytest.raises(ValueError, match="other models"):
+        compare_defenses({"bibau": [bibau, {k: v for k, v in bibau.items() if k != "a"}]})
+
+
+def test_no_clean_builds_the_models_without_cleaning_them(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(zoo, "poison", lambda model, folder, args: calls.append(("poison", model.name)))
+    monkeypatch.setattr(zoo, "clean", lambda model, folder, args: calls.append(("clean", model.name)))
+    args = zoo.parse_args(["--targets", "one", "--seeds", "0", "--clean-seeds", "1", "--limit", "1", "--no-clean",
+                           "--split", "development", "--zoo-dir", str(tmp_path)])  # fmt: skip
+    models = zoo.selected_models(args)
+    assert {model.name for model in models} == {
+        "badnet_one_s0_v0",
+        "blended_one_s0_v0",
+        "badclip_one_s0_v0",
+        "none_s1",
+    }
+    zoo.build(models, tmp_path, args)
+    assert sorted(calls) == sorted(("poison", model.name) for model in models)
+    calls.clear()
+    zoo.build(models, tmp_path, zoo.parse_args(["--targets", "one", "--seeds", "0", "--zoo-dir", str(tmp_path)]))
+    assert sum(kind == "clean" for kind, _ in calls) == len(models)
