@@ -174,10 +174,11 @@ def compare_defenses(named_rows: dict[str, dict[str, dict] | list[dict[str, dict
     ...]}``, one mapping per cleaning seed): over its implanted backdoored models (``zoo.counted``) the successes
     (``cleaned``, over every cleaning), per attack, the cleanings left under 5% ASR whatever the clean-accuracy cost
     (``asr_removed``), and the mean ASR after and clean-accuracy drop with bootstrap intervals; over its never-poisoned
-    models the mean clean-accuracy drop. With one cleaning per model the successes' interval is Wilson's over the
-    models; with several cleaning seeds each model's numbers are first averaged over its seeds and every interval is
-    over models (the seeds of one model are not independent draws), and ``cleaned_per_seed`` and ``seed_spread`` (the
-    lowest and highest per-seed mean) show what the cleaning seed alone moves. Every defense and every seed must have
+    models the mean clean-accuracy drop. The successes' interval is Wilson's over the models (with several cleaning
+    seeds, at the mean count per seed); with several cleaning seeds each model's numbers are first averaged over its
+    seeds and every interval is over models (the seeds of one model are not independent draws), and
+    ``cleaned_per_seed`` and ``seed_spread`` (the lowest and highest per-seed mean) show what the cleaning seed alone
+    moves. Every defense and every seed must have
     cleaned the same models (a paired comparison)."""
     runs = {name: rows if isinstance(rows, list) else [rows] for name, rows in named_rows.items()}
     first = sorted(next(iter(runs.values()))[0])
@@ -194,10 +195,9 @@ def compare_defenses(named_rows: dict[str, dict[str, dict] | list[dict[str, dict
         models = [row["name"] for row in backdoored]
         cleanings = [seed[model] for seed in seeds for model in models]
         successes = sum(bool(row["cleaned"]) for row in cleanings)
-        if len(seeds) == 1:
-            low, high = zoo.wilson_interval(successes, len(backdoored))
-        else:
-            _, low, high = mean_interval(_per_model(seeds, models, lambda row: float(bool(row["cleaned"]))))
+        # Wilson over the models, at the mean count per seed: a model's seeds add no independent models (and a
+        # bootstrap over models collapses to a zero-width interval when every cleaning succeeds or every one fails)
+        low, high = zoo.wilson_interval(successes / len(seeds), len(backdoored))
         clean_models = [row["name"] for row in clean]
         summary[name] = {
             "backdoored": len(backdoored),
@@ -254,7 +254,7 @@ def compare_markdown(summary: dict, marker: str = "") -> str:
             per_seed = ", ".join(str(count) for count in entry["cleaned_per_seed"])
             cleaned = (
                 f"{entry['cleaned']}/{cleanings} cleanings ({entry['seeds']} seeds x {entry['backdoored']} models; "
-                f"per seed {per_seed}; {100 * entry['cleaned'] / cleanings:.0f}%, 95% CI over models "
+                f"per seed {per_seed}; {100 * entry['cleaned'] / cleanings:.0f}%, 95% CI "
                 f"{100 * low:.0f}-{100 * high:.0f}%)"
             )
         lines.append(

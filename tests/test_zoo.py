@@ -564,8 +564,10 @@ def test_defenses_are_compared_on_the_same_models_with_intervals():
     assert seeded["asr_after"][0] == pytest.approx(((0.01 + 0.3) / 2 + 0.0 + 0.9) / 3)
     assert seeded["seed_spread"]["asr_after"] == pytest.approx([(0.01 + 0.9) / 3, (0.3 + 0.9) / 3])
     assert seeded["never_poisoned_ca_drop"][0] == pytest.approx(0.01)
-    low, high = seeded["cleaned_interval"]  # per-model success fractions 0.5, 1, 0
-    assert low == 0.0 and 0.5 <= high <= 1.0
+    assert seeded["cleaned_interval"] == list(zoo.wilson_interval(1.5, 3))  # the mean count per seed, over 3 models
+    failed = {name: dict(row, cleaned=False) if row["attack"] != "none" else row for name, row in finetune.items()}
+    low, high = compare_defenses({"f": [failed, failed]})["f"]["cleaned_interval"]
+    assert low == 0.0 and high > 0.4  # no success in 3 models: an interval, not a point at 0
     assert "seeds" not in summary["finetune"]
     assert "3/6 cleanings (2 seeds x 3 models; per seed 2, 1" in compare_markdown(summary)
     with pytest.raises(ValueError, match="other models"):
