@@ -74,9 +74,14 @@ def equal_budget(defense: str, total_epochs: int | None = None, lr: float | None
     return flags if lr is None else [*flags, "--lr", f"{lr:g}"]
 
 
+def load_tuning(path: Path) -> dict:
+    """A tuning's file (``{"chosen": {}}`` when it has not been run)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"chosen": {}}
+
+
 def load_chosen(path: Path) -> dict[str, float]:
     """The learning rates ``tune`` chose (``{}`` when it has not been run)."""
-    return json.loads(path.read_text())["chosen"] if path.is_file() else {}
+    return load_tuning(path)["chosen"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,8 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def flags(defense: str, chosen_path: str | Path, total_epochs: int | None = None) -> list[str]:
     """``clean_clip.py`` flags for ``defense`` at the equal budget and the learning rate the tuning chose (its
     default when the tuning did not run it), plus the ``--clean-args`` of a tuning run with ``--tag``."""
-    path = Path(chosen_path)
-    tuning = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"chosen": {}}
+    tuning = load_tuning(Path(chosen_path))
     lr = tuning["chosen"].get(defense)
     return ["--defense", defense, *equal_budget(defense, total_epochs, lr), *tuning.get("clean_args", "").split()]
 
@@ -178,8 +182,7 @@ def compare_defenses(named_rows: dict[str, dict[str, dict] | list[dict[str, dict
     seeds, at the mean count per seed); with several cleaning seeds each model's numbers are first averaged over its
     seeds and every interval is over models (the seeds of one model are not independent draws), and
     ``cleaned_per_seed`` and ``seed_spread`` (the lowest and highest per-seed mean) show what the cleaning seed alone
-    moves. Every defense and every seed must have
-    cleaned the same models (a paired comparison)."""
+    moves. Every defense and every seed must have cleaned the same models (a paired comparison)."""
     runs = {name: rows if isinstance(rows, list) else [rows] for name, rows in named_rows.items()}
     first = sorted(next(iter(runs.values()))[0])
     for name, seeds in runs.items():
