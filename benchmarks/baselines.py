@@ -182,7 +182,9 @@ def compare_defenses(named_rows: dict[str, dict[str, dict] | list[dict[str, dict
     seeds, at the mean count per seed); with several cleaning seeds each model's numbers are first averaged over its
     seeds and every interval is over models (the seeds of one model are not independent draws), and
     ``cleaned_per_seed`` and ``seed_spread`` (the lowest and highest per-seed mean) show what the cleaning seed alone
-    moves. Every defense and every seed must have cleaned the same models (a paired comparison)."""
+    moves; for a defense that records verdicts, the detections, targets named and false alarms over every cleaning
+    (and for every defense the wall time of a cleaning). Every defense and every seed must have cleaned the same
+    models (a paired comparison)."""
     runs = {name: rows if isinstance(rows, list) else [rows] for name, rows in named_rows.items()}
     first = sorted(next(iter(runs.values()))[0])
     for name, seeds in runs.items():
@@ -220,6 +222,7 @@ def compare_defenses(named_rows: dict[str, dict[str, dict] | list[dict[str, dict
             "never_poisoned_ca_drop": mean_interval(_per_model(seeds, clean_models, _ca_drop)) if clean else None,
             "models": models,
         }
+        summary[name].update(_verdicts_and_time(seeds, models, clean_models))
         if len(seeds) > 1:
             summary[name].update({
                 "seeds": len(seeds),
@@ -229,6 +232,24 @@ def compare_defenses(named_rows: dict[str, dict[str, dict] | list[dict[str, dict
                                 "ca_drop": _seed_spread(seeds, models, _ca_drop)},
             })  # fmt: skip
     return summary
+
+
+def _verdicts_and_time(seeds: list[dict[str, dict]], models: list[str], clean_models: list[str]) -> dict:
+    """Over every cleaning: the backdoored models called backdoored and those with the target named
+    (``named_correctly``), the never-poisoned ones called backdoored (``None`` each for a defense with no verdict:
+    none of its rows records one), and the cleaning's wall time in seconds (median, lowest, highest)."""
+    backdoored = [seed[model] for seed in seeds for model in models]
+    clean = [seed[model] for seed in seeds for model in clean_models]
+    times = [row["clean_wall_s"] for row in backdoored + clean if row.get("clean_wall_s") is not None]
+    wall = [statistics.median(times), min(times), max(times)] if times else None
+    if not any(row.get("verdict") for row in backdoored + clean):
+        return {"detected": None, "named": None, "false_alarms": None, "clean_wall_s": wall}
+    return {
+        "detected": sum(row.get("verdict") == "backdoored" for row in backdoored),
+        "named": sum(bool(row.get("named_correctly")) for row in backdoored),
+        "false_alarms": sum(row.get("verdict") == "backdoored" for row in clean),
+        "clean_wall_s": wall,
+    }
 
 
 def _range(pair: list[float]) -> str:
@@ -264,6 +285,7 @@ def compare_markdown(summary: dict, marker: str = "") -> str:
             f"| {name} | {cleaned} | {by_attack} | {entry['asr_removed']}/{cleanings} | {pct(entry['asr_after'])} "
             f"| {pct(entry['ca_drop'])} | {pct(entry['never_poisoned_ca_drop'])} |"
         )
+    lines += ["", *([marker] if marker else []), *verdict_markdown(summary)]
     seeded = {name: entry["seed_spread"] for name, entry in summary.items() if "seeds" in entry}
     if seeded:
         ranges = "; ".join(
@@ -276,6 +298,29 @@ def compare_markdown(summary: dict, marker: str = "") -> str:
             f"models; the per-seed means of ASR % after / CA drop (points) range over: {ranges}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def verdict_markdown(summary: dict) -> list[str]:
+    """The comparison's second table: verdicts (for a defense that records them) and the wall time of a cleaning."""
+    lines = [
+        "| defense | backdoored called backdoored | target named | never-poisoned called backdoored "
+        "| wall time of a cleaning, s, median (range) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in summary.items():
+        cleanings = entry.get("cleanings", entry["backdoored"])
+        clean_cleanings = entry["never_poisoned"] * entry.get("seeds", 1)
+
+        def count(key: str, total: int, entry: dict = entry) -> str:
+            return "-" if entry.get(key) is None else f"{entry[key]}/{total}"
+
+        wall = entry.get("clean_wall_s")
+        time = "-" if wall is None else f"{wall[0]:.0f} ({wall[1]:.0f}-{wall[2]:.0f})"
+        lines.append(
+            f"| {name} | {count('detected', cleanings)} | {count('named', cleanings)} "
+            f"| {count('false_alarms', clean_cleanings)} | {time} |"
+        )
+    return lines
 
 
 def compare(pairs: list[str], output: str | Path) -> dict:

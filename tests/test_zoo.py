@@ -179,7 +179,7 @@ def test_a_two_model_zoo_end_to_end(tmp_path):
                        report / "defenses")  # fmt: skip
     assert set(compared) == {"bibau", "finetune"} and compared["finetune"]["backdoored"] == 1
     assert compared["bibau"]["cleaned"] == int(bool(backdoored["cleaned"]))
-    assert (report / "defenses.md").read_text().count("| finetune |") == 1
+    assert (report / "defenses.md").read_text().count("| finetune |") == 2  # a row in each table
     assert not (report / "zoo_clean_finetune_roc.png").exists()  # a baseline gives no verdict score to plot
     # ... nor detection numbers: its report leaves those cells empty rather than counting 0 detections
     assert (
@@ -570,6 +570,19 @@ def test_defenses_are_compared_on_the_same_models_with_intervals():
     assert low == 0.0 and high > 0.4  # no success in 3 models: an interval, not a point at 0
     assert "seeds" not in summary["finetune"]
     assert "3/6 cleanings (2 seeds x 3 models; per seed 2, 1" in compare_markdown(summary)
+    assert summary["finetune"]["detected"] is None and summary["finetune"]["clean_wall_s"] is None
+
+    # verdicts and wall time: counted over every cleaning; a defense without verdicts shows none
+    judged = {name: dict(entry, verdict="backdoored" if name in "an" else "no backdoor found",
+                         named_correctly=name == "a", clean_wall_s=10.0 * (i + 1))
+              for i, (name, entry) in enumerate(bibau.items())}  # fmt: skip
+    timed = {name: dict(entry, clean_wall_s=5.0) for name, entry in finetune.items()}
+    summary = compare_defenses({"bibau": [judged, judged], "finetune": timed})
+    assert [summary["bibau"][key] for key in ("detected", "named", "false_alarms")] == [2, 2, 2]
+    assert summary["bibau"]["clean_wall_s"] == [25.0, 10.0, 50.0]  # the never-poisoned model included, d not
+    assert summary["finetune"]["detected"] is None and summary["finetune"]["clean_wall_s"] == [5.0, 5.0, 5.0]
+    table = compare_markdown(summary)
+    assert "| bibau | 2/6 | 2/6 | 2/2 | 25 (10-50) |" in table and "| finetune | - | - | - | 5 (5-5) |" in table
     with pytest.raises(ValueError, match="other models"):
         compare_defenses({"bibau": [bibau, {k: v for k, v in bibau.items() if k != "a"}]})
 
