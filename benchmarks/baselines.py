@@ -310,17 +310,17 @@ def verdict_markdown(summary: dict) -> list[str]:
     for name, entry in summary.items():
         cleanings = entry.get("cleanings", entry["backdoored"])
         clean_cleanings = entry["never_poisoned"] * entry.get("seeds", 1)
-
-        def count(key: str, total: int, entry: dict = entry) -> str:
-            return "-" if entry.get(key) is None else f"{entry[key]}/{total}"
-
         wall = entry.get("clean_wall_s")
         time = "-" if wall is None else f"{wall[0]:.0f} ({wall[1]:.0f}-{wall[2]:.0f})"
         lines.append(
-            f"| {name} | {count('detected', cleanings)} | {count('named', cleanings)} "
-            f"| {count('false_alarms', clean_cleanings)} | {time} |"
+            f"| {name} | {_count(entry['detected'], cleanings)} | {_count(entry['named'], cleanings)} "
+            f"| {_count(entry['false_alarms'], clean_cleanings)} | {time} |"
         )
     return lines
+
+
+def _count(value: int | None, total: int) -> str:
+    return "-" if value is None else f"{value}/{total}"
 
 
 def compare(pairs: list[str], output: str | Path) -> dict:
