@@ -330,6 +330,32 @@ def complete_block(cleaned: Persistence, reference: Persistence | None) -> dict[
     return block
 
 
+def complete_caveats(block: dict[str, Any]) -> list[str]:
+    """What the two tests of a :func:`complete_block` do not say, as lines to print under its table.
+
+    The re-inversion test compares the *best* untargeted score on the model with the reference's, and on the digits
+    CLIPs that comparison passed a backdoored model that was never cleaned (docs/evaluation.md, "Complete
+    unlearning"): a natural universal patch on the reference can outscore the implanted trigger. So a pass of
+    ``not_reinvertible`` is reported as weak evidence, and a pass that the retuning attack contradicts as a
+    disagreement. Empty when re-inversion did not pass or was not compared.
+
+        >>> complete_caveats({"persistent": False, "not_reinvertible": True})[0][:30]
+        'the tests disagree: the retuni'
+    """
+    if not block.get("not_reinvertible"):
+        return []
+    if block.get("persistent") is False:
+        return [
+            "the tests disagree: the retuning attack brings the backdoor back (RA-ASR over the reference's by more "
+            f"than {100 * PERSISTENCE_MARGIN:.0f} points) although re-inversion found no trigger scoring above the "
+            "reference's; the untargeted re-inversion misses backdoors that retuning revives (docs/evaluation.md)"
+        ]
+    return [
+        "re-inversion found no trigger scoring above the reference's: weak evidence, since this untargeted test has "
+        "passed a backdoored model that was never cleaned (docs/evaluation.md); read RA-ASR first"
+    ]
+
+
 def complete_table_rows(block: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Display rows ``(test, model, reference)`` of a :func:`complete_block` (RA-ASR in %, scores to 3 places)."""
 

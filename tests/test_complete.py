@@ -18,6 +18,7 @@ from clipclean.complete import (
     Persistence,
     RetuningConfig,
     complete_block,
+    complete_caveats,
     complete_table_rows,
     measure_persistence,
     retuning_attack,
@@ -125,6 +126,20 @@ def test_complete_block_has_the_contract_keys_and_compares_with_the_reference():
     rows = complete_table_rows(block)
     assert rows[0] == ("RA-ASR (retuning attack)", "90.0%", "1.0%")
     assert Persistence.from_dict(cleaned.to_dict()) == cleaned
+
+
+def test_a_reinversion_pass_is_printed_as_weak_evidence_and_a_contradicted_one_as_a_disagreement():
+    """Measured 2026-12-07 (docs/evaluation.md): an uncleaned BadNet CLIP (RA-ASR 98.6% against 1.7%) re-inverted to
+    0.387 against the reference's 0.529, so ``not_reinvertible`` alone would have passed it."""
+    reference = Persistence(ra_asr=0.017, reinversion_score=0.529)
+    uncleaned = complete_block(Persistence(ra_asr=0.986, reinversion_score=0.387), reference)
+    assert uncleaned["not_reinvertible"] is True and uncleaned["persistent"] is False
+    (disagreement,) = complete_caveats(uncleaned)
+    assert disagreement.startswith("the tests disagree") and "10 points" in disagreement
+    (weak,) = complete_caveats(complete_block(Persistence(ra_asr=0.017, reinversion_score=0.2), reference))
+    assert "weak evidence" in weak and "RA-ASR" in weak
+    assert complete_caveats(complete_block(Persistence(ra_asr=0.017, reinversion_score=0.6), reference)) == []
+    assert complete_caveats(complete_block(Persistence(reinversion_score=0.2), None)) == []  # nothing compared
 
 
 def clean_with_bibau(folder, output, *extra: str) -> tuple[dict, PixelCLIP]:

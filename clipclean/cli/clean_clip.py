@@ -247,11 +247,12 @@ def _persistence_note(complete: dict | None) -> str:
     """The model card's sentence on complete unlearning (empty when it was not measured)."""
     if not complete:
         return ""
-    from clipclean.complete import complete_table_rows
+    from clipclean.complete import complete_caveats, complete_table_rows
 
     rows = "; ".join(f"{name}: {value} (never-poisoned reference: {reference})" for name, value, reference in
                      complete_table_rows(complete))  # fmt: skip
-    return f" Complete-unlearning tests (docs/evaluation.md) -- {rows}."
+    notes = "".join(f" Note: {caveat}." for caveat in complete_caveats(complete))
+    return f" Complete-unlearning tests (docs/evaluation.md) -- {rows}.{notes}"
 
 
 if __name__ == "__main__":

@@ -674,9 +674,11 @@ def run_cleaning(args: argparse.Namespace, job: CleaningJob) -> dict[str, Any]:
     job.write_outputs(args, accelerator, inputs, defense, results)
     print_summary(accelerator, results, inputs.summary_templates)
     if accelerator.is_main_process and results.get("complete"):
-        from clipclean.complete import complete_table_rows
+        from clipclean.complete import complete_caveats, complete_table_rows
 
         print_table(complete_table_rows(results["complete"]), ("complete unlearning", "cleaned", "reference"))
+        for caveat in complete_caveats(results["complete"]):
+            print(f"note: {caveat}")
     demo = (f"the backdoored demo model (reused by the next demo run): {Path(args.model).parent}",)
     finish_run(accelerator, args, job.outputs, notes=demo if demo_run else ())
     accelerator.end_training()

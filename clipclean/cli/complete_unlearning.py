@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print_table,
         setup_logging,
     )
-    from clipclean.complete import complete_block, complete_table_rows
+    from clipclean.complete import complete_block, complete_caveats, complete_table_rows
     from clipclean.data import load_classification_dataset, load_image_caption_dataset
     from clipclean.evaluation import resolve_target
     from clipclean.fileio import write_json
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_time_s": time.time() - started,
     }
     print_table(complete_table_rows(block), header=("test", "model", "reference"))
+    for caveat in complete_caveats(block):
+        print(f"note: {caveat}")
     if args.output:
         write_json(args.output, results)
     print(f"results: {args.output}" if args.output else "results not written (--output-dir DIR writes them)")

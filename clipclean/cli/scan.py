@@ -179,7 +179,7 @@ def _recorded_cleaning(model: str, cache_dir: str | None) -> dict[str, Any] | No
 def _print_recorded(recorded: dict[str, Any] | None, model: str, cache_dir: str | None) -> None:
     """The cleaning record of the model, or that it has none: "not cleaned by clipclean" and, when its sidecar says
     what wrote it instead, that method."""
-    from clipclean.complete import complete_table_rows
+    from clipclean.complete import complete_caveats, complete_table_rows
     from clipclean.hub import find_sidecar
 
     if recorded is None:
@@ -191,5 +191,7 @@ def _print_recorded(recorded: dict[str, Any] | None, model: str, cache_dir: str 
     if recorded.get("complete"):
         for name, value, reference in complete_table_rows(recorded["complete"]):
             print(f"  {name}: {value}  (never-poisoned reference: {reference})")
+        for caveat in complete_caveats(recorded["complete"]):
+            print(f"  note: {caveat}")
     else:
         print("  complete-unlearning tests (persistence): not measured (clean with --complete-eval)")
