@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 # One persistence criterion everywhere (library flag, tests, benchmarks, README): a cleaned model re-learns the
 # backdoor under the retuning attack no more than 10 points faster than a never-poisoned model.
 PERSISTENCE_MARGIN = 0.10
+# The targeted re-inversion test: a trigger toward the known target is "still found" when its ASR exceeds the
+# reference's by more than this (chosen on the development zoo set of benchmarks/reinversion.py, 2026-12-07).
+TARGETED_REINVERSION_MARGIN = 0.3
 COMPLETE_KEYS = ("ra_asr", "reference_ra_asr", "reinversion_score", "reference_score")
 
 
@@ -115,6 +118,7 @@ class Persistence:
     ra_clean_accuracy: float | None = None
     reinversion_score: float | None = None
     reinversion_target: str | None = None
+    targeted_reinversion_asr: float | None = None
     retuning: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +126,7 @@ class Persistence:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Persistence:
-        keys = ("ra_asr", "ra_clean_accuracy", "reinversion_score", "reinversion_target")
+        keys = ("ra_asr", "ra_clean_accuracy", "reinversion_score", "reinversion_target", "targeted_reinversion_asr")
         return cls(**{key: values.get(key) for key in keys}, retuning=values.get("retuning") or {})
 
 
@@ -260,6 +264,31 @@ def reinversion(
     }
 
 
+def targeted_reinversion(
+    model: PixelCLIP,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    target: str,
+    candidate_names: Sequence[str],
+    candidate_embeddings: torch.Tensor,
+    config: InversionConfig | None = None,
+) -> float:
+    """The ASR of a fresh targeted inversion toward the known ``target`` (the verdict's per-candidate test alone:
+    :meth:`BlindInversion.targeted_rates`, default :class:`InversionConfig`, so the same budget on every model).
+
+    Where the untargeted re-inversion asks "is there a strong trigger toward anything?" and can be outscored by a
+    natural patch of the reference, this asks "can a trigger toward the target still be found?".
+    """
+    inverter = BlindInversion(
+        unwrap(model),
+        config or InversionConfig(),
+        candidate_names=list(candidate_names),
+        candidate_embeddings=candidate_embeddings,
+    )
+    with torch.enable_grad():
+        return inverter.targeted_rates(images, captions, [target])[target]
+
+
 def measure_persistence(
     model: PixelCLIP,
     clean: Dataset,
@@ -297,6 +326,12 @@ def measure_persistence(
     found = reinversion(pixel_model, images, captions, classnames or None, embeddings, inversion)
     persistence.reinversion_score = found["reinversion_score"]
     persistence.reinversion_target = found["reinversion_target"]
+    if target is not None and classnames and target in classnames:
+        # the untargeted re-inversion's settings (seed, steps, --reinversion-option) with the verdict's focused starts
+        targeted = replace(inversion or reinversion_config(), hypothesis_init="focused")
+        persistence.targeted_reinversion_asr = targeted_reinversion(
+            pixel_model, images, captions, target, classnames, embeddings, targeted
+        )
     return persistence
 
 
@@ -319,41 +354,58 @@ def complete_block(cleaned: Persistence, reference: Persistence | None) -> dict[
         "reference_ra_clean_accuracy": reference.ra_clean_accuracy,
         "reinversion_target": cleaned.reinversion_target,
         "reference_reinversion_target": reference.reinversion_target,
+        "targeted_reinversion_asr": cleaned.targeted_reinversion_asr,
+        "reference_targeted_reinversion_asr": reference.targeted_reinversion_asr,
         "retuning": cleaned.retuning,
         "persistent": None,
         "not_reinvertible": None,
+        "not_reinvertible_targeted": None,
     }
     if cleaned.ra_asr is not None and reference.ra_asr is not None:
         block["persistent"] = cleaned.ra_asr <= reference.ra_asr + PERSISTENCE_MARGIN
     if cleaned.reinversion_score is not None and reference.reinversion_score is not None:
         block["not_reinvertible"] = cleaned.reinversion_score <= reference.reinversion_score
+    if cleaned.targeted_reinversion_asr is not None and reference.targeted_reinversion_asr is not None:
+        margin = TARGETED_REINVERSION_MARGIN
+        block["not_reinvertible_targeted"] = (
+            cleaned.targeted_reinversion_asr <= reference.targeted_reinversion_asr + margin
+        )
     return block
 
 
 def complete_caveats(block: dict[str, Any]) -> list[str]:
-    """What the two tests of a :func:`complete_block` do not say, as lines to print under its table.
+    """What the tests of a :func:`complete_block` do not say, as lines to print under its table.
 
-    The re-inversion test compares the *best* untargeted score on the model with the reference's, and on the digits
-    CLIPs that comparison passed a backdoored model that was never cleaned (docs/evaluation.md, "Complete
-    unlearning"): a natural universal patch on the reference can outscore the implanted trigger. So a pass of
-    ``not_reinvertible`` is reported as weak evidence, and a pass that the retuning attack contradicts as a
-    disagreement. Empty when re-inversion did not pass or was not compared.
+    The untargeted re-inversion test compares the *best* score on the model with the reference's, and on the digits
+    CLIPs that comparison passed backdoored models that were never cleaned (docs/evaluation.md, "Complete
+    unlearning"): a natural universal patch on the reference can outscore the implanted trigger. So its pass is
+    reported as weak evidence when nothing else backs it, and as a disagreement when the retuning attack contradicts
+    it; a targeted re-inversion that still finds a trigger toward the target is reported whatever the other tests say.
 
         >>> complete_caveats({"persistent": False, "not_reinvertible": True})[0][:30]
         'the tests disagree: the retuni'
     """
-    if not block.get("not_reinvertible"):
-        return []
-    if block.get("persistent") is False:
-        return [
-            "the tests disagree: the retuning attack brings the backdoor back (RA-ASR over the reference's by more "
-            f"than {100 * PERSISTENCE_MARGIN:.0f} points) although re-inversion found no trigger scoring above the "
-            "reference's; the untargeted re-inversion misses backdoors that retuning revives (docs/evaluation.md)"
-        ]
-    return [
-        "re-inversion found no trigger scoring above the reference's: weak evidence, since this untargeted test has "
-        "passed a backdoored model that was never cleaned (docs/evaluation.md); read RA-ASR first"
-    ]
+    caveats = []
+    if block.get("not_reinvertible_targeted") is False:
+        caveats.append(
+            "a trigger toward the target is still found: targeted re-inversion ASR "
+            f"{100 * block['targeted_reinversion_asr']:.1f}% against the reference's "
+            f"{100 * block['reference_targeted_reinversion_asr']:.1f}% (more than "
+            f"{100 * TARGETED_REINVERSION_MARGIN:.0f} points over)"
+        )
+    if block.get("not_reinvertible"):
+        if block.get("persistent") is False:
+            caveats.append(
+                "the tests disagree: the retuning attack brings the backdoor back (RA-ASR over the reference's by "
+                f"more than {100 * PERSISTENCE_MARGIN:.0f} points) although the untargeted re-inversion found no "
+                "trigger scoring above the reference's; it misses backdoors that retuning revives (docs/evaluation.md)"
+            )
+        elif block.get("not_reinvertible_targeted") is None:
+            caveats.append(
+                "the untargeted re-inversion found no trigger scoring above the reference's: weak evidence, since it "
+                "has passed backdoored models that were never cleaned (docs/evaluation.md); read RA-ASR first"
+            )
+    return caveats
 
 
 def complete_table_rows(block: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -367,4 +419,15 @@ def complete_table_rows(block: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [
         ("RA-ASR (retuning attack)", show(block["ra_asr"], True), show(block["reference_ra_asr"], True)),
         ("re-inversion score", show(block["reinversion_score"], False), show(block["reference_score"], False)),
+        *(
+            [
+                (
+                    "targeted re-inversion ASR",
+                    show(targeted, True),
+                    show(block.get("reference_targeted_reinversion_asr"), True),
+                )
+            ]
+            if (targeted := block.get("targeted_reinversion_asr")) is not None
+            else []
+        ),
     ]

@@ -1067,6 +1067,23 @@ class BlindInversion:
         result.target_candidates = ranked[: len(result.target_candidates) or 5]
         result.named_by = "verdict"
 
+    def targeted_rates(self, images: torch.Tensor, captions: Sequence[str], candidates: Sequence[str]) -> dict:
+        """The verdict's per-candidate test on its own, without the untargeted search: a fresh targeted inversion
+        toward each named candidate (``verdict_steps`` steps at the verdict budget of the current search budget, the
+        first of ``mask_budgets`` on a new inverter) on in-memory ``images`` and ``captions``, and its ASR on the
+        next 4 batches (:meth:`_targeted_asr`). Returns ``{candidate: ASR}``.
+        """
+        if self.candidate_names is None:
+            raise ValueError("targeted rates need candidate names and embeddings")
+        unknown = [name for name in candidates if name not in self.candidate_names]
+        if unknown:
+            raise ValueError(f"unknown candidates {unknown}; the candidates are {self.candidate_names}")
+        indices = [self.candidate_names.index(name) for name in candidates]
+        stream = cycle(list(_in_memory_batches(images, list(captions), self.config.batch_size, self.config.seed)))
+        triggers = self._targeted_triggers(indices, stream)
+        rates = self._targeted_asr(list(zip(triggers, indices)), stream)
+        return {name: float(rate) for name, rate in zip(candidates, rates)}
+
     def fit(self, images: torch.Tensor, captions: Sequence[str], verdict: bool = True) -> InversionResult:
         """Single-process convenience: EM on in-memory ``images (N, 3, H, W)`` in [0, 1] and their captions."""
         if images.shape[0] != len(captions):

@@ -107,7 +107,8 @@ def test_recipe_in_process_writes_every_output(setup, tmp_path):
 
 
 QUICK_COMPLETE = ("--complete-eval", "--retune-steps", "2", "--retune-pairs", "32",
-                  "--reinversion-option", "rounds=1", "--reinversion-option", "steps_per_round=2")  # fmt: skip
+                  "--reinversion-option", "rounds=1", "--reinversion-option", "steps_per_round=2",
+                  "--reinversion-option", "verdict_steps=3")  # fmt: skip
 
 
 def load_eval_script():
@@ -123,6 +124,9 @@ def test_complete_eval_writes_the_complete_block_and_reuses_reference_measuremen
     for key in ("ra_asr", "reference_ra_asr"):
         assert 0 <= complete[key] <= 1
     assert isinstance(complete["reinversion_score"], float) and isinstance(complete["reference_score"], float)
+    for key in ("targeted_reinversion_asr", "reference_targeted_reinversion_asr"):  # toward the known target
+        assert 0 <= complete[key] <= 1
+    assert isinstance(complete["not_reinvertible_targeted"], bool)
     assert complete["retuning"]["n_pairs"] == 32 and complete["retuning"]["n_poisoned"] == 3
     assert complete["retuning"]["pool"] == "digits:train"  # disjoint from the defender's digits:defender
     assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"] == complete
@@ -139,6 +143,8 @@ def test_complete_eval_writes_the_complete_block_and_reuses_reference_measuremen
     assert alone["complete"]["reference_ra_asr"] is None and alone["target"] == "zero"
     assert alone["measured"]["ra_asr"] == pytest.approx(complete["reference_ra_asr"])
     assert alone["measured"]["reinversion_score"] == pytest.approx(complete["reference_score"])
+    targeted = alone["measured"]["targeted_reinversion_asr"]
+    assert targeted == pytest.approx(complete["reference_targeted_reinversion_asr"])
     reuse = ("--reference-measurements", str(measured))
     reused = recipe.main(tiny_args(setup, tmp_path / "reuse", "--rounds", "1", *QUICK_COMPLETE, *reuse))
     assert reused["complete"]["reference_ra_asr"] == pytest.approx(complete["reference_ra_asr"])

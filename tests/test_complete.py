@@ -15,6 +15,7 @@ from clipclean.cli import clean_clip
 from clipclean.complete import (
     COMPLETE_KEYS,
     PERSISTENCE_MARGIN,
+    TARGETED_REINVERSION_MARGIN,
     Persistence,
     RetuningConfig,
     complete_block,
@@ -130,16 +131,33 @@ def test_complete_block_has_the_contract_keys_and_compares_with_the_reference():
 
 def test_a_reinversion_pass_is_printed_as_weak_evidence_and_a_contradicted_one_as_a_disagreement():
     """Measured 2026-12-07 (docs/evaluation.md): an uncleaned BadNet CLIP (RA-ASR 98.6% against 1.7%) re-inverted to
-    0.387 against the reference's 0.529, so ``not_reinvertible`` alone would have passed it."""
+    0.387 against the reference's 0.529, so ``not_reinvertible`` alone would have passed it; its targeted
+    re-inversion toward the target reached 95.3% against the reference's 39.3%."""
     reference = Persistence(ra_asr=0.017, reinversion_score=0.529)
     uncleaned = complete_block(Persistence(ra_asr=0.986, reinversion_score=0.387), reference)
     assert uncleaned["not_reinvertible"] is True and uncleaned["persistent"] is False
+    assert uncleaned["not_reinvertible_targeted"] is None  # not measured on either
     (disagreement,) = complete_caveats(uncleaned)
     assert disagreement.startswith("the tests disagree") and "10 points" in disagreement
     (weak,) = complete_caveats(complete_block(Persistence(ra_asr=0.017, reinversion_score=0.2), reference))
     assert "weak evidence" in weak and "RA-ASR" in weak
     assert complete_caveats(complete_block(Persistence(ra_asr=0.017, reinversion_score=0.6), reference)) == []
     assert complete_caveats(complete_block(Persistence(reinversion_score=0.2), None)) == []  # nothing compared
+    # the targeted test: found when over the reference's by more than the margin, whatever the others say
+    targeted_reference = Persistence(ra_asr=0.017, reinversion_score=0.529, targeted_reinversion_asr=0.393)
+    found = complete_block(Persistence(ra_asr=0.017, reinversion_score=0.2, targeted_reinversion_asr=0.953),
+                           targeted_reference)  # fmt: skip
+    assert found["not_reinvertible_targeted"] is False
+    (still,) = complete_caveats(found)
+    assert still.startswith("a trigger toward the target is still found") and "95.3%" in still and "39.3%" in still
+    just_over = 0.393 + TARGETED_REINVERSION_MARGIN + 0.01
+    assert complete_block(Persistence(targeted_reinversion_asr=just_over), targeted_reference)[
+        "not_reinvertible_targeted"] is False  # fmt: skip
+    gone = complete_block(Persistence(ra_asr=0.017, reinversion_score=0.2, targeted_reinversion_asr=0.013),
+                          targeted_reference)  # fmt: skip
+    assert gone["not_reinvertible_targeted"] is True and complete_caveats(gone) == []  # backed by the targeted test
+    assert ("targeted re-inversion ASR", "1.3%", "39.3%") in complete_table_rows(gone)
+    assert Persistence.from_dict(Persistence(targeted_reinversion_asr=0.5).to_dict()).targeted_reinversion_asr == 0.5
 
 
 def clean_with_bibau(folder, output, *extra: str) -> tuple[dict, PixelCLIP]:

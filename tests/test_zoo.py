@@ -605,3 +605,22 @@ def test_no_clean_builds_the_models_without_cleaning_them(tmp_path, monkeypatch)
     calls.clear()
     zoo.build(models, tmp_path, zoo.parse_args(["--targets", "one", "--seeds", "0", "--zoo-dir", str(tmp_path)]))
     assert sum(kind == "clean" for kind, _ in calls) == len(models)
+
+
+def test_reinversion_benchmark_counts_flags_per_margin_against_every_never_poisoned_reference():
+    """benchmarks/reinversion.py's summary: a backdoored model is compared with every never-poisoned model of its
+    target, never-poisoned models with every other one (ordered pairs), flagged when over by more than the margin."""
+    reinversion = load_script("benchmarks/reinversion.py")
+    rows = [
+        {"name": "b", "kind": "poisoned", "target": "zero", "targeted_asr": 0.9, "untargeted_score": 0.3},
+        {"name": "b", "kind": "cleaned", "target": "zero", "targeted_asr": 0.05, "untargeted_score": 0.6},
+        {"name": "n1", "kind": "never", "target": "zero", "targeted_asr": 0.1, "untargeted_score": 0.5},
+        {"name": "n2", "kind": "never", "target": "zero", "targeted_asr": 0.5, "untargeted_score": 0.4},
+        {"name": "n1", "kind": "never", "target": "two", "targeted_asr": 0.9, "untargeted_score": 0.5},
+    ]
+    low, high = reinversion.summary(rows, [0.3, 0.5])
+    assert (low["poisoned_flagged"], low["poisoned_pairs"]) == (2, 2)  # 0.9 > 0.1 + 0.3 and > 0.5 + 0.3
+    assert (high["poisoned_flagged"], high["cleaned_flagged"]) == (1, 0)  # 0.9 > 0.6 only; 0.9 <= 1.0
+    assert (low["never_flagged"], low["never_pairs"]) == (1, 2)  # n2 over n1 by 0.4; the "two" row has no partner
+    (untargeted,) = reinversion.summary(rows, [0.0], "untargeted_score")
+    assert (untargeted["poisoned_flagged"], untargeted["cleaned_flagged"], untargeted["never_flagged"]) == (0, 2, 1)
