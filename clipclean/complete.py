@@ -409,25 +409,20 @@ def complete_caveats(block: dict[str, Any]) -> list[str]:
 
 
 def complete_table_rows(block: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Display rows ``(test, model, reference)`` of a :func:`complete_block` (RA-ASR in %, scores to 3 places)."""
+    """Display rows ``(test, model, reference)`` of a :func:`complete_block` (ASRs in %, scores to 3 places; the
+    targeted re-inversion's row only where it was measured)."""
 
     def show(value: float | None, percent: bool) -> str:
         if value is None:
             return "n/a"
         return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
-    return [
+    rows = [
         ("RA-ASR (retuning attack)", show(block["ra_asr"], True), show(block["reference_ra_asr"], True)),
         ("re-inversion score", show(block["reinversion_score"], False), show(block["reference_score"], False)),
-        *(
-            [
-                (
-                    "targeted re-inversion ASR",
-                    show(targeted, True),
-                    show(block.get("reference_targeted_reinversion_asr"), True),
-                )
-            ]
-            if (targeted := block.get("targeted_reinversion_asr")) is not None
-            else []
-        ),
     ]
+    targeted = block.get("targeted_reinversion_asr")
+    if targeted is not None:  # blocks written before the targeted test have no such key
+        reference = block.get("reference_targeted_reinversion_asr")
+        rows.append(("targeted re-inversion ASR", show(targeted, True), show(reference, True)))
+    return rows
