@@ -21,14 +21,12 @@ from itertools import permutations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 from tqdm import tqdm
 
-from clipclean.complete import reinversion, targeted_reinversion
+from clipclean.complete import first_pairs, reinversion, targeted_reinversion
 from clipclean.data import DIGIT_CAPTION_TEMPLATES, load_classification_dataset, load_image_caption_dataset
 from clipclean.evaluation import zeroshot_classifier
 from clipclean.models import load_clip
-from clipclean.poisoning import dataset_captions
 
 COLUMNS = ("name", "kind", "target", "targeted_asr", "untargeted_score", "untargeted_target")
 
@@ -64,9 +62,7 @@ def models(root: Path, clean_name: str) -> list[tuple[str, str, str | None, Path
 def measure(args: argparse.Namespace) -> list[dict]:
     clean = load_image_caption_dataset("digits:defender", image_size=32)
     classnames = load_classification_dataset("digits:test", image_size=32).classnames
-    count = min(args.images, len(clean))
-    images = torch.stack([clean[index][0] for index in range(count)])
-    captions = dataset_captions(Subset(clean, range(count)))
+    images, captions = first_pairs(clean, args.images)
     found = models(Path(args.zoo_dir).expanduser(), args.clean_name)
     targets = sorted({target for _, _, target, _ in found if target is not None})
     rows = []

@@ -289,6 +289,14 @@ def targeted_reinversion(
         return inverter.targeted_rates(images, captions, [target])[target]
 
 
+def first_pairs(clean: Dataset, count: int) -> tuple[torch.Tensor, list[str]]:
+    """The images ``(n, 3, H, W)`` and captions of the first ``count`` pairs of ``clean`` (all of them when fewer):
+    what the re-inversion tests read."""
+    count = min(count, len(clean))
+    images = torch.stack([clean[index][0] for index in range(count)])
+    return images, dataset_captions(Subset(clean, range(count)))
+
+
 def measure_persistence(
     model: PixelCLIP,
     clean: Dataset,
@@ -318,9 +326,8 @@ def measure_persistence(
         persistence.ra_clean_accuracy = attack["ra_clean_accuracy"]
         persistence.retuning = {key: attack[key] for key in ("n_pairs", "n_poisoned", "config")}
     pixel_model = unwrap(model)
-    count = min(max_inversion_images, len(clean))
-    images = torch.stack([clean[index][0] for index in range(count)]).to(pixel_model.device)
-    captions = dataset_captions(Subset(clean, range(count)))
+    images, captions = first_pairs(clean, max_inversion_images)
+    images = images.to(pixel_model.device)
     with torch.no_grad():
         embeddings = zeroshot_classifier(pixel_model, classnames, templates) if classnames else None
     found = reinversion(pixel_model, images, captions, classnames or None, embeddings, inversion)
