@@ -112,13 +112,13 @@ def repeated_csv(source: str, n_pairs: int, folder: Path) -> Path:
 
 def data_for(args: argparse.Namespace, n_pairs: int) -> str:
     """``--data``, or for a size beyond a digits split's pairs, a CSV that repeats the split (:func:`repeated_csv`)."""
-    split = zoo_split_size(args.data)
+    split = digits_split_size(args.data)
     if split is None or n_pairs <= split:
         return args.data
     return str(repeated_csv(args.data, n_pairs, Path(args.zoo_dir) / "cost_data"))
 
 
-def zoo_split_size(source: str) -> int | None:
+def digits_split_size(source: str) -> int | None:
     """The number of pairs of a ``digits:SPLIT`` source (``None`` for any other source)."""
     from clipclean.data.digits import digits_split_indices, requested_digits_split
 
@@ -239,7 +239,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> dict:
             lines[variant] = fit_line(points)
     config = DEFENSES["bibau"][0]()
     scale_path = Path(args.scale)
-    scale_rows = [r for r in csv.DictReader(scale_path.open()) if r["run"] == "phases"] if scale_path.is_file() else []
+    scale_text = scale_path.read_text().splitlines() if scale_path.is_file() else []
+    scale_rows = [row for row in csv.DictReader(scale_text) if row["run"] == "phases"]
     sizes = sorted({*args.sizes, 10_000, 100_000})
     summary = {
         "measured": {
@@ -288,11 +289,11 @@ def markdown(rows: list[dict], summary: dict, args: argparse.Namespace) -> str:
         for variant, line in item.get("lines", {}).items():
             entry = item.get(variant, {})
             ratios = ", ".join(f"{value:.2f}" for value in entry.get("ratio_at", {}).values()) or "-"
-            limit = f"{entry['limit']:.2f}" if entry.get("limit") is not None else "-"
-            even = entry.get("break_even_pairs", "-") if variant != "cleanclip" else "-"
+            limit = f"{entry['limit']:.2f}" if entry.get("limit") is not None else "-"  # the base line has no entry
+            even = entry.get("break_even_pairs", "-")
             even = "never" if even is None else (f"{even:,.0f} pairs" if isinstance(even, float) else even)
             out.append(f"| {where} | {variant} | {line['fixed']:.0f} | {line['per_pair']:.3f} | {ratios} | "
-                       f"{limit if variant != 'cleanclip' else '-'} | {even} |")  # fmt: skip
+                       f"{limit} | {even} |")  # fmt: skip
     return "\n".join(out) + "\n"
 
 

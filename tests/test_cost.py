@@ -121,7 +121,7 @@ def test_sizes_beyond_a_digits_split_repeat_its_pairs(cost, tmp_path):
     from clipclean.data import load_image_caption_dataset
 
     args = argparse.Namespace(data="digits:defender", zoo_dir=str(tmp_path))
-    assert cost.data_for(args, 300) == "digits:defender" and cost.zoo_split_size("pairs.csv") is None
+    assert cost.data_for(args, 300) == "digits:defender" and cost.digits_split_size("pairs.csv") is None
     path = cost.data_for(args, 310)
     assert path.endswith(".csv") and cost.data_for(args, 310) == path  # written once
     repeated = load_image_caption_dataset(path, image_size=32)
