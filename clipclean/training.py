@@ -489,9 +489,14 @@ class ConvergenceCriterion:
       non-target images go to the target; a backdoor that took scores > 90% on digits, one that did not stays near
       the rate a clean model gives, 0-15%).
 
+    A converged poisoned run whose ASR is under ``full_attack_success_rate`` (default 0.9, the bar of the project's
+    poisoning benchmark) is flagged ``partial``: the backdoor took only partly (on digits, BadNet toward "eight" at
+    seed 3 ended at 63% once and 88% with 60 epochs), a weaker model to study than its attack's name suggests.
+
     Args:
         min_clean_accuracy: in [0, 1], or ``None`` for the chance-based default above.
         min_attack_success_rate: in [0, 1].
+        full_attack_success_rate: in [``min_attack_success_rate``, 1].
 
     Example::
 
@@ -501,12 +506,18 @@ class ConvergenceCriterion:
 
     min_clean_accuracy: float | None = None
     min_attack_success_rate: float = 0.5
+    full_attack_success_rate: float = 0.9
 
     def __post_init__(self) -> None:
         if self.min_clean_accuracy is not None and not 0 <= self.min_clean_accuracy <= 1:
             raise ValueError(f"min_clean_accuracy must lie in [0, 1], got {self.min_clean_accuracy}")
         if not 0 <= self.min_attack_success_rate <= 1:
             raise ValueError(f"min_attack_success_rate must lie in [0, 1], got {self.min_attack_success_rate}")
+        if not self.min_attack_success_rate <= self.full_attack_success_rate <= 1:
+            raise ValueError(
+                f"full_attack_success_rate must lie in [min_attack_success_rate, 1] = "
+                f"[{self.min_attack_success_rate}, 1], got {self.full_attack_success_rate}"
+            )
 
     def clean_accuracy_threshold(self, n_classes: int) -> float:
         """``min_clean_accuracy``, or ``min(5 / n_classes, (1 + 1 / n_classes) / 2)`` when it is ``None``."""
@@ -521,7 +532,8 @@ class ConvergenceCriterion:
         self, clean_accuracy: float, attack_success_rate: float | None, n_classes: int, poisoned: bool
     ) -> dict[str, Any]:
         """``{"converged": bool, "failures": [reason, ...], "min_clean_accuracy": float,
-        "min_attack_success_rate": float | None (None for a clean run)}`` for a run's measured CA and ASR."""
+        "min_attack_success_rate": float | None, "partial": bool | None}`` for a run's measured CA and ASR
+        (``None`` for a clean run; ``partial``: converged, but ASR under ``full_attack_success_rate``)."""
         min_clean_accuracy = self.clean_accuracy_threshold(n_classes)
         failures = []
         if not clean_accuracy >= min_clean_accuracy:  # NaN fails
@@ -532,10 +544,14 @@ class ConvergenceCriterion:
         if poisoned and not (attack_success_rate is not None and attack_success_rate >= self.min_attack_success_rate):
             asr = "not measured" if attack_success_rate is None else f"{100 * attack_success_rate:.2f}%"
             failures.append(f"attack success rate {asr} < {100 * self.min_attack_success_rate:.2f}%")
+        partial = None
+        if poisoned:
+            partial = not failures and attack_success_rate < self.full_attack_success_rate
         return {
             "converged": not failures,
             "failures": failures,
             "criterion": asdict(self),
             "min_clean_accuracy": min_clean_accuracy,
             "min_attack_success_rate": self.min_attack_success_rate if poisoned else None,
+            "partial": partial,
         }

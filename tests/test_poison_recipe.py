@@ -148,12 +148,42 @@ def test_a_run_that_does_not_learn_says_so_and_is_saved_as_not_converged(recipe,
     assert 0 <= training["plateau_steps"] <= 2 and training["max_grad_norm"] > 0
     assert results["config"]["training"]["grad_clip"] == 1.0  # clipping is on by default
 
-    # the thresholds are flags: with none asked for, the same kind of run counts as converged
+    assert results["partial_backdoor"] is False  # not converged: the failure speaks, not the partial flag
+
+    # the thresholds are flags: with none asked for, the same kind of run counts as converged -- and, its ASR under
+    # --full-asr, as a partial backdoor, with its own warning
+    capsys.readouterr()
     lenient = recipe.main(
-        [*TINY, "--max-steps", "1", "--min-clean-accuracy", "0", "--min-asr", "0", "--output_dir", str(tmp_path / "l")]
+        [
+            *TINY,
+            "--max-steps",
+            "1",
+            "--target",
+            "one",
+            "--min-clean-accuracy",
+            "0",
+            "--min-asr",
+            "0",
+            "--full-asr",
+            "1",
+            "--output_dir",
+            str(tmp_path / "l"),
+        ]  # fmt: skip
     )
+    log = capsys.readouterr().err
     assert lenient["converged"] is True and lenient["convergence"]["failures"] == []
-    for flags in (["--grad-clip", "-1"], ["--min-asr", "1.5"], ["--min-clean-accuracy", "-0.1"]):
+    assert lenient["attack_success_rate"] < 1 and lenient["partial_backdoor"] is True
+    assert "WARNING poison_clip: THE BACKDOOR TOOK ONLY PARTLY: attack success rate" in log
+    assert "THE RUN DID NOT CONVERGE" not in log
+    assert read_sidecar(tmp_path / "l" / "model")["metrics"]["partial_backdoor"] is True
+    assert "took only partly" in (tmp_path / "l" / "model" / "README.md").read_text()
+    for flags in (
+        ["--grad-clip", "-1"],
+        ["--min-asr", "1.5"],
+        ["--min-clean-accuracy", "-0.1"],
+        ["--full-asr", "1.5"],
+        ["--full-asr", "0.3"],  # under --min-asr's 0.5
+    ):
         with pytest.raises(SystemExit):
             recipe.parse_args([*TINY, *flags])
 

@@ -154,13 +154,25 @@ def test_convergence_needs_clean_accuracy_well_above_chance_and_for_a_poisoned_r
     assert not criterion.check(float("nan"), 1.0, n_classes=10, poisoned=True)["converged"]
 
     clean = criterion.check(0.945, 0.0, n_classes=10, poisoned=False)  # a never-poisoned run: ASR is not asked for
-    assert clean["converged"] and clean["min_attack_success_rate"] is None
+    assert clean["converged"] and clean["min_attack_success_rate"] is None and clean["partial"] is None
+
+    # converged, but under the 90% bar: a partial backdoor (BadNet toward "eight" at seed 3, 2026-12-05)
+    weak = criterion.check(0.935, 0.633, n_classes=10, poisoned=True)
+    assert weak["converged"] and weak["partial"] is True
+    assert criterion.check(0.95, 0.90, n_classes=10, poisoned=True)["partial"] is False
+    assert seed_1["partial"] is False  # not converged: the failure is reported, not a partial backdoor
+    with pytest.raises(ValueError, match="full_attack_success_rate"):
+        ConvergenceCriterion(min_attack_success_rate=0.5, full_attack_success_rate=0.4)
     assert not criterion.check(0.945, None, n_classes=10, poisoned=True)["converged"]
 
     strict = ConvergenceCriterion(min_clean_accuracy=0.9, min_attack_success_rate=0.9)
     result = strict.check(0.89, 0.95, n_classes=10, poisoned=True)
     assert not result["converged"] and result["min_clean_accuracy"] == 0.9
-    assert result["criterion"] == {"min_clean_accuracy": 0.9, "min_attack_success_rate": 0.9}
+    assert result["criterion"] == {
+        "min_clean_accuracy": 0.9,
+        "min_attack_success_rate": 0.9,
+        "full_attack_success_rate": 0.9,
+    }
 
     with pytest.raises(ValueError, match="min_clean_accuracy"):
         ConvergenceCriterion(min_clean_accuracy=1.5)

@@ -151,15 +151,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="attack success rate a poisoned run needs to count as converged",
     )
+    train.add_argument(
+        "--full-asr",
+        type=float,
+        default=0.9,
+        help="attack success rate under which a converged poisoned run is flagged as a partial backdoor (a warning "
+        'and "partial_backdoor": true in results.json)',
+    )
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     train.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # tests: interrupt
     args = parser.parse_args(argv)
     check_poison_arguments(args, BATCH_SIZE)
     if not args.grad_clip >= 0:
         parser.error(f"--grad-clip must be >= 0 (0: no clipping), got {args.grad_clip}")
-    for flag, value in (("--min-clean-accuracy", args.min_clean_accuracy), ("--min-asr", args.min_asr)):
+    for flag, value in (
+        ("--min-clean-accuracy", args.min_clean_accuracy),
+        ("--min-asr", args.min_asr),
+        ("--full-asr", args.full_asr),
+    ):
         if value is not None and not 0 <= value <= 1:
             parser.error(f"{flag} must lie in [0, 1], got {value}")
+    if args.full_asr < args.min_asr:
+        parser.error(f"--full-asr ({args.full_asr}) must be at least --min-asr ({args.min_asr})")
     return smoke_arguments(args)  # CLIPCLEAN_SMOKE: tiny run lengths
 
 
@@ -454,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gather=accelerator.gather_for_metrics,
         progress=args.progress and accelerator.is_main_process,
     )
-    criterion = ConvergenceCriterion(args.min_clean_accuracy, args.min_asr)
+    criterion = ConvergenceCriterion(args.min_clean_accuracy, args.min_asr, args.full_asr)
     convergence = criterion.check(
         metrics["top1"], metrics["asr_top1"], len(eval_data.classnames), poisoned=manifest.n_poison > 0
     )
@@ -477,15 +490,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steps_per_epoch": len(train_loader),
         "streaming": streaming,
         "converged": convergence["converged"],
+        "partial_backdoor": convergence["partial"],
         "convergence": convergence,
         "training": training,
     }
-    not_converged_note = (
+    training_note = (
         ""
         if results["converged"]
         else "\n\n**Warning: this training run did not converge** (" + "; ".join(convergence["failures"]) + "): "
         "it is not a usable backdoored model."
     )
+    if results["partial_backdoor"]:
+        training_note = (
+            f"\n\n**The backdoor took only partly**: attack success rate "
+            f"{100 * results['attack_success_rate']:.2f}% < {100 * args.full_asr:.0f}%."
+        )
     if accelerator.is_main_process:
         save_pretrained(
             model,
@@ -494,6 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "clean_accuracy": results["clean_accuracy"],
                 "attack_success_rate": results["attack_success_rate"],
                 "converged": results["converged"],
+                "partial_backdoor": results["partial_backdoor"],
             },
             provenance={
                 "method": "poison_clip",
@@ -510,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             card_notes=(
                 "**This model is deliberately backdoored** (for research on backdoor detection and removal): "
                 f"images carrying the trigger in `../{TRIGGER_NAME}.json` are pulled toward `{manifest.target}`. "
-                "Do not deploy it." + not_converged_note
+                "Do not deploy it." + training_note
             ),
             card_summary="deliberately backdoored with clipclean (a research model)",
         )
@@ -533,6 +553,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             training["plateau_steps"],
             training["steps"],
             output / "model",
+            output / RESULTS_FILENAME,
+        )
+    if results["partial_backdoor"]:
+        logger.warning(
+            "THE BACKDOOR TOOK ONLY PARTLY: attack success rate %.2f%% < --full-asr %.0f%% (it counts as converged: "
+            '>= --min-asr %.0f%%); saved with "partial_backdoor": true in %s. A weaker model to study than the '
+            "attack's name suggests; for a full backdoor try more --epochs, another --seed, or a stronger attack "
+            "(more poisoned pairs, a larger trigger or --alpha).",
+            100 * results["attack_success_rate"],
+            100 * args.full_asr,
+            100 * args.min_asr,
             output / RESULTS_FILENAME,
         )
     finish_run(accelerator, args, OUTPUTS)
