@@ -7,7 +7,8 @@ on a line of its own just above it (blank lines between are allowed), and every 
     <!-- source: benchmarks/results/mechanisms.csv; rename: no unit reset=ablation_no_reset; earlier=old -->
 
 How a table is matched, with no per-table column map: a column whose every cell equals a text value of one source
-column (``badnet``, ``bibau``; after ``rename``) is a *key*; a column header naming such a value (``BadNet: 60
+column (``badnet``, ``bibau``; after ``rename``) is a *key*, and so is a column headed ``seed`` when the source has
+one (``NUMERIC_KEYS``); a column header naming such a value (``BadNet: 60
 steps``) keys that column (a pivot). Each row's keys select its source rows; each number in every other cell must
 equal, at the precision shown, a value of those rows (as is, or x100 for a percentage), and the same source column
 (and, when a cell draws on several source rows, the same one of them) in every row of the table. A number that
@@ -48,6 +49,9 @@ SETTINGS = re.compile(r"<!--\s*settings\s*-->")
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
 NUMBER = re.compile(r"(?<![\w.])(?:[-−](?=\d))?\d[\d,]*(?:\.\d+)?(?P<percent>\s?%)?")
 SCALES = (1, 100)
+NUMERIC_KEYS = (
+    "seed",
+)  # numeric source columns that identify a run, not measure it: a table column so headed is a key
 
 
 @dataclass
@@ -230,6 +234,10 @@ def check_table(block: Block, rows: list[dict[str, str]], rename: dict[str, str]
         others = [cell for cell in cells if not key_columns(cell)]
         if common and 2 * len(candidates) >= len(cells) and not any(numbers(cell) for cell in others):
             possible[index] = common
+        # an identifying numeric column the header names (``seed``) is a key
+        named = _clean(header[index]).lower()
+        if index not in possible and named in NUMERIC_KEYS and named in numeric:
+            possible[index] = {named}  # a seed the source lacks: "no row of the source has ..."
     keys = _resolve_keys(possible, body, rows, rename)
     pivots: dict[int, tuple[str, str]] = {}  # table column -> (source column, value) named by its header
     for index, title in enumerate(header):

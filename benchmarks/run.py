@@ -242,16 +242,19 @@ def _number(value, digits: int = 2) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The README table: one row per attack x defense, percentages with one decimal."""
+    """The README table: one row per attack x defense (and model seed, when there are several), percentages with
+    one decimal."""
+    by_seed = len({row["seed"] for row in rows}) > 1
     lines = [
-        "| attack | defense | lr, steps | CA % before → after | ASR % before → after | verdict (score) | named target "
-        "| RA-ASR % (reference) | re-inversion score (reference) | wall s | peak MiB |",
-        "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+        ("| seed " if by_seed else "")
+        + "| attack | defense | lr, steps | CA % before → after | ASR % before → after | verdict (score) "
+        "| named target | RA-ASR % (reference) | re-inversion score (reference) | wall s | peak MiB |",
+        ("|---" if by_seed else "") + "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         verdict = "-" if row["verdict"] is None else f"{row['verdict']} ({_number(row['anomaly_index'])})"
         lines.append(
-            f"| {row['attack']} | {row['defense']} | {_budget(row)} "
+            (f"| {row['seed']} " if by_seed else "") + f"| {row['attack']} | {row['defense']} | {_budget(row)} "
             f"| {_percent(row['ca_before'])} → {_percent(row['ca_after'])} "
             f"| {_percent(row['asr_before'])} → {_percent(row['asr_after'])} | {verdict} "
             f"| {row['recovered_target'] or '-'} | {_percent(row['ra_asr'])} ({_percent(row['reference_ra_asr'])}) "

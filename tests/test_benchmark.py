@@ -76,3 +76,14 @@ def test_quick_benchmark_writes_table_csv_and_plot(tmp_path):
     assert mechanisms.main(arguments) == study  # finished cleanings are reused
     with pytest.raises(SystemExit):
         mechanisms.main([*arguments, "--variants", "noflags="])
+
+
+def test_the_table_has_a_seed_column_when_it_holds_several_model_seeds():
+    benchmark = load_script("benchmarks/run.py")
+    row = {**dict.fromkeys(benchmark.COLUMNS), "attack": "badnet", "defense": "none", "ca_before": 0.96,
+           "ca_after": 0.96, "asr_before": 1.0, "asr_after": 1.0}  # fmt: skip
+    one = benchmark.markdown_table([{**row, "seed": 0}]).splitlines()
+    assert one[0].startswith("| attack |") and one[2].startswith("| badnet | none |")
+    two = benchmark.markdown_table([{**row, "seed": 0}, {**row, "seed": 1}]).splitlines()
+    assert two[0].startswith("| seed | attack |") and two[1].count("|") == one[1].count("|") + 1
+    assert two[2].startswith("| 0 | badnet | none |") and two[3].startswith("| 1 | badnet | none |")

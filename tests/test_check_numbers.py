@@ -120,3 +120,22 @@ def test_a_class_column_is_keyed_to_the_source_column_that_agrees_row_by_row(tmp
     assert report.mismatches == [] and report.cells_checked == 3
     path.write_text(f"<!-- source: {tmp_path / 'zoo.csv'} -->\n{table.replace('| m1 | eight |', '| m1 | two |')}")
     assert any("no row of the source" in problem for problem in checker.check([path]).mismatches)
+
+
+def test_a_numeric_column_named_like_its_source_column_is_a_key(tmp_path):
+    # two model seeds: without the seed as a key, each row's number could come from either seed's row
+    checker = load_script("benchmarks/check_numbers.py")
+    (tmp_path / "results.csv").write_text(
+        "seed,attack,recovered_target,peak_memory_mb\n0,badnet,six,1203.7\n1,badnet,zero,1191.1\n"
+    )
+    table = "| seed | attack | peak MiB |\n|---|---|---:|\n| 0 | badnet | 1204 |\n| 1 | badnet | 1191 |\n"
+    path = tmp_path / "doc.md"
+    path.write_text(f"<!-- source: {tmp_path / 'results.csv'} -->\n{table}")
+    report = checker.check([path])
+    assert report.mismatches == [] and report.cells_checked == 2
+    path.write_text(
+        f"<!-- source: {tmp_path / 'results.csv'} -->\n{table.replace('| 1 | badnet | 1191', '| 1 | badnet | 1204')}"
+    )
+    assert any("1204" in problem for problem in checker.check([path]).mismatches)
+    path.write_text(f"<!-- source: {tmp_path / 'results.csv'} -->\n{table.replace('| 1 |', '| 2 |')}")
+    assert any("no row of the source" in problem for problem in checker.check([path]).mismatches)
