@@ -49,9 +49,8 @@ SETTINGS = re.compile(r"<!--\s*settings\s*-->")
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
 NUMBER = re.compile(r"(?<![\w.])(?:[-−](?=\d))?\d[\d,]*(?:\.\d+)?(?P<percent>\s?%)?")
 SCALES = (1, 100)
-NUMERIC_KEYS = (
-    "seed",
-)  # numeric source columns that identify a run, not measure it: a table column so headed is a key
+# numeric source columns that identify a run, not measure it: a table column so headed is a key
+NUMERIC_KEYS = ("seed",)
 
 
 @dataclass
@@ -234,10 +233,9 @@ def check_table(block: Block, rows: list[dict[str, str]], rename: dict[str, str]
         others = [cell for cell in cells if not key_columns(cell)]
         if common and 2 * len(candidates) >= len(cells) and not any(numbers(cell) for cell in others):
             possible[index] = common
-        # an identifying numeric column the header names (``seed``) is a key
         named = _clean(header[index]).lower()
         if index not in possible and named in NUMERIC_KEYS and named in numeric:
-            possible[index] = {named}  # a seed the source lacks: "no row of the source has ..."
+            possible[index] = {named}  # a seed the source lacks is then reported: "no row of the source has ..."
     keys = _resolve_keys(possible, body, rows, rename)
     pivots: dict[int, tuple[str, str]] = {}  # table column -> (source column, value) named by its header
     for index, title in enumerate(header):

@@ -16,7 +16,6 @@ repository's scripts.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import subprocess
@@ -117,16 +116,6 @@ def collect(outputs: Path) -> list[dict]:
     return rows
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
@@ -142,9 +131,11 @@ def main(argv=None) -> list[dict]:
     work_dir = Path(args.work_dir).resolve()
     if not args.collect_only:
         run_steps(work_dir)
+    from clipclean.fileio import write_csv
+
     rows = collect(work_dir / "outputs")
-    write_csv(rows, Path(args.output) / "quickstart.csv")
-    print(f"wrote {Path(args.output) / 'quickstart.csv'} ({len(rows)} values)")
+    path = write_csv(Path(args.output) / "quickstart.csv", rows, FIELDS)
+    print(f"wrote {path} ({len(rows)} values)")
     return rows
 
 

@@ -544,9 +544,7 @@ class ConvergenceCriterion:
         if poisoned and not (attack_success_rate is not None and attack_success_rate >= self.min_attack_success_rate):
             asr = "not measured" if attack_success_rate is None else f"{100 * attack_success_rate:.2f}%"
             failures.append(f"attack success rate {asr} < {100 * self.min_attack_success_rate:.2f}%")
-        partial = None
-        if poisoned:
-            partial = not failures and attack_success_rate < self.full_attack_success_rate
+        partial = (not failures and attack_success_rate < self.full_attack_success_rate) if poisoned else None
         return {
             "converged": not failures,
             "failures": failures,

@@ -494,13 +494,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "convergence": convergence,
         "training": training,
     }
-    training_note = (
-        ""
-        if results["converged"]
-        else "\n\n**Warning: this training run did not converge** (" + "; ".join(convergence["failures"]) + "): "
-        "it is not a usable backdoored model."
-    )
-    if results["partial_backdoor"]:
+    training_note = ""
+    if not results["converged"]:
+        training_note = (
+            "\n\n**Warning: this training run did not converge** (" + "; ".join(convergence["failures"]) + "): "
+            "it is not a usable backdoored model."
+        )
+    elif results["partial_backdoor"]:
         training_note = (
             f"\n\n**The backdoor took only partly**: attack success rate "
             f"{100 * results['attack_success_rate']:.2f}% < {100 * args.full_asr:.0f}%."
