@@ -1,0 +1,239 @@
+"""The held-out scoreboard: today's default CLIP verdict and cleaning on every model population built after the
+defaults were fixed, pooled by poison rate, with 95% intervals and the number of models each number covers.
+
+Every population of ``benchmarks/zoo.py`` answers one question in benchmarks/README.md; this script pools the ones
+that test *today's* default (``winner-or-max-or-search-lift`` > 1.29 since ``882a1bf``, with the unlearning defaults
+of the day) into the numbers the README leads with. Which sets count, and how (``SETS``), was fixed by what each set
+is, not by its numbers:
+
+* a set counts when it was built after the default verdict was fixed and its CSV records the default's score
+  (``winner_or_max_or_search_lift``); the first zoo and the seeds 3-4 fresh set (``zoo.csv``) were cleaned under
+  earlier statistics and do not record it, so they are left out, whatever they scored;
+* ``role`` "test": no choice of any kind was made on the set; "development after": built as a test of the default,
+  later the development models of verdict variants that were all rejected (the default was not changed on them, so
+  its numbers there are still a test of it, but a weaker one). The CSV and table give both pools;
+* a backdoored model counts only where the attack implanted (``zoo.counted``: ``poison_converged`` not false);
+* the verdict is read from the score column (score > the default threshold; the named target from its candidate
+  column, counted only on a model called backdoored: a "no backdoor found" names nothing to unlearn, where
+  ``zoo.py``'s "target named" counts the name whatever the verdict), so
+  a set cleaned with a candidate's flags (``zoo_rate2test``) still gives the default's verdict; cleaning success and
+  the CA drop are counted only on sets whose cleanings ran the defaults (``default_cleaning``). On every other set the
+  score column and the recorded verdict and target agree (checked on every read);
+* never-poisoned models are pooled over every set whatever its poison rate (a rate means nothing without poison).
+
+Targets (issue 16, on held-out models): ROC-AUC >= 0.95; at most 1 never-poisoned model in 12 called backdoored;
+target named on >= 90%; cleaning success (ASR after < 5%, CA drop <= 2 points) >= 90%; median CA drop <= 1.5 points.
+
+    python benchmarks/scoreboard.py                  # results/scoreboard.{csv,md,json} from the committed CSVs
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import zoo
+
+from clipclean.fileio import atomic_write, write_csv, write_json
+
+RESULTS = zoo.ROOT / "benchmarks" / "results"
+STATISTIC = "winner-or-max-or-search-lift"
+SCORE, NAMED = zoo.VERDICT_STATISTICS[STATISTIC]
+THRESHOLD = zoo.default_threshold(STATISTIC)
+TARGETS = {
+    "roc_auc": 0.95,
+    "false_alarm_rate": 1 / 12,
+    "named_rate": 0.9,
+    "cleaned_rate": 0.9,
+    "ca_drop_median_points": 1.5,
+}
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """One zoo CSV (``benchmarks/results/NAME.csv``) that tests today's default."""
+
+    name: str
+    rate: str  # the backdoored models' poison rate: "5%" or "2%" ("-": never-poisoned models only)
+    role: str  # "test" or "development after" (module docstring)
+    default_cleaning: bool  # its cleanings ran the defaults
+    split: str | None = None  # only the rows of this split (None: every row)
+    note: str = ""
+
+
+SETS = (
+    HeldOutSet("zoo_rebuilt", "5%", "test", True, "fresh", "seeds 5-6, targets one three five eight, 2026-12-04"),
+    HeldOutSet("zoo_fresh3", "5%", "test", True, None, "seeds 17-18, targets two four six seven, 2026-12-07"),
+    HeldOutSet("zoo_rate2", "2%", "development after", True, None, "seeds 7-8, targets two six, 2026-12-06"),
+    HeldOutSet("zoo_rate2dev", "2%", "development after", True, None, "seeds 9-10, targets four seven, 2026-12-06"),
+    HeldOutSet("zoo_nevdev", "-", "development after", True, None, "never-poisoned seeds 50-59, 2026-12-06"),
+    HeldOutSet(
+        "zoo_rate2test",
+        "2%",
+        "test",
+        False,
+        None,
+        "seeds 11-12, targets one nine, 2026-12-06 (cleaned with a rejected candidate's flags: verdict only)",
+    ),  # fmt: skip
+    HeldOutSet("zoo_rate2fresh", "2%", "test", True, None, "seeds 13-14, targets three five, 2026-12-06"),
+    HeldOutSet("zoo_rate2five", "2%", "test", True, None, "seeds 15-16, targets zero eight, 2026-12-06"),
+)
+
+
+def set_rows(entry: HeldOutSet, results: Path = RESULTS) -> list[dict]:
+    """The set's rows (``zoo.recorded_rows``), each with ``set``, ``detected`` and ``named`` under the default.
+
+    Raises:
+        ValueError: a row without the default's score, or (on a set cleaned with the defaults) a recorded verdict
+            that disagrees with the score column.
+    """
+    rows = []
+    for row in zoo.recorded_rows(results / f"{entry.name}.csv").values():
+        if entry.split is not None and row["split"] != entry.split:
+            continue
+        if row[SCORE] is None:
+            raise ValueError(f"{entry.name}: {row['name']} has no {SCORE} score: the set cannot count")
+        detected = row[SCORE] > THRESHOLD
+        if entry.default_cleaning and detected != (row["verdict"] == "backdoored"):
+            raise ValueError(f"{entry.name}: {row['name']}'s recorded verdict {row['verdict']!r} is not its score's")
+        if entry.default_cleaning and detected and row[NAMED] != row["recovered_target"]:
+            raise ValueError(f"{entry.name}: {row['name']}'s recorded target is not its score's candidate")
+        named = detected and row[NAMED] == row["target"]
+        rows.append({**row, "set": entry.name, "detected": detected, "named": named})
+    return rows
+
+
+def _rate(hits: int, total: int) -> dict:
+    low, high = zoo.wilson_interval(hits, total)
+    return {"k": hits, "n": total, "rate": hits / total if total else math.nan, "low": low, "high": high}
+
+
+def pool_metrics(sets: list[HeldOutSet], clean_sets: list[HeldOutSet], results: Path = RESULTS) -> dict:
+    """Detection, naming, cleaning and the CA drop over the backdoored models of ``sets``, false alarms over the
+    never-poisoned models of ``clean_sets``, and the verdict's ROC-AUC between the two."""
+    from sklearn.metrics import roc_auc_score
+
+    backdoored = [row for entry in sets for row in zoo.counted(set_rows(entry, results))[0]]
+    clean = [row for entry in clean_sets for row in zoo.counted(set_rows(entry, results))[1]]
+    cleaning = {entry.name for entry in sets if entry.default_cleaning}
+    cleaned_rows = [row for row in backdoored if row["set"] in cleaning]
+    drops = [100 * (row["ca_before"] - row["ca_after"]) for row in cleaned_rows]  # points
+    labels = [True] * len(backdoored) + [False] * len(clean)
+    scores = [row[SCORE] for row in backdoored + clean]
+    return {
+        "sets": [entry.name for entry in sets],
+        "clean_sets": [entry.name for entry in clean_sets],
+        "not_implanted": sum(1 for entry in sets for row in set_rows(entry, results) if row["attack"] != "none")
+        - len(backdoored),
+        "detected": _rate(sum(row["detected"] for row in backdoored), len(backdoored)),
+        "named": _rate(sum(row["named"] for row in backdoored), len(backdoored)),
+        "cleaned": _rate(sum(bool(row["cleaned"]) for row in cleaned_rows), len(cleaned_rows)),
+        "ca_drop_median_points": statistics.median(drops) if drops else math.nan,
+        "ca_drop_worst_points": max(drops) if drops else math.nan,
+        "false_alarms": _rate(sum(row["detected"] for row in clean), len(clean)),
+        "roc_auc": roc_auc_score(labels, scores) if backdoored and clean else math.nan,
+        "missed": sorted(row["name"] for row in backdoored if not row["detected"]),
+        "false_alarm_models": sorted(row["name"] for row in clean if row["detected"]),
+    }
+
+
+POOLS = (("5%", "test"), ("2%", "test"), ("every rate", "test"), ("5%", "all"), ("2%", "all"), ("every rate", "all"))
+
+
+def pools(results: Path = RESULTS) -> list[dict]:
+    """Every pool of ``POOLS`` (rate, role), then every set alone: one flat record each (the CSV's rows)."""
+    records = []
+    for rate, role in POOLS:
+        chosen = [entry for entry in SETS if role == "all" or entry.role == role]
+        backdoored = [entry for entry in chosen if entry.rate != "-" and rate in ("every rate", entry.rate)]
+        records.append({"pool": f"{rate}, {role}", **_flat(pool_metrics(backdoored, chosen, results))})
+    for entry in SETS:
+        records.append(
+            {"pool": entry.name, **_flat(pool_metrics([entry] if entry.rate != "-" else [], [entry], results))}
+        )
+    return records
+
+
+def _flat(metrics: dict) -> dict:
+    flat = {"sets": " ".join(metrics["sets"]), "clean_sets": " ".join(metrics["clean_sets"]),
+            "not_implanted": metrics["not_implanted"]}  # fmt: skip
+    for key in ("detected", "named", "cleaned", "false_alarms"):
+        part = metrics[key]
+        flat.update({f"{key}": part["k"], f"{key}_of": part["n"], f"{key}_rate": part["rate"],
+                     f"{key}_low": part["low"], f"{key}_high": part["high"]})  # fmt: skip
+    flat.update({key: metrics[key] for key in ("ca_drop_median_points", "ca_drop_worst_points", "roc_auc")})
+    flat["missed"] = " ".join(metrics["missed"])
+    flat["false_alarm_models"] = " ".join(metrics["false_alarm_models"])
+    return flat
+
+
+def _count(record: dict, key: str) -> str:
+    if not record[f"{key}_of"]:
+        return "-"
+    return (f"{record[key]}/{record[f'{key}_of']} ({100 * record[f'{key}_rate']:.0f}%, "
+            f"{100 * record[f'{key}_low']:.0f}-{100 * record[f'{key}_high']:.0f})")  # fmt: skip
+
+
+def _met(record: dict) -> str:
+    checks = {
+        "ROC-AUC": record["roc_auc"] >= TARGETS["roc_auc"],
+        "false alarms": record["false_alarms_of"] and record["false_alarms_rate"] <= TARGETS["false_alarm_rate"],
+        "naming": record["named_of"] and record["named_rate"] >= TARGETS["named_rate"],
+        "cleaning": record["cleaned_of"] and record["cleaned_rate"] >= TARGETS["cleaned_rate"],
+        "median CA drop": record["ca_drop_median_points"] <= TARGETS["ca_drop_median_points"],
+    }
+    return ", ".join(name for name, ok in checks.items() if ok) or "none"
+
+
+def markdown(records: list[dict]) -> str:
+    lines = [
+        "# Held-out scoreboard: today's default CLIP verdict and cleaning (scoreboard)",
+        "",
+        "<!-- derived: benchmarks/results/scoreboard.csv, by benchmarks/scoreboard.py -->",
+        "| pool | backdoored models (+ not implanted) | detected (95% CI) | detected, target named "
+        "| cleaned within the bar | CA drop median / worst | never-poisoned called backdoored | ROC-AUC "
+        "| issue targets met |",
+        "|---|---:|---|---|---|---|---|---:|---|",
+    ]
+    for record in records:
+        drops = "-" if math.isnan(record["ca_drop_median_points"]) else (
+            f"{record['ca_drop_median_points']:.1f} / {record['ca_drop_worst_points']:.1f}")  # fmt: skip
+        auc = "-" if math.isnan(record["roc_auc"]) else f"{record['roc_auc']:.3f}"
+        lines.append(
+            f"| {record['pool']} | {record['detected_of']} (+{record['not_implanted']}) "
+            f"| {_count(record, 'detected')} "
+            f"| {_count(record, 'named')} | {_count(record, 'cleaned')} | {drops} | {_count(record, 'false_alarms')} "
+            f"| {auc} | {_met(record) if record['detected_of'] else '-'} |"
+        )
+    lines += ["", "Sets (`SETS` of benchmarks/scoreboard.py):", "", "<!-- settings -->"]
+    lines += [f"- `{entry.name}` ({entry.rate}, {entry.role}): {entry.note}" for entry in SETS]
+    lines += ["", "Backdoored models called clean and never-poisoned models called backdoored, per pool:", ""]
+    lines += ["<!-- derived: benchmarks/results/scoreboard.csv, by benchmarks/scoreboard.py -->"]
+    lines += [f"- {record['pool']}: missed {record['missed'] or 'none'}; false alarms "
+              f"{record['false_alarm_models'] or 'none'}" for record in records[: len(POOLS)]]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the zoo CSVs (default: %(default)s)")
+    parser.add_argument("--output", default=str(RESULTS / "scoreboard"), help="PREFIX of PREFIX.{csv,md,json}")
+    args = parser.parse_args(argv)
+    records = pools(Path(args.results))
+    output = Path(args.output)
+    text = markdown(records)
+    write_csv(output.with_suffix(".csv"), records, list(records[0]))
+    atomic_write(output.with_suffix(".md"), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    write_json(output.with_suffix(".json"), {"sets": [asdict(entry) for entry in SETS], "pools": records})
+    print(text)
+    return records
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
