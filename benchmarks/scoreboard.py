@@ -24,7 +24,10 @@ is, not by its numbers:
 Targets (issue 16, on held-out models): ROC-AUC >= 0.95; at most 1 never-poisoned model in 12 called backdoored;
 target named on >= 90%; cleaning success (ASR after < 5%, CA drop <= 2 points) >= 90%; median CA drop <= 1.5 points.
 
-    python benchmarks/scoreboard.py                  # results/scoreboard.{csv,md,json} from the committed CSVs
+The retuning attack (``PERSISTENCE_SETS``): every held-out default cleaning it was run on, per attack group and
+cleaning outcome, re-learning within ``clipclean.complete.PERSISTENCE_MARGIN`` of the never-poisoned model or not.
+
+    python benchmarks/scoreboard.py    # results/scoreboard.{csv,md,json}, scoreboard_persistence.csv (zoo CSVs)
 """
 
 from __future__ import annotations
@@ -141,6 +144,69 @@ def pool_metrics(sets: list[HeldOutSet], clean_sets: list[HeldOutSet], results: 
     }
 
 
+# Every held-out BI-BAU cleaning with the defaults of its day that the retuning attack was run on (zoo.py
+# --persistence): the first zoo's held-out half and seeds 3-4 set, the first 2% set, the fifth 2% set, the third fresh
+# set. Persistence does not depend on the verdict statistic, so the earlier sets count here.
+PERSISTENCE_SETS = ("zoo", "zoo_rate2", "zoo_rate2five", "zoo_fresh3")
+ATTACK_GROUPS = (
+    ("badnet and blended", ("badnet", "blended")),
+    ("badclip", ("badclip",)),
+    ("every attack", zoo.ATTACKS),
+)
+OUTCOMES = (
+    ("cleaned within the bar", lambda row: bool(row["cleaned"])),
+    ("detected, not cleaned", lambda row: row["verdict"] == "backdoored" and not row["cleaned"]),
+    ("called clean", lambda row: row["verdict"] != "backdoored"),
+)
+
+
+def persistence(results: Path = RESULTS) -> list[dict]:
+    """The retuning attack over the held-out models of ``PERSISTENCE_SETS``, per attack group and cleaning outcome:
+    how many models, how many re-learn within ``clipclean.complete.PERSISTENCE_MARGIN`` of the same-seed
+    never-poisoned model's RA-ASR (``persistent``), and the range of the difference in points."""
+    from clipclean.complete import PERSISTENCE_MARGIN
+
+    rows = [
+        {**row, "set": name}
+        for name in PERSISTENCE_SETS
+        for row in zoo.recorded_rows(results / f"{name}.csv").values()
+        if row["split"] != "development" and row["ra_asr"] is not None and row["reference_ra_asr"] is not None
+    ]
+    records = []
+    for group, attacks in ATTACK_GROUPS:
+        for outcome, select in OUTCOMES:
+            chosen = [row for row in rows if row["attack"] in attacks and select(row)]
+            differences = [100 * (row["ra_asr"] - row["reference_ra_asr"]) for row in chosen]
+            records.append({
+                "group": group, "outcome": outcome, "models": len(chosen),
+                "persistent": sum(d <= 100 * PERSISTENCE_MARGIN for d in differences),
+                "difference_min_points": min(differences) if differences else math.nan,
+                "difference_max_points": max(differences) if differences else math.nan,
+                "not_persistent_models": " ".join(sorted(
+                    row["name"] for row, d in zip(chosen, differences) if d > 100 * PERSISTENCE_MARGIN)),
+            })  # fmt: skip
+    return records
+
+
+def persistence_markdown(records: list[dict]) -> str:
+    lines = [
+        "",
+        "## Persistence: the retuning attack on held-out cleanings",
+        "",
+        f"Sets: {', '.join(f'`{name}`' for name in PERSISTENCE_SETS)} (held-out rows with a retuning attack).",
+        "",
+        "<!-- derived: benchmarks/results/scoreboard_persistence.csv, by benchmarks/scoreboard.py -->",
+        "| attacks | outcome of the cleaning | models | re-learn within the margin | difference, points (min / max) |",
+        "|---|---|---:|---|---|",
+    ]
+    for record in records:
+        spread = "-" if not record["models"] else (
+            f"{record['difference_min_points']:+.1f} / {record['difference_max_points']:+.1f}")  # fmt: skip
+        lines.append(f"| {record['group']} | {record['outcome']} | {record['models']} | {record['persistent']} "
+                     f"| {spread} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 POOLS = (("5%", "test"), ("2%", "test"), ("every rate", "test"), ("5%", "all"), ("2%", "all"), ("every rate", "all"))
 
 
@@ -225,12 +291,17 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--results", default=str(RESULTS), help="folder of the zoo CSVs (default: %(default)s)")
     parser.add_argument("--output", default=str(RESULTS / "scoreboard"), help="PREFIX of PREFIX.{csv,md,json}")
     args = parser.parse_args(argv)
-    records = pools(Path(args.results))
+    records, retuned = pools(Path(args.results)), persistence(Path(args.results))
     output = Path(args.output)
-    text = markdown(records)
+    text = markdown(records) + persistence_markdown(retuned)
     write_csv(output.with_suffix(".csv"), records, list(records[0]))
+    write_csv(output.with_name(f"{output.name}_persistence.csv"), retuned, list(retuned[0]))
     atomic_write(output.with_suffix(".md"), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
-    write_json(output.with_suffix(".json"), {"sets": [asdict(entry) for entry in SETS], "pools": records})
+    write_json(
+        output.with_suffix(".json"),
+        {"sets": [asdict(entry) for entry in SETS], "pools": records, "persistence_sets": PERSISTENCE_SETS,
+         "persistence": retuned},
+    )  # fmt: skip
     print(text)
     return records
 

@@ -102,3 +102,36 @@ def test_the_committed_scoreboard_agrees_with_zoo_counts_and_with_its_sets(tmp_p
     for row in committed:  # the committed file is what the script writes from the committed CSVs
         assert int(row["detected"]) == records[row["pool"]]["detected"]
         assert int(row["false_alarms"]) == records[row["pool"]]["false_alarms"]
+
+
+def test_persistence_counts_each_retuned_held_out_model_once_by_outcome(tmp_path, monkeypatch):
+    retuned = {"ra_asr": 0.30, "reference_ra_asr": 0.05}  # +25 points: not persistent
+    _write(tmp_path, "p", [
+        _row("badnet_eight_s1_v0", "badnet", "eight", 3.0, ra_asr=0.08, reference_ra_asr=0.05),  # +3: persistent
+        _row("badclip_eight_s1_v0", "badclip", "eight", 3.0, **retuned),
+        _row("blended_eight_s1_v0", "blended", "eight", 3.0, cleaned="False", **retuned),
+        _row("blended_two_s1_v0", "blended", "two", 0.5, cleaned="False", **retuned),
+        _row("badnet_two_s1_v0", "badnet", "two", 3.0, split="development", **retuned),  # not held out
+        _row("badnet_six_s1_v0", "badnet", "six", 3.0),  # not retuned
+    ])  # fmt: skip
+    monkeypatch.setattr(scoreboard, "PERSISTENCE_SETS", ("p",))
+    records = {(r["group"], r["outcome"]): r for r in scoreboard.persistence(tmp_path)}
+    cleaned = records[("badnet and blended", "cleaned within the bar")]
+    assert (cleaned["models"], cleaned["persistent"]) == (1, 1)
+    assert cleaned["difference_min_points"] == pytest.approx(3.0)
+    assert records[("badclip", "cleaned within the bar")]["not_persistent_models"] == "badclip_eight_s1_v0"
+    assert records[("badnet and blended", "detected, not cleaned")]["models"] == 1
+    assert records[("every attack", "called clean")]["models"] == 1
+    assert sum(records[("every attack", outcome)]["models"] for outcome, _ in scoreboard.OUTCOMES) == 4
+
+
+def test_the_committed_persistence_table_is_the_scripts():
+    committed = list(csv.DictReader(open(scoreboard.RESULTS / "scoreboard_persistence.csv", encoding="utf-8")))
+    records = scoreboard.persistence()
+    assert [(row["group"], row["outcome"], int(row["models"]), int(row["persistent"])) for row in committed] == [
+        (record["group"], record["outcome"], record["models"], record["persistent"]) for record in records
+    ]
+    for outcome, _ in scoreboard.OUTCOMES:  # the two attack groups add up to every attack
+        parts = [r["models"] for r in records if r["outcome"] == outcome and r["group"] != "every attack"]
+        whole = [r["models"] for r in records if r["outcome"] == outcome and r["group"] == "every attack"]
+        assert len(parts) == 2 and [sum(parts)] == whole
