@@ -110,18 +110,14 @@ def set_rows(entry: HeldOutSet, results: Path = RESULTS) -> list[dict]:
     return rows
 
 
-def _rate(hits: int, total: int) -> dict:
-    low, high = zoo.wilson_interval(hits, total)
-    return {"k": hits, "n": total, "rate": hits / total if total else math.nan, "low": low, "high": high}
-
-
-def pool_metrics(sets: list[HeldOutSet], clean_sets: list[HeldOutSet], results: Path = RESULTS) -> dict:
+def pool_metrics(sets: list[HeldOutSet], clean_sets: list[HeldOutSet], rows: dict[str, list[dict]]) -> dict:
     """Detection, naming, cleaning and the CA drop over the backdoored models of ``sets``, false alarms over the
-    never-poisoned models of ``clean_sets``, and the verdict's ROC-AUC between the two."""
+    never-poisoned models of ``clean_sets``, and the verdict's ROC-AUC between the two (``rows``: each set's
+    :func:`set_rows` by name)."""
     from sklearn.metrics import roc_auc_score
 
-    backdoored = [row for entry in sets for row in zoo.counted(set_rows(entry, results))[0]]
-    clean = [row for entry in clean_sets for row in zoo.counted(set_rows(entry, results))[1]]
+    backdoored = [row for entry in sets for row in zoo.counted(rows[entry.name])[0]]
+    clean = [row for entry in clean_sets for row in zoo.counted(rows[entry.name])[1]]
     cleaning = {entry.name for entry in sets if entry.default_cleaning}
     cleaned_rows = [row for row in backdoored if row["set"] in cleaning]
     drops = [100 * (row["ca_before"] - row["ca_after"]) for row in cleaned_rows]  # points
@@ -130,14 +126,18 @@ def pool_metrics(sets: list[HeldOutSet], clean_sets: list[HeldOutSet], results: 
     return {
         "sets": [entry.name for entry in sets],
         "clean_sets": [entry.name for entry in clean_sets],
-        "not_implanted": sum(1 for entry in sets for row in set_rows(entry, results) if row["attack"] != "none")
-        - len(backdoored),
-        "detected": _rate(sum(row["detected"] for row in backdoored), len(backdoored)),
-        "named": _rate(sum(row["named"] for row in backdoored), len(backdoored)),
-        "cleaned": _rate(sum(bool(row["cleaned"]) for row in cleaned_rows), len(cleaned_rows)),
+        "not_implanted": sum(
+            1
+            for entry in sets
+            for row in rows[entry.name]
+            if row["attack"] != "none" and row["poison_converged"] is False
+        ),
+        "detected": zoo.proportion(sum(row["detected"] for row in backdoored), len(backdoored)),
+        "named": zoo.proportion(sum(row["named"] for row in backdoored), len(backdoored)),
+        "cleaned": zoo.proportion(sum(bool(row["cleaned"]) for row in cleaned_rows), len(cleaned_rows)),
         "ca_drop_median_points": statistics.median(drops) if drops else math.nan,
         "ca_drop_worst_points": max(drops) if drops else math.nan,
-        "false_alarms": _rate(sum(row["detected"] for row in clean), len(clean)),
+        "false_alarms": zoo.proportion(sum(row["detected"] for row in clean), len(clean)),
         "roc_auc": roc_auc_score(labels, scores) if backdoored and clean else math.nan,
         "missed": sorted(row["name"] for row in backdoored if not row["detected"]),
         "false_alarm_models": sorted(row["name"] for row in clean if row["detected"]),
@@ -167,7 +167,7 @@ def persistence(results: Path = RESULTS) -> list[dict]:
     from clipclean.complete import PERSISTENCE_MARGIN
 
     rows = [
-        {**row, "set": name}
+        row
         for name in PERSISTENCE_SETS
         for row in zoo.recorded_rows(results / f"{name}.csv").values()
         if row["split"] != "development" and row["ra_asr"] is not None and row["reference_ra_asr"] is not None
@@ -212,14 +212,15 @@ POOLS = (("5%", "test"), ("2%", "test"), ("every rate", "test"), ("5%", "all"), 
 
 def pools(results: Path = RESULTS) -> list[dict]:
     """Every pool of ``POOLS`` (rate, role), then every set alone: one flat record each (the CSV's rows)."""
+    rows = {entry.name: set_rows(entry, results) for entry in SETS}  # each CSV read once
     records = []
     for rate, role in POOLS:
         chosen = [entry for entry in SETS if role == "all" or entry.role == role]
         backdoored = [entry for entry in chosen if entry.rate != "-" and rate in ("every rate", entry.rate)]
-        records.append({"pool": f"{rate}, {role}", **_flat(pool_metrics(backdoored, chosen, results))})
+        records.append({"pool": f"{rate}, {role}", **_flat(pool_metrics(backdoored, chosen, rows))})
     for entry in SETS:
         records.append(
-            {"pool": entry.name, **_flat(pool_metrics([entry] if entry.rate != "-" else [], [entry], results))}
+            {"pool": entry.name, **_flat(pool_metrics([entry] if entry.rate != "-" else [], [entry], rows))}
         )
     return records
 
@@ -229,8 +230,8 @@ def _flat(metrics: dict) -> dict:
             "not_implanted": metrics["not_implanted"]}  # fmt: skip
     for key in ("detected", "named", "cleaned", "false_alarms"):
         part = metrics[key]
-        flat.update({f"{key}": part["k"], f"{key}_of": part["n"], f"{key}_rate": part["rate"],
-                     f"{key}_low": part["low"], f"{key}_high": part["high"]})  # fmt: skip
+        flat.update({key: part["k"], f"{key}_of": part["n"], f"{key}_rate": part["rate"],
+                     f"{key}_low": part["ci95"][0], f"{key}_high": part["ci95"][1]})  # fmt: skip
     flat.update({key: metrics[key] for key in ("ca_drop_median_points", "ca_drop_worst_points", "roc_auc")})
     flat["missed"] = " ".join(metrics["missed"])
     flat["false_alarm_models"] = " ".join(metrics["false_alarm_models"])

@@ -592,6 +592,11 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def proportion(hits: int, total: int) -> dict:
+    """``{"k", "n", "rate", "ci95"}`` of ``hits`` out of ``total`` (rate NaN for none), with its Wilson interval."""
+    return {"k": hits, "n": total, "rate": hits / total if total else math.nan, "ci95": wilson_interval(hits, total)}
+
+
 def split_metrics(rows: list[dict]) -> dict:
     """Detection and cleaning metrics of one split's rows (module docstring of the report)."""
     from sklearn.metrics import roc_auc_score
@@ -599,10 +604,7 @@ def split_metrics(rows: list[dict]) -> dict:
     backdoored, clean = counted(rows)
 
     def rate(selected, predicate):
-        hits = sum(1 for row in selected if predicate(row))
-        low, high = wilson_interval(hits, len(selected))
-        return {"k": hits, "n": len(selected), "rate": hits / len(selected) if selected else math.nan,
-                "ci95": (low, high)}  # fmt: skip
+        return proportion(sum(1 for row in selected if predicate(row)), len(selected))
 
     scored = [(default_score(row), row["attack"] != "none") for row in backdoored + clean]
     scores, labels = [s for s, _ in scored if s is not None], [y for s, y in scored if s is not None]
