@@ -8,7 +8,9 @@ The zoo (``ZooSpec``; default 36 backdoored + 12 never-poisoned models):
   class every earlier benchmark used, is not among them) x every model seed (default 0 1 2), each with one of two
   trigger variants per attack (``VARIANTS``: BadNet 3 px white at the bottom right or 4 px noise at the top left;
   Blended noise at alpha 0.1 or a natural photo at alpha 0.15; BadCLIP 4 px at the bottom right or 3 px at the
-  centre), chosen by ``(target index // 2 + seed index) % 2``. BadCLIP optimises its patch against a
+  centre), chosen by ``(target index // 2 + seed index) % 2``; noise patterns and BadCLIP's starting patch are
+  drawn from the model's seed (``--trigger-seed SEED``: one trigger per seed, as every set was built; the
+  recipes' default is one trigger shared by every seed). BadCLIP optimises its patch against a
   never-poisoned model of *another* seed (``surrogate seed = seed + 3``), never the same-seed reference it is
   compared with;
 * never-poisoned: one per seed of ``--clean-seeds`` (default 0-11), trained by the same recipe with
@@ -317,6 +319,8 @@ def _photo_pattern(zoo: Path) -> str:
 
 def poison(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     arguments = [_photo_pattern(zoo) if a == PHOTO_PATTERN else a for a in model.poison_args]
+    # one trigger per model seed (every set so far was built so; the recipes' own default is one for every seed)
+    arguments += ["--trigger-seed", str(model.seed)]
     if model.attack != "none" and args.poison_rate is not None:
         arguments += ["--poison-rate", str(args.poison_rate)]  # backdoored models only: a never-poisoned one has 0
     if model.family == "cnn":
@@ -324,8 +328,8 @@ def poison(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
                           *args.poison_args.split()], zoo / model.name / "poison")  # fmt: skip
     if model.attack == "badclip":
         surrogate = ZooModel("none", model.seed + 3)
-        run_script("recipes/poison_clip.py", [*NEVER_POISONED_ARGS, "--seed", str(surrogate.seed),
-                   *args.poison_args.split()], zoo / surrogate.name / "poison")  # fmt: skip
+        run_script("recipes/poison_clip.py", [*NEVER_POISONED_ARGS, "--seed", str(surrogate.seed), "--trigger-seed",
+                   str(surrogate.seed), *args.poison_args.split()], zoo / surrogate.name / "poison")  # fmt: skip
         arguments += ["--victim-model", str(zoo / surrogate.name / "poison" / "model")]
     return run_script(
         "recipes/poison_clip.py", [*arguments, "--seed", str(model.seed), *args.poison_args.split()],

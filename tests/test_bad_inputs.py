@@ -427,6 +427,14 @@ def test_an_alpha_outside_0_1(recipes, tmp_path, capsys, alpha):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("recipe", ["recipes/poison_clip", "recipes/poison_classifier"])
+def test_a_negative_trigger_seed(recipes, tmp_path, capsys, recipe):
+    main = recipes[recipe].main if recipe in recipes else poison_classifier.main
+    argv = ["--trigger-seed", "-1", "--output_dir", tmp_path / "out"]
+    expect_error(main, argv, capsys, "--trigger-seed must be >= 0")
+    assert not (tmp_path / "out").exists()
+
+
 def test_zero_epochs_write_no_trigger_and_no_cleaned_model(assets, recipes, tmp_path, capsys):
     """`poison_clip.py --epochs 0` left a trigger and manifest behind; `clean_clip.py --epochs 0` wrote a "cleaned"
     model bit-identical to its input, with a card saying cleaned."""

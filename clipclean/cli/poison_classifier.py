@@ -41,6 +41,7 @@ from clipclean.cli.common import (
     add_batch_size_arguments,
     add_classnames_argument,
     add_run_arguments,
+    add_trigger_arguments,
     add_trust_code_argument,
     check_poison_arguments,
     run_cli,
@@ -87,10 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     amount = attack.add_mutually_exclusive_group()
     amount.add_argument("--poison-rate", type=float, default=None, help="fraction of the training set (default 0.1)")
     amount.add_argument("--poison-count", type=int, default=None, help="number of poisoned images (0: clean run)")
-    attack.add_argument("--trigger-size", type=int, default=None, help="patch side in pixels (badnet)")
-    attack.add_argument("--trigger-location", default=None, help="top-left ... bottom-right, center, random")
-    attack.add_argument("--alpha", type=float, default=None, help="blend weight (blended)")
-    attack.add_argument("--pattern", default=None, help="noise, white, black, checkerboard or an image file")
+    add_trigger_arguments(attack, "badnet")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=60, help="passes over the training data")
     add_batch_size_arguments(train, BATCH_SIZE, "training images")

@@ -41,6 +41,7 @@ from clipclean.cli.common import (
     add_classnames_argument,
     add_model_arguments,
     add_run_arguments,
+    add_trigger_arguments,
     check_poison_arguments,
     run_cli,
 )
@@ -107,10 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{describe_defaults(attack_defaults('default_poison_rate'))})",
     )
     amount.add_argument("--poison-count", type=int, default=None, help="number of poisoned pairs (0: clean run)")
-    attack.add_argument("--trigger-size", type=int, default=None, help="patch side in pixels (badnet, badclip)")
-    attack.add_argument("--trigger-location", default=None, help="top-left ... bottom-right, center, random")
-    attack.add_argument("--alpha", type=float, default=None, help="blend weight (blended)")
-    attack.add_argument("--pattern", default=None, help="noise, white, black, checkerboard or an image file")
+    add_trigger_arguments(attack, "badnet, badclip")
     attack.add_argument(
         "--caption-templates",
         default=None,
