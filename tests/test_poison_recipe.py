@@ -103,7 +103,8 @@ def test_recipe_badclip_and_blended_in_process(recipe, tmp_path):
 
 def test_the_trigger_is_the_same_for_every_run_seed_unless_the_trigger_seed_is_given(recipe, tmp_path):
     """``--seed`` orders the data and draws the poisoned pairs; the trigger's noise comes from ``--trigger-seed``
-    (default 0), so a seed's run is not also a draw of a weaker patch (seed 3's was too dark to implant reliably)."""
+    (default 0), so a run seed is not also a draw of another patch (seed 3's, the darkest, implanted only partly on
+    run seed 3: docs/attacks.md, "The first grid's miss")."""
 
     def run(name: str, *flags: str) -> tuple[torch.Tensor, list[int]]:
         output = tmp_path / name
