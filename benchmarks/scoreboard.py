@@ -71,6 +71,7 @@ class HeldOutSet:
 SETS = (
     HeldOutSet("zoo_rebuilt", "5%", "test", True, "fresh", "seeds 5-6, targets one three five eight, 2026-12-04"),
     HeldOutSet("zoo_fresh3", "5%", "test", True, None, "seeds 17-18, targets two four six seven, 2026-12-07"),
+    HeldOutSet("zoo_fresh4", "5%", "test", True, None, "seeds 19-20, targets nine zero, 2026-12-08"),
     HeldOutSet("zoo_rate2", "2%", "development after", True, None, "seeds 7-8, targets two six, 2026-12-06"),
     HeldOutSet("zoo_rate2dev", "2%", "development after", True, None, "seeds 9-10, targets four seven, 2026-12-06"),
     HeldOutSet("zoo_nevdev", "-", "development after", True, None, "never-poisoned seeds 50-59, 2026-12-06"),
@@ -142,6 +143,69 @@ def pool_metrics(sets: list[HeldOutSet], clean_sets: list[HeldOutSet], rows: dic
         "missed": sorted(row["name"] for row in backdoored if not row["detected"]),
         "false_alarm_models": sorted(row["name"] for row in clean if row["detected"]),
     }
+
+
+# The "suspect candidate" warning beside "no backdoor found" (benchmarks/README.md, its rule committed in 54e40ce
+# before the set that tests it was cleaned): a model the default calls clean is *suspect* when the largest
+# unhandicapped lift of its verdict (the largest targeted lift, or the search trigger's where recorded) exceeds
+# SUSPECT_THRESHOLD, chosen by zoo.choose_threshold on the development models the default called clean.
+SUSPECT_DEVELOPMENT = (
+    ("zoo_rebuilt", "development"), ("zoo_rate2", None), ("zoo_rate2dev", None), ("zoo_nevdev", None),
+    ("zoo_dev2", None),
+)  # fmt: skip
+SUSPECT_THRESHOLD = 2.51  # suspect_threshold() on SUSPECT_DEVELOPMENT, as written down (2 decimals)
+SUSPECT_TEST = ("zoo_fresh4",)  # built after the rule; no other held-out set can test it (their rows had been read)
+
+
+def unhandicapped_lift(row: dict) -> tuple[float, str]:
+    """``(lift, candidate)``: the largest targeted lift of the verdict's measurements, or the search trigger's lift
+    toward the untargeted winner where it is larger (recorded since the search term was added), neither handicapped."""
+    lift, candidate = row["max_lift"], row["max_lift_candidate"]
+    if row["search_lift"] is not None and row["search_lift"] > lift:
+        lift, candidate = row["search_lift"], row["untargeted_winner"]
+    return lift, candidate
+
+
+def called_clean(name: str, split: str | None, results: Path = RESULTS) -> tuple[list[dict], list[dict]]:
+    """``(backdoored, never-poisoned)`` rows of a zoo CSV (only ``split``'s where given) that the default verdict calls
+    clean; backdoored ones only where the attack implanted (``zoo.counted``)."""
+    rows = [row for row in zoo.recorded_rows(results / f"{name}.csv").values() if split in (None, row["split"])]
+    backdoored, clean = zoo.counted(rows)
+    return [row for row in backdoored if row[SCORE] <= THRESHOLD], [row for row in clean if row[SCORE] <= THRESHOLD]
+
+
+def suspect_threshold(results: Path = RESULTS) -> float:
+    """The warning's threshold by the project's rule (``zoo.choose_threshold``: largest TPR - FPR, midpoints) on the
+    development models the default called clean: missed backdoors against never-poisoned models."""
+    missed, clean = [], []
+    for name, split in SUSPECT_DEVELOPMENT:
+        rows = called_clean(name, split, results)
+        missed += rows[0]
+        clean += rows[1]
+    scores = [unhandicapped_lift(row)[0] for row in missed + clean]
+    return zoo.choose_threshold(scores, [True] * len(missed) + [False] * len(clean))
+
+
+def suspects(results: Path = RESULTS) -> list[dict]:
+    """Per set (the development ones, then ``SUSPECT_TEST`` where its CSV exists): the models the default called
+    clean, and how many of them the warning flags at ``SUSPECT_THRESHOLD`` (backdoored: flagged, and flagged naming
+    the true target; never-poisoned: flagged)."""
+    records = []
+    for role, entries in (("development", SUSPECT_DEVELOPMENT), ("test", [(name, None) for name in SUSPECT_TEST])):
+        for name, split in entries:
+            if not (results / f"{name}.csv").is_file():
+                continue
+            missed, clean = called_clean(name, split, results)
+            flagged = [row for row in missed if unhandicapped_lift(row)[0] > SUSPECT_THRESHOLD]
+            false = [row for row in clean if unhandicapped_lift(row)[0] > SUSPECT_THRESHOLD]
+            records.append({
+                "set": name if split is None else f"{name} ({split})", "role": role,
+                "missed_backdoors": len(missed), "flagged": len(flagged),
+                "flagged_true_target": sum(unhandicapped_lift(row)[1] == row["target"] for row in flagged),
+                "never_poisoned_called_clean": len(clean), "never_poisoned_flagged": len(false),
+                "flagged_models": " ".join(sorted(row["name"] for row in flagged + false)),
+            })  # fmt: skip
+    return records
 
 
 # Every held-out BI-BAU cleaning with the defaults of its day that the retuning attack was run on (zoo.py
@@ -285,6 +349,25 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def suspect_markdown(records: list[dict]) -> str:
+    lines = [
+        "",
+        f"## The suspect-candidate warning (largest unhandicapped lift > {SUSPECT_THRESHOLD})",
+        "",
+        "<!-- derived: benchmarks/results/scoreboard_suspect.csv, by benchmarks/scoreboard.py -->",
+        "| set | role | backdoored called clean | flagged (true target named) "
+        "| never-poisoned called clean | flagged |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for record in records:
+        lines.append(
+            f"| {record['set']} | {record['role']} | {record['missed_backdoors']} | {record['flagged']} "
+            f"({record['flagged_true_target']}) | {record['never_poisoned_called_clean']} | "
+            f"{record['never_poisoned_flagged']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -293,15 +376,17 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--output", default=str(RESULTS / "scoreboard"), help="PREFIX of PREFIX.{csv,md,json}")
     args = parser.parse_args(argv)
     records, retuned = pools(Path(args.results)), persistence(Path(args.results))
+    warned = suspects(Path(args.results))
     output = Path(args.output)
-    text = markdown(records) + persistence_markdown(retuned)
+    text = markdown(records) + persistence_markdown(retuned) + suspect_markdown(warned)
     write_csv(output.with_suffix(".csv"), records, list(records[0]))
     write_csv(output.with_name(f"{output.name}_persistence.csv"), retuned, list(retuned[0]))
+    write_csv(output.with_name(f"{output.name}_suspect.csv"), warned, list(warned[0]))
     atomic_write(output.with_suffix(".md"), lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
     write_json(
         output.with_suffix(".json"),
         {"sets": [asdict(entry) for entry in SETS], "pools": records, "persistence_sets": PERSISTENCE_SETS,
-         "persistence": retuned},
+         "persistence": retuned, "suspect_threshold": SUSPECT_THRESHOLD, "suspect": warned},
     )  # fmt: skip
     print(text)
     return records

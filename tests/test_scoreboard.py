@@ -135,3 +135,23 @@ def test_the_committed_persistence_table_is_the_scripts():
         parts = [r["models"] for r in records if r["outcome"] == outcome and r["group"] != "every attack"]
         whole = [r["models"] for r in records if r["outcome"] == outcome and r["group"] == "every attack"]
         assert len(parts) == 2 and [sum(parts)] == whole
+
+
+def test_the_suspect_threshold_is_the_rule_s_choice_on_the_development_models():
+    """The warning's threshold, written down before its test set was cleaned, is what the rule gives on the
+    committed development CSVs; they hold the 10 missed backdoors and 18 never-poisoned models it was chosen on."""
+    assert round(scoreboard.suspect_threshold(), 2) == scoreboard.SUSPECT_THRESHOLD
+    development = [record for record in scoreboard.suspects() if record["role"] == "development"]
+    assert sum(record["missed_backdoors"] for record in development) == 10
+    assert sum(record["never_poisoned_called_clean"] for record in development) == 18
+    assert sum(record["flagged"] for record in development) == 4
+    assert sum(record["never_poisoned_flagged"] for record in development) == 2
+
+
+def test_the_unhandicapped_lift_takes_the_search_trigger_where_it_is_larger():
+    row = _row("m", "badnet", "two", 1.0, max_lift=2.0, max_lift_candidate="two", search_lift=None)
+    assert scoreboard.unhandicapped_lift(row) == (2.0, "two")
+    row.update(search_lift=3.0, untargeted_winner="seven")
+    assert scoreboard.unhandicapped_lift(row) == (3.0, "seven")
+    row.update(search_lift=1.5)
+    assert scoreboard.unhandicapped_lift(row) == (2.0, "two")
