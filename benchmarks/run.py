@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from baselines import CHOSEN_FILENAME, equal_budget, load_chosen
-from zoo import CNN_BIBAU_FLAGS
+from zoo import CNN_BIBAU_FLAGS, seed_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = ("badnet", "blended", "badclip")
@@ -64,12 +64,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def seeds(seed: int) -> list[str]:
-    """A poisoning run's ``--seed`` and ``--trigger-seed``, both ``seed``: one trigger per seed, as these benchmark
-    models were built before the recipes' trigger seed became 0 for every run seed."""
-    return ["--seed", str(seed), "--trigger-seed", str(seed)]
-
-
 def run_job(script: str, args: list[str], output: Path) -> dict:
     """Run ``recipes/SCRIPT`` (or ``eval/SCRIPT``) in a fresh process unless its results exist; return them."""
     is_eval = script == "complete_unlearning.py"
@@ -104,18 +98,18 @@ def main(argv=None) -> list[dict]:
     started = time.time()
     for seed in args.seeds:
         models = {"none": output / f"seed{seed}" / "poison_none"}
-        run_job("poison_clip.py", ["--poison-count", "0", *seeds(seed), *poison_extra], models["none"])
+        run_job("poison_clip.py", ["--poison-count", "0", *seed_flags(seed), *poison_extra], models["none"])
         for attack in args.attacks:
             models[attack] = output / f"seed{seed}" / f"poison_{attack}"
             extra = list(poison_extra)
             if attack == "badclip":  # BadCLIP optimises its patch against a clean surrogate, as in attacks.md:
                 # another seed's never-poisoned model, never the reference the cleaned models are compared with
                 surrogate = output / f"seed{seed}" / "poison_none_surrogate"
-                run_job("poison_clip.py", ["--poison-count", "0", *seeds(seed + SURROGATE_SEED_OFFSET),
+                run_job("poison_clip.py", ["--poison-count", "0", *seed_flags(seed + SURROGATE_SEED_OFFSET),
                                            *poison_extra], surrogate)  # fmt: skip
                 extra += ["--victim-model", str(surrogate / "model")]
             # 2% for every attack, the rate these benchmark models were measured at (blended's default is now 5%)
-            run_job("poison_clip.py", ["--attack", attack, "--poison-rate", "0.02", *seeds(seed), *extra],
+            run_job("poison_clip.py", ["--attack", attack, "--poison-rate", "0.02", *seed_flags(seed), *extra],
                     models[attack])  # fmt: skip
         badnet_trigger = models.get("badnet", models[args.attacks[0]]) / "trigger.json"
         for attack, folder in models.items():
@@ -166,7 +160,7 @@ CNN_ATTACKS = ("badnet", "blended")
 def classifier_rows(seed: int, folder: Path, args: argparse.Namespace) -> list[dict]:
     """The image-classifier section: small CNNs backdoored on digits, cleaned by ``recipes/clean_classifier.py``."""
     quick = args.quick
-    poison_extra = [*seeds(seed), *(["--epochs", "2"] if quick else [])]
+    poison_extra = [*seed_flags(seed), *(["--epochs", "2"] if quick else [])]
     models = {"none": folder / "cnn_poison_none"}
     run_job("poison_classifier.py", ["--poison-count", "0", *poison_extra], models["none"])
     for attack in CNN_ATTACKS:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo  # noqa: E402  (the zoo's cached, resumable runner)
 
 from clipclean.fileio import write_csv  # noqa: E402
-from clipclean.triggers import _make_pattern  # noqa: E402
+from clipclean.triggers import PatchBlendTrigger  # noqa: E402
 
-SIZE = 4  # the recipe's BadNet patch at 32 px
+IMAGE_SIZE, SIZE = 32, 4  # the recipe's BadNet patch at 32 px
 DARK = 3  # the trigger seed of the first grid's miss
 COLUMNS = ("name", "seed", "trigger_seed", "patch", "patch_mean", "ca", "asr", "partial_backdoor")
 # (name, run seed, trigger seed, how the patch is made from that seed's draw p)
@@ -48,7 +48,8 @@ TRANSFORMS = {"as drawn": lambda p: p, "inverted": lambda p: 1 - p, "brightened"
 def patch(trigger_seed: int, how: str) -> np.ndarray:
     """The ``(3, SIZE, SIZE)`` patch of a run: the trigger seed's noise draw, transformed (8-bit where it goes to a
     PNG, as the run reads it)."""
-    values = TRANSFORMS[how](_make_pattern("noise", (SIZE, SIZE), trigger_seed)).numpy()
+    drawn = PatchBlendTrigger.patch(IMAGE_SIZE, SIZE, pattern="noise", seed=trigger_seed).patch_pattern.detach()
+    values = TRANSFORMS[how](drawn).numpy()
     return values if how == "as drawn" else np.round(values * 255) / 255
 
 

@@ -317,22 +317,26 @@ def _photo_pattern(zoo: Path) -> str:
     return str(path)
 
 
+def seed_flags(seed: int) -> list[str]:
+    """A poisoning run's ``--seed`` and ``--trigger-seed``, both ``seed``: one trigger per model seed, as every zoo set
+    and benchmark model was built (the recipes' own default is one trigger for every run seed)."""
+    return ["--seed", str(seed), "--trigger-seed", str(seed)]
+
+
 def poison(model: ZooModel, zoo: Path, args: argparse.Namespace) -> dict:
     arguments = [_photo_pattern(zoo) if a == PHOTO_PATTERN else a for a in model.poison_args]
-    # one trigger per model seed (every set so far was built so; the recipes' own default is one for every seed)
-    arguments += ["--trigger-seed", str(model.seed)]
     if model.attack != "none" and args.poison_rate is not None:
         arguments += ["--poison-rate", str(args.poison_rate)]  # backdoored models only: a never-poisoned one has 0
     if model.family == "cnn":
-        return run_script("recipes/poison_classifier.py", [*arguments, "--seed", str(model.seed),
+        return run_script("recipes/poison_classifier.py", [*arguments, *seed_flags(model.seed),
                           *args.poison_args.split()], zoo / model.name / "poison")  # fmt: skip
     if model.attack == "badclip":
         surrogate = ZooModel("none", model.seed + 3)
-        run_script("recipes/poison_clip.py", [*NEVER_POISONED_ARGS, "--seed", str(surrogate.seed), "--trigger-seed",
-                   str(surrogate.seed), *args.poison_args.split()], zoo / surrogate.name / "poison")  # fmt: skip
+        run_script("recipes/poison_clip.py", [*NEVER_POISONED_ARGS, *seed_flags(surrogate.seed),
+                   *args.poison_args.split()], zoo / surrogate.name / "poison")  # fmt: skip
         arguments += ["--victim-model", str(zoo / surrogate.name / "poison" / "model")]
     return run_script(
-        "recipes/poison_clip.py", [*arguments, "--seed", str(model.seed), *args.poison_args.split()],
+        "recipes/poison_clip.py", [*arguments, *seed_flags(model.seed), *args.poison_args.split()],
         zoo / model.name / "poison",
     )  # fmt: skip
 
